@@ -1,0 +1,82 @@
+"""The analyzer chain: each analyzer resolves what it can, in the configured order.
+
+An entry yields the sides its proxy's position gives it: a sidecar's inbound
+entry the server side, its outbound entry the client side, a gateway's entry
+both. For each side the chain keeps the first *resolved* call; a provisional
+call (a destination known only by host name) stands until a later analyzer
+resolves that side better. The built-in :class:`ProxyAnalyzer`, which needs
+nothing but the reporting proxy's own identity, always runs last.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol
+
+from .. import istio
+from ..model import Call, Direction, Entry, Proxy, Role, Side
+from ..stats import Stats
+
+SIDES = {
+    Direction.INBOUND: (Side.SERVER,),
+    Direction.OUTBOUND: (Side.CLIENT,),
+    Direction.GATEWAY: (Side.SERVER, Side.CLIENT),
+}
+
+
+class Resolution(NamedTuple):
+    """What one analyzer made of an entry: calls, or why there are none."""
+
+    calls: list[Call]
+    reason: str = ""
+
+
+class Analyzer(Protocol):
+    name: str
+
+    def analyze(self, entry: Entry, proxy: Proxy, direction: Direction) -> Resolution: ...
+
+
+def direction_of(entry: Entry, proxy: Proxy) -> Direction:
+    """Which way the entry's request passed its proxy."""
+    if proxy.role.is_gateway:
+        return Direction.GATEWAY
+    kind = istio.cluster_direction(entry.upstream_cluster)
+    if kind == "inbound":
+        return Direction.INBOUND
+    if kind:
+        return Direction.OUTBOUND
+    if proxy.role is Role.UNKNOWN:
+        # A plain Envoy (front proxy, not Istio's): a server to its clients, a client upstream.
+        return Direction.GATEWAY
+    return Direction.UNKNOWN
+
+
+class AnalyzerChain:
+    def __init__(self, analyzers: list[Analyzer], fallback: Analyzer, stats: Stats) -> None:
+        self._analyzers = [*analyzers, fallback]
+        self._stats = stats
+
+    @property
+    def names(self) -> list[str]:
+        return [a.name for a in self._analyzers]
+
+    def resolve(self, entry: Entry, proxy: Proxy) -> list[Call]:
+        direction = direction_of(entry, proxy)
+        if direction is Direction.UNKNOWN:
+            self._stats.entries_unresolved.inc("unknown_direction")
+            return []
+        wanted = SIDES[direction]
+        best: dict[Side, Call] = {}
+        reason = ""
+        for analyzer in self._analyzers:
+            calls, why = analyzer.analyze(entry, proxy, direction)
+            reason = reason or why
+            for call in calls:
+                current = best.get(call.side)
+                if call.side in wanted and (current is None or (call.resolved and not current.resolved)):
+                    best[call.side] = call
+            if all(side in best and best[side].resolved for side in wanted):
+                break
+        if not best:
+            self._stats.entries_unresolved.inc(reason or "no_analyzer_resolved")
+        return [best[side] for side in wanted if side in best]

@@ -1,0 +1,53 @@
+"""The analyzer that needs only the reporting proxy's own identity.
+
+A sidecar's outbound entry becomes a client-side call from the proxy's own
+workload to the destination named by the upstream cluster (or ``:authority``);
+an inbound entry a server-side call to the proxy's workload from an unknown
+caller; a gateway's entry both, its caller outside the mesh. Its answers are
+provisional: mx-mesh and k8s-mesh, where they resolve, take precedence.
+"""
+
+from __future__ import annotations
+
+from .. import istio
+from ..model import Call, Direction, Entry, Proxy, Side, Workload
+from .chain import Resolution
+
+
+def destination_by_name(entry: Entry) -> Workload | None:
+    """The destination as the entry names it: cluster host, else authority, else the upstream address."""
+    named = istio.host_workload(istio.cluster_host(entry.upstream_cluster)) or istio.host_workload(
+        entry.authority
+    )
+    if named is None and entry.upstream_remote is not None:
+        # Passthrough to an address nothing names: the address itself, never a made-up service.
+        named = Workload(service_name=entry.upstream_remote.ip, external=True)
+    return named
+
+
+class ProxyAnalyzer:
+    name = "proxy"
+
+    def analyze(self, entry: Entry, proxy: Proxy, direction: Direction) -> Resolution:
+        own = proxy.workload
+        if own is None:
+            return Resolution([], "unknown_proxy_workload")
+        calls = []
+        if direction in (Direction.INBOUND, Direction.GATEWAY):
+            calls.append(
+                Call(
+                    Side.SERVER,
+                    entry,
+                    proxy,
+                    source=None,
+                    destination=own,
+                    from_outside=direction is Direction.GATEWAY,
+                    resolved=False,
+                )
+            )
+        if direction in (Direction.OUTBOUND, Direction.GATEWAY):
+            destination = destination_by_name(entry)
+            if destination is None:
+                return Resolution(calls, "unknown_destination")
+            calls.append(Call(Side.CLIENT, entry, proxy, source=own, destination=destination, resolved=False))
+        return Resolution(calls)

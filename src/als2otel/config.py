@@ -1,0 +1,381 @@
+"""Configuration: the schema with its defaults in one place, loading and validation.
+
+Every key is optional and unknown keys are errors. :func:`load` reports every
+problem at once, each naming its key path (``exporters.otlp.endpoint``), by
+raising :class:`ConfigError`. ``${env:VAR}`` and ``${env:VAR:-default}`` expand
+from the environment as in the OpenTelemetry Collector; every other ``${...}``
+(the name rules' ``${service.metadata.name}``) is left as written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote
+
+import yaml
+
+ANALYZERS = ("mx-mesh", "k8s-mesh")
+METRIC_SETS = ("http", "servicegraph", "istio")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """A configuration that cannot run; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Duration(float):
+    """Seconds, written in the file as Go-style durations: ``10s``, ``1m30s``, ``250ms``."""
+
+
+@dataclass(frozen=True)
+class ReceiverConfig:
+    listen: str = "0.0.0.0:11800"
+
+
+@dataclass(frozen=True)
+class K8sConfig:
+    kubeconfig: str | None = None
+    service_name_rule: str = "${service.metadata.name}"
+    ignored_namespaces: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    max_elapsed_time: Duration = Duration(300)
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    queue_size: int = 200_000
+
+
+@dataclass(frozen=True)
+class OtlpConfig:
+    enabled: bool = True
+    endpoint: str = "localhost:4317"
+    protocol: Literal["grpc", "http/protobuf"] = "grpc"
+    insecure: bool = True
+    headers: dict[str, str] = field(default_factory=dict)
+    compression: Literal["gzip", "none"] = "gzip"
+    retry_on_failure: RetryConfig = field(default_factory=RetryConfig)
+    sending_queue: QueueConfig = field(default_factory=QueueConfig)
+
+
+@dataclass(frozen=True)
+class PrometheusConfig:
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class ExportersConfig:
+    otlp: OtlpConfig = field(default_factory=OtlpConfig)
+    prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
+
+
+@dataclass(frozen=True)
+class TracesConfig:
+    enabled: bool = True
+    sampling_ratio: float = 1.0
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    export_interval: Duration = Duration(10)
+    sets: list[str] = field(default_factory=lambda: ["http", "servicegraph"])
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    listen: str = "0.0.0.0:9464"
+
+
+@dataclass(frozen=True)
+class Config:
+    receiver: ReceiverConfig = field(default_factory=ReceiverConfig)
+    analyzers: list[str] = field(default_factory=lambda: ["mx-mesh", "k8s-mesh"])
+    k8s: K8sConfig = field(default_factory=K8sConfig)
+    exporters: ExportersConfig = field(default_factory=ExportersConfig)
+    traces: TracesConfig = field(default_factory=TracesConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    shutdown_timeout: Duration = Duration(10)
+    log_level: str = "info"
+
+
+def load(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, expand and validate a configuration file; None gives the defaults."""
+    env = os.environ if environ is None else environ
+    raw: Any = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+        if raw is None:
+            raw = {}
+    return parse(raw, env)
+
+
+def parse(raw: Any, environ: Mapping[str, str]) -> Config:
+    """Validate an already-read YAML document; see :func:`load`."""
+    problems: list[str] = []
+    if not isinstance(raw, dict):
+        raise ConfigError(["(top level): must be a mapping of keys"])
+    raw = _expand(raw, environ, "", problems)
+    _apply_otlp_environment(raw, environ)
+    config = _build(Config, raw, "", problems)
+    if isinstance(config, Config):
+        problems.extend(_check_values(config))
+    if problems:
+        raise ConfigError(problems)
+    assert isinstance(config, Config)
+    return _with_protocol_default_endpoint(config, raw)
+
+
+_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(value: Any, environ: Mapping[str, str], path: str, problems: list[str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand(v, environ, _join(path, str(k)), problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, environ, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${env:" not in value:
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        problems.append(f"{path}: environment variable {name} is not set")
+        return ""
+
+    expanded = _ENV_REF.sub(substitute, value)
+    if expanded != value and _ENV_REF.fullmatch(value):
+        # A value that is one reference takes the YAML type of what it expands to.
+        try:
+            return yaml.safe_load(expanded) if expanded else expanded
+        except yaml.YAMLError:
+            return expanded
+    return expanded
+
+
+def _apply_otlp_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """The standard OTEL_EXPORTER_OTLP_* variables fill what the file leaves out."""
+    exporters = raw.get("exporters")
+    if exporters is not None and not isinstance(exporters, dict):
+        return
+    otlp = (exporters or {}).get("otlp")
+    if otlp is not None and not isinstance(otlp, dict):
+        return
+    otlp = dict(otlp or {})
+    if "endpoint" not in otlp and environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        otlp["endpoint"] = environ["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    if "protocol" not in otlp and environ.get("OTEL_EXPORTER_OTLP_PROTOCOL"):
+        otlp["protocol"] = environ["OTEL_EXPORTER_OTLP_PROTOCOL"]
+    if "insecure" not in otlp and environ.get("OTEL_EXPORTER_OTLP_INSECURE"):
+        otlp["insecure"] = environ["OTEL_EXPORTER_OTLP_INSECURE"].strip().lower() == "true"
+    if "headers" not in otlp and environ.get("OTEL_EXPORTER_OTLP_HEADERS"):
+        otlp["headers"] = _parse_header_list(environ["OTEL_EXPORTER_OTLP_HEADERS"])
+    if otlp:
+        raw["exporters"] = {**(exporters or {}), "otlp": otlp}
+
+
+def _parse_header_list(text: str) -> dict[str, str]:
+    """``key1=value1,key2=value2`` with URL-encoded values, as the OTLP exporter spec says."""
+    headers = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if sep and key.strip():
+            headers[unquote(key.strip()).lower()] = unquote(value.strip())
+    return headers
+
+
+def _with_protocol_default_endpoint(config: Config, raw: dict[str, Any]) -> Config:
+    """An OTLP/HTTP exporter with no endpoint given talks to the OTLP/HTTP port."""
+    otlp = config.exporters.otlp
+    given = isinstance(raw.get("exporters"), dict) and "endpoint" in (raw["exporters"].get("otlp") or {})
+    if otlp.protocol == "http/protobuf" and not given:
+        otlp = dataclasses.replace(otlp, endpoint="localhost:4318")
+        exporters = dataclasses.replace(config.exporters, otlp=otlp)
+        return dataclasses.replace(config, exporters=exporters)
+    return config
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _build(cls: type[Any], raw: Any, path: str, problems: list[str]) -> Any:
+    """Walk a dataclass type and a YAML mapping together, collecting every problem."""
+    if not isinstance(raw, dict):
+        problems.append(f"{path or '(top level)'}: must be a mapping, got {_kind(raw)}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            problems.append(f"{_join(path, str(key))}: unknown key (known here: {known})")
+    values = {}
+    for name in fields:
+        if name in raw:
+            values[name] = _convert(hints[name], raw[name], _join(path, name), problems)
+    try:
+        return cls(**{k: v for k, v in values.items() if v is not _INVALID})
+    except TypeError:  # pragma: no cover - a field left invalid already reported
+        return cls()
+
+
+_INVALID = object()
+
+
+def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path, problems)  # type: ignore[arg-type]
+    if origin in (types.UnionType, typing.Union):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, path, problems)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            problems.append(f"{path}: must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+            return _INVALID
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            problems.append(f"{path}: must be a list, got {_kind(value)}")
+            return _INVALID
+        items = [_convert(item, v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+        return [v for v in items if v is not _INVALID]
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{path}: must be a mapping, got {_kind(value)}")
+            return _INVALID
+        result = {}
+        for k, v in value.items():
+            if not isinstance(v, str | int | float | bool):
+                problems.append(f"{_join(path, str(k))}: must be a string, got {_kind(v)}")
+                continue
+            result[str(k)] = str(v)
+        return result
+    if tp is Duration:
+        seconds = parse_duration(value)
+        if seconds is None:
+            problems.append(f'{path}: must be a duration like "10s" or "500ms", got {value!r}')
+            return _INVALID
+        return Duration(seconds)
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{path}: must be true or false, got {value!r}")
+            return _INVALID
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{path}: must be a whole number, got {value!r}")
+            return _INVALID
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append(f"{path}: must be a number, got {value!r}")
+            return _INVALID
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            problems.append(f"{path}: must be a string, got {_kind(value)}")
+            return _INVALID
+        return value
+    raise TypeError(f"no conversion for {tp!r}")  # pragma: no cover - schema error
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|µs|ns|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from ``"1m30s"``-style text (or a bare number of seconds); None if invalid."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value >= 0 else None
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            return None
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    return total if pos == len(text) else None
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def split_hostport(text: str) -> tuple[str, int] | None:
+    """``host:port`` or ``[v6]:port`` into parts; None when it is not one."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return (host, int(port)) if host else None
+
+
+def _check_values(config: Config) -> list[str]:
+    problems = []
+    for key, listen in (
+        ("receiver.listen", config.receiver.listen),
+        ("http.listen", config.http.listen),
+    ):
+        if split_hostport(listen) is None:
+            problems.append(f"{key}: must be host:port, got {listen!r}")
+    for i, name in enumerate(config.analyzers):
+        if name not in ANALYZERS:
+            problems.append(f"analyzers[{i}]: unknown analyzer {name!r} (known: {', '.join(ANALYZERS)})")
+    if len(set(config.analyzers)) != len(config.analyzers):
+        problems.append("analyzers: an analyzer is listed twice")
+    for i, name in enumerate(config.metrics.sets):
+        if name not in METRIC_SETS:
+            problems.append(
+                f"metrics.sets[{i}]: unknown metric set {name!r} (known: {', '.join(METRIC_SETS)})"
+            )
+    if not 0.0 <= config.traces.sampling_ratio <= 1.0:
+        problems.append(f"traces.sampling_ratio: must be between 0 and 1, got {config.traces.sampling_ratio}")
+    if config.metrics.export_interval <= 0:
+        problems.append("metrics.export_interval: must be longer than 0s")
+    otlp = config.exporters.otlp
+    if otlp.enabled and not otlp.endpoint.strip():
+        problems.append("exporters.otlp.endpoint: must not be empty")
+    if otlp.sending_queue.queue_size < 1:
+        problems.append("exporters.otlp.sending_queue.queue_size: must be at least 1")
+    if config.log_level.lower() not in LOG_LEVELS:
+        problems.append(f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {config.log_level!r}")
+    return problems

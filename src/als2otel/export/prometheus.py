@@ -1,0 +1,94 @@
+"""The Prometheus text exposition format (0.0.4) of the metric store and own counters.
+
+Names and units follow the OTLP-to-Prometheus rules (``http.server.request.duration``
+in seconds -> ``http_server_request_duration_seconds``; monotonic sums end in
+``_total``) so one query works on ``/metrics`` and behind a Collector. A
+resource's identity becomes the labels ``service_name`` and ``service_namespace``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from ..stats import Stats
+from ..translation.metrics import Kind, MetricStore, Series
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_INVALID_LABEL_CHARS = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def label_name(key: str) -> str:
+    name = _INVALID_LABEL_CHARS.sub("_", key)
+    return f"_{name}" if name[:1].isdigit() else name
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(pairs: list[tuple[str, str]]) -> str:
+    if not pairs:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in pairs) + "}"
+
+
+def _number(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+def _series_labels(series: Series) -> list[tuple[str, str]]:
+    pairs = []
+    if series.resource is not None:
+        pairs.append(("service_name", series.resource.service_name))
+        if series.resource.namespace:
+            pairs.append(("service_namespace", series.resource.namespace))
+    pairs.extend((label_name(k), v) for k, v in series.attributes)
+    return pairs
+
+
+def render(store: MetricStore | None, stats: Stats) -> str:
+    lines: list[str] = []
+    if store is not None:
+        grouped: dict[str, list[Series]] = {}
+        for series in store.series.values():
+            grouped.setdefault(series.metric.prom_name, []).append(series)
+        for name, members in grouped.items():
+            metric = members[0].metric
+            lines.append(f"# HELP {name} {metric.description}")
+            if metric.kind is Kind.HISTOGRAM:
+                lines.append(f"# TYPE {name} histogram")
+                for series in members:
+                    _histogram_lines(lines, name, series)
+            else:
+                lines.append(f"# TYPE {name} counter")
+                for series in members:
+                    lines.append(f"{name}{_labels(_series_labels(series))} {_number(series.value)}")
+    for counter in stats.counters():
+        lines.append(f"# HELP {counter.name} {counter.help}")
+        lines.append(f"# TYPE {counter.name} counter")
+        for values, count in sorted(counter.values.items()):
+            lines.append(f"{counter.name}{_labels(list(zip(counter.labels, values, strict=True)))} {count}")
+    for gauge in stats.gauges():
+        lines.append(f"# HELP {gauge.name} {gauge.help}")
+        lines.append(f"# TYPE {gauge.name} gauge")
+        lines.append(f"{gauge.name} {_number(gauge.value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _histogram_lines(lines: list[str], name: str, series: Series) -> None:
+    histogram = series.histogram
+    assert histogram is not None
+    labels = _series_labels(series)
+    cumulative = 0
+    for bound, count in zip(series.metric.buckets, histogram.counts, strict=False):
+        cumulative += count
+        lines.append(f"{name}_bucket{_labels([*labels, ('le', _number(bound))])} {cumulative}")
+    lines.append(f"{name}_bucket{_labels([*labels, ('le', '+Inf')])} {histogram.count}")
+    lines.append(f"{name}_sum{_labels(labels)} {_number(histogram.total)}")
+    lines.append(f"{name}_count{_labels(labels)} {histogram.count}")

@@ -1,0 +1,156 @@
+"""The few types that cross als2otel's stages.
+
+receiver -> :class:`Entry` (one access-log entry, v2 or v3, HTTP or TCP) and
+:class:`Proxy` (who sent it) -> analysis -> :class:`Call` (one side of a call
+between two :class:`Workload` s) -> translation -> OTLP spans and metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+
+class Protocol(StrEnum):
+    HTTP = "http"
+    GRPC = "grpc"
+    TCP = "tcp"
+
+
+class Role(StrEnum):
+    """What kind of proxy sent the entry, from the node id's first field."""
+
+    SIDECAR = "sidecar"
+    ROUTER = "router"
+    INGRESS = "ingress"
+    WAYPOINT = "waypoint"
+    UNKNOWN = "unknown"
+
+    @property
+    def is_gateway(self) -> bool:
+        return self in (Role.ROUTER, Role.INGRESS, Role.WAYPOINT)
+
+
+class Direction(StrEnum):
+    """Which way an entry's request went through its proxy."""
+
+    INBOUND = "inbound"  # a sidecar handing a request to its own workload
+    OUTBOUND = "outbound"  # a sidecar's workload calling out
+    GATEWAY = "gateway"  # a gateway or waypoint: both a server and a client
+    UNKNOWN = "unknown"
+
+
+class Side(StrEnum):
+    """Which end of a call the reporting proxy stands at."""
+
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class SocketAddr(NamedTuple):
+    ip: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """A service identity: what becomes an OpenTelemetry resource.
+
+    ``external`` marks a destination outside the mesh, known only by host name.
+    """
+
+    service_name: str
+    namespace: str = ""
+    version: str = ""
+    instance: str = ""  # pod or VM instance: service.instance.id
+    workload_name: str = ""  # Deployment, StatefulSet, WorkloadEntry, ...
+    pod_name: str = ""
+    cluster: str = ""
+    canonical_service: str = ""
+    canonical_revision: str = ""
+    external: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """The Envoy that opened an ALS stream, from its identifier (first message)."""
+
+    node_id: str
+    role: Role
+    log_name: str = ""
+    ip: str = ""  # the node id's second field
+    pod_name: str = ""
+    namespace: str = ""
+    workload: Workload | None = None  # its own workload, when the node says
+    instance_ips: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class Entry:
+    """One final access-log entry, the same whatever the API version and type.
+
+    Times are Unix nanoseconds; offsets are nanoseconds from ``start_ns`` or -1
+    when Envoy did not record them.
+    """
+
+    api_version: str
+    protocol: Protocol
+    start_ns: int
+    duration_ns: int = -1
+    last_rx_ns: int = -1
+    first_upstream_tx_ns: int = -1
+    last_upstream_rx_ns: int = -1
+    last_downstream_tx_ns: int = -1
+    downstream_remote: SocketAddr | None = None
+    downstream_direct_remote: SocketAddr | None = None
+    downstream_local: SocketAddr | None = None
+    upstream_remote: SocketAddr | None = None
+    upstream_local: SocketAddr | None = None
+    upstream_cluster: str = ""
+    route_name: str = ""
+    response_flags: tuple[str, ...] = ()
+    upstream_failure: str = ""
+    mtls: bool = False
+    peer_principal: str = ""
+    filter_state: Mapping[str, Any] | None = None
+    # HTTP only
+    method: str = ""
+    scheme: str = ""
+    authority: str = ""
+    path: str = ""
+    user_agent: str = ""
+    request_id: str = ""
+    http_version: str = ""
+    response_code: int = 0
+    grpc_status: int = -1
+    request_headers: Mapping[str, str] | None = None
+    response_headers: Mapping[str, str] | None = None
+    # bytes received from and sent to the downstream
+    received_bytes: int = 0
+    sent_bytes: int = 0
+
+    @property
+    def caller_address(self) -> SocketAddr | None:
+        """The physical peer that sent the request (not one taken from X-Forwarded-For)."""
+        return self.downstream_direct_remote or self.downstream_remote
+
+
+@dataclass(slots=True)
+class Call:
+    """One side of a call, as the reporting proxy saw it.
+
+    ``source`` is None when the caller is unknown; ``from_outside`` says it is
+    known to be outside the mesh (the servicegraph's ``user``).
+    ``resolved`` is False for a provisional answer (a destination named only
+    from the upstream cluster) that a later analyzer may improve on.
+    """
+
+    side: Side
+    entry: Entry
+    proxy: Proxy
+    source: Workload | None
+    destination: Workload | None
+    from_outside: bool = False
+    resolved: bool = True

@@ -1,0 +1,1 @@
+"""Generated modules of our ALS wire-format .proto files (scripts/gen_proto.sh)."""

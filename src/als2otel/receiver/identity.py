@@ -1,0 +1,37 @@
+"""The reporting proxy's identity, from a stream's identifier (read once per stream)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format
+
+from .. import istio
+from ..model import Proxy, Workload
+from ._proto import als_pb2
+
+
+def identify(identifier: als_pb2.StreamAccessLogsMessage.Identifier) -> Proxy:
+    """Role, IP, pod and own workload of the Envoy that opened the stream."""
+    node = identifier.node
+    role, ip, pod, namespace = istio.parse_node_id(node.id)
+    meta: dict[str, Any] = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
+    workload = istio.workload_from_node_metadata(meta, pod_name=pod, namespace=namespace)
+    if workload is None and (node.cluster or node.id):
+        # A plain Envoy without Istio's metadata still speaks for a service: its --service-cluster.
+        workload = Workload(service_name=node.cluster or node.id)
+    instance_ips = tuple(ip.strip() for ip in str(meta.get("INSTANCE_IPS", "")).split(",") if ip.strip())
+    return Proxy(
+        node_id=node.id,
+        role=role,
+        log_name=identifier.log_name,
+        ip=ip or (instance_ips[0] if instance_ips else ""),
+        pod_name=_text(meta.get("NAME")) or pod,
+        namespace=_text(meta.get("NAMESPACE")) or namespace,
+        workload=workload,
+        instance_ips=instance_ips or ((ip,) if ip else ()),
+    )
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""

@@ -1,0 +1,164 @@
+"""The ALS gRPC server: ``StreamAccessLogs`` of the v3 and v2 AccessLogService.
+
+Messages arrive as raw bytes (a generic handler without a deserializer) and are
+parsed here with our own wire-format messages. The identifier on a stream's
+first message is read once into a :class:`Proxy`; each message's entries are
+then handed to ``sink`` without waiting for analysis or export (Envoy drops
+logs when its receiver reads slowly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from ..model import Proxy
+from ..stats import LogLimiter, Stats
+from ._proto import als_pb2
+from .identity import identify
+
+log = logging.getLogger("als2otel.receiver")
+
+SERVICES = {
+    "v3": "envoy.service.accesslog.v3.AccessLogService",
+    "v2": "envoy.service.accesslog.v2.AccessLogService",
+}
+METHOD = "StreamAccessLogs"
+
+# Envoy's first message on a stream carries a ~70 KB node description; a batch
+# at a large buffer_size_bytes can be several MB.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class EntryBatch:
+    """The entries of one message, with who sent them."""
+
+    proxy: Proxy
+    api_version: str
+    log_type: str  # "http" or "tcp"
+    entries: Any  # repeated HTTPAccessLogEntry or TCPAccessLogEntry
+
+
+Sink = Callable[[EntryBatch], None]
+
+
+class AlsServer:
+    """grpc.aio server for both ALS API versions; ``sink`` must not block."""
+
+    def __init__(self, listen: str, sink: Sink, stats: Stats) -> None:
+        self._listen = listen
+        self._sink = sink
+        self._stats = stats
+        self._limiter = LogLimiter(log)
+        self._server: grpc.aio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 1),
+                # Streams last for days: keep idle connections alive, accept Envoy's pings.
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ]
+        )
+        handlers = {
+            version: grpc.method_handlers_generic_handler(
+                service,
+                {METHOD: grpc.stream_unary_rpc_method_handler(self._handler(version))},
+            )
+            for version, service in SERVICES.items()
+        }
+        server.add_generic_rpc_handlers(tuple(handlers.values()))
+        port = server.add_insecure_port(self._listen)
+        if port == 0:
+            raise OSError(f"cannot listen for ALS on {self._listen}")
+        self.port = port
+        await server.start()
+        self._server = server
+        log.info("ALS receiver listening on %s (port %d)", self._listen, port)
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking streams; give open ones ``grace`` seconds to deliver what they sent."""
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+
+    def _handler(self, api_version: str) -> Callable[..., Any]:
+        async def stream_access_logs(
+            requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+        ) -> bytes:
+            return await self._serve_stream(api_version, requests, context)
+
+        return stream_access_logs
+
+    async def _serve_stream(
+        self,
+        api_version: str,
+        requests: AsyncIterator[bytes],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> bytes:
+        stats = self._stats
+        stats.streams_active.value += 1
+        proxy: Proxy | None = None
+        peer = context.peer()
+        try:
+            async for raw in requests:
+                try:
+                    message = als_pb2.StreamAccessLogsMessage.FromString(raw)
+                except DecodeError as exc:
+                    stats.entries_invalid.inc("malformed_message")
+                    stats.stream_errors.inc("malformed_message")
+                    self._limiter.warning(
+                        "malformed_message",
+                        "ALS stream from %s sent a message that does not parse (%s); ending the stream",
+                        peer,
+                        exc,
+                    )
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "message does not parse as StreamAccessLogsMessage",
+                    )
+                if message.HasField("identifier"):
+                    proxy = identify(message.identifier)
+                elif proxy is None:
+                    stats.entries_invalid.inc("missing_identifier")
+                    stats.stream_errors.inc("missing_identifier")
+                    self._limiter.warning(
+                        "missing_identifier",
+                        "ALS stream from %s sent entries before an identifier; ending the stream",
+                        peer,
+                    )
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "the first message of a stream must carry an identifier",
+                    )
+                which = message.WhichOneof("log_entries")
+                if which == "http_logs":
+                    entries: Any = message.http_logs.log_entry
+                    log_type = "http"
+                elif which == "tcp_logs":
+                    entries = message.tcp_logs.log_entry
+                    log_type = "tcp"
+                else:
+                    continue
+                if not entries:
+                    continue
+                assert proxy is not None
+                stats.entries_received.inc(api_version, log_type, by=len(entries))
+                self._sink(EntryBatch(proxy, api_version, log_type, entries))
+        except asyncio.CancelledError:
+            stats.stream_errors.inc("client_cancelled")
+            self._limiter.warning("client_cancelled", "ALS stream from %s was cancelled by the client", peer)
+            raise
+        finally:
+            stats.streams_active.value -= 1
+        return b""

@@ -1,0 +1,113 @@
+"""als2otel's own counters, and rate-limited logging of bad input.
+
+Every counter is rendered on ``/metrics`` under its Prometheus name and sent in
+OTLP (under ``service.name=als2otel``) as a cumulative sum named without the
+``_total`` suffix, which the OTLP-to-Prometheus rules add back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Counter:
+    """A monotonic counter with a fixed set of label names."""
+
+    name: str  # Prometheus name, ending in _total
+    help: str
+    labels: tuple[str, ...]
+    values: dict[tuple[str, ...], int] = field(default_factory=dict)
+
+    def inc(self, *label_values: str, by: int = 1) -> None:
+        key = label_values
+        self.values[key] = self.values.get(key, 0) + by
+
+    def get(self, *label_values: str) -> int:
+        return self.values.get(label_values, 0)
+
+    @property
+    def otlp_name(self) -> str:
+        return self.name.removesuffix("_total")
+
+
+@dataclass
+class Gauge:
+    name: str
+    help: str
+    value: float = 0.0
+
+
+class Stats:
+    """The counters the receiver, pipeline and exporters update."""
+
+    def __init__(self) -> None:
+        self.entries_received = Counter(
+            "als2otel_entries_received_total",
+            "Access-log entries received, by ALS API version and log type.",
+            ("api_version", "log_type"),
+        )
+        self.entries_invalid = Counter(
+            "als2otel_entries_invalid_total",
+            "Entries or messages rejected as bad input, by reason.",
+            ("reason",),
+        )
+        self.entries_unresolved = Counter(
+            "als2otel_entries_unresolved_total",
+            "Final entries that no analyzer turned into a call, by reason.",
+            ("reason",),
+        )
+        self.entries_intermediate = Counter(
+            "als2otel_entries_intermediate_total",
+            "Periodic or start-of-stream entries, not counted as calls.",
+            ("log_type",),
+        )
+        self.calls = Counter(
+            "als2otel_calls_total",
+            "Call sides resolved from entries, by side.",
+            ("side",),
+        )
+        self.export_failures = Counter(
+            "als2otel_export_failures_total",
+            "OTLP export attempts that failed, by signal.",
+            ("signal",),
+        )
+        self.dropped = Counter(
+            "als2otel_dropped_total",
+            "Entries, spans or metric points given up on, by signal and reason.",
+            ("signal", "reason"),
+        )
+        self.stream_errors = Counter(
+            "als2otel_stream_errors_total",
+            "ALS streams that ended abnormally, by reason.",
+            ("reason",),
+        )
+        self.streams_active = Gauge("als2otel_streams_active", "ALS streams open now.")
+
+    def counters(self) -> list[Counter]:
+        return [v for v in vars(self).values() if isinstance(v, Counter)]
+
+    def gauges(self) -> list[Gauge]:
+        return [v for v in vars(self).values() if isinstance(v, Gauge)]
+
+
+class LogLimiter:
+    """Logs a message per reason at most once every ``interval`` seconds, saying how many it held back."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._next: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warning(self, reason: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._next.get(reason, 0.0):
+            self._held[reason] = self._held.get(reason, 0) + 1
+            return
+        held = self._held.pop(reason, 0)
+        self._next[reason] = now + self._interval
+        suffix = f" ({held} more like this since the last report)" if held else ""
+        self._logger.warning(message + suffix, *args)

@@ -1,0 +1,98 @@
+"""Trace and span IDs, derived so that both sides of a call agree without meeting.
+
+* trace id: from ``traceparent``, else B3 (``x-b3-traceid`` or ``b3``), when
+  Envoy logged them; else from ``x-request-id`` (a UUID is the 128 bits
+  themselves, anything else is hashed); else from the connection.
+* a hop is one request on one connection, named the same from both ends: the
+  client's (upstream_local -> upstream_remote) is the server's
+  (downstream_direct_remote -> downstream_local).
+* client span id = H(trace, "client", hop); server span id = H(trace, "server",
+  hop). The server span's parent is the client span id of the same hop, which
+  the server side computes from its own entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import NamedTuple
+
+from ..model import Entry, SocketAddr
+
+_HEX = frozenset("0123456789abcdef")
+
+
+class TraceContext(NamedTuple):
+    trace_id: bytes
+    parent_span_id: bytes  # b"" when the request carried no span of its own
+
+
+def _hex_bytes(text: str, length: int) -> bytes | None:
+    text = text.strip().lower()
+    if len(text) != 2 * length or not _HEX.issuperset(text):
+        return None
+    value = bytes.fromhex(text)
+    return value if any(value) else None
+
+
+def _digest(*parts: str | bytes, size: int) -> bytes:
+    h = hashlib.blake2b(digest_size=size)
+    for part in parts:
+        h.update(part.encode() if isinstance(part, str) else part)
+        h.update(b"\x1f")
+    value = h.digest()
+    return value if any(value) else b"\x01" * size
+
+
+def trace_context(entry: Entry, connection: str) -> TraceContext:
+    headers = entry.request_headers
+    if headers:
+        traceparent = headers.get("traceparent")
+        if traceparent:
+            parts = traceparent.split("-")
+            if len(parts) >= 4:
+                trace_id, span_id = _hex_bytes(parts[1], 16), _hex_bytes(parts[2], 8)
+                if trace_id and span_id:
+                    return TraceContext(trace_id, span_id)
+        b3_trace = headers.get("x-b3-traceid")
+        if b3_trace:
+            trace_id = _hex_bytes(b3_trace.rjust(32, "0"), 16)
+            if trace_id:
+                return TraceContext(trace_id, _hex_bytes(headers.get("x-b3-spanid", ""), 8) or b"")
+        b3 = headers.get("b3")
+        if b3 and "-" in b3:
+            parts = b3.split("-")
+            trace_id = _hex_bytes(parts[0].rjust(32, "0"), 16)
+            if trace_id:
+                return TraceContext(trace_id, _hex_bytes(parts[1], 8) or b"")
+    request_id = entry.request_id
+    if request_id:
+        trace_id = _hex_bytes(request_id.replace("-", ""), 16) or _digest(request_id, size=16)
+        return TraceContext(trace_id, b"")
+    return TraceContext(_digest("connection", connection, str(entry.start_ns), size=16), b"")
+
+
+def connection_key(client: SocketAddr | None, server: SocketAddr | None) -> str:
+    return f"{client.ip if client else ''}:{client.port if client else 0}>" + (
+        f"{server.ip}:{server.port}" if server else ""
+    )
+
+
+def hop_key(entry: Entry, connection: str) -> str:
+    return f"{connection}|{entry.method}|{entry.path}"
+
+
+def client_span_id(trace_id: bytes, hop: str) -> bytes:
+    return _digest(trace_id, "client", hop, size=8)
+
+
+def server_span_id(trace_id: bytes, hop: str) -> bytes:
+    return _digest(trace_id, "server", hop, size=8)
+
+
+def sampled(trace_id: bytes, ratio: float) -> bool:
+    """Consistent per trace: the same trace id is kept or dropped everywhere."""
+    if ratio >= 1.0:
+        return True
+    if ratio <= 0.0:
+        return False
+    return int.from_bytes(trace_id[8:16], "big") < int(ratio * (1 << 64))

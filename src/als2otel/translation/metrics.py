@@ -1,0 +1,218 @@
+"""Metric aggregation in our own code: cumulative sums and histograms per series.
+
+A series is (metric, resource workload or None, data-point attributes). The
+store is bounded: past ``max_series`` new series are refused and counted, so a
+high-cardinality mesh cannot exhaust memory. Snapshots render as OTLP
+(:meth:`MetricStore.to_otlp`) and the Prometheus text format
+(:func:`als2otel.export.prometheus.render`).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from enum import Enum
+
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.metrics.v1 import metrics_pb2
+
+from .. import __version__
+from ..model import Workload
+from ..stats import Stats
+from .resources import resource_attributes, set_attributes
+
+Attributes = tuple[tuple[str, str], ...]
+
+# OpenTelemetry's advisory buckets for http.*.request.duration (seconds).
+HTTP_DURATION_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+)
+
+DEFAULT_MAX_SERIES = 100_000
+
+
+class Kind(Enum):
+    SUM = "counter"
+    HISTOGRAM = "histogram"
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    name: str  # OTLP name
+    prom_name: str  # name on /metrics (histograms: without _bucket/_sum/_count)
+    kind: Kind
+    unit: str
+    description: str
+    buckets: tuple[float, ...] = ()
+
+
+HTTP_SERVER_DURATION = MetricDef(
+    "http.server.request.duration",
+    "http_server_request_duration_seconds",
+    Kind.HISTOGRAM,
+    "s",
+    "Duration of HTTP server requests.",
+    HTTP_DURATION_BUCKETS,
+)
+HTTP_CLIENT_DURATION = MetricDef(
+    "http.client.request.duration",
+    "http_client_request_duration_seconds",
+    Kind.HISTOGRAM,
+    "s",
+    "Duration of HTTP client requests.",
+    HTTP_DURATION_BUCKETS,
+)
+
+
+@dataclass(slots=True)
+class Histogram:
+    counts: list[int]
+    total: float = 0.0
+    count: int = 0
+    minimum: float = float("inf")
+    maximum: float = float("-inf")
+
+    def record(self, bounds: tuple[float, ...], value: float) -> None:
+        self.counts[bisect_left(bounds, value)] += 1
+        self.total += value
+        self.count += 1
+        self.minimum = min(self.minimum, value)
+        self.maximum = max(self.maximum, value)
+
+
+@dataclass(slots=True)
+class Series:
+    metric: MetricDef
+    resource: Workload | None
+    attributes: Attributes
+    value: float = 0.0  # sums
+    histogram: Histogram | None = None
+
+
+SeriesKey = tuple[MetricDef, Workload | None, Attributes]
+
+
+@dataclass
+class MetricStore:
+    start_ns: int
+    stats: Stats
+    max_series: int = DEFAULT_MAX_SERIES
+    series: dict[SeriesKey, Series] = field(default_factory=dict)
+
+    def _get(self, metric: MetricDef, resource: Workload | None, attributes: Attributes) -> Series | None:
+        key = (metric, resource, attributes)
+        found = self.series.get(key)
+        if found is None:
+            if len(self.series) >= self.max_series:
+                self.stats.dropped.inc("metrics", "series_limit")
+                return None
+            histogram = Histogram([0] * (len(metric.buckets) + 1)) if metric.kind is Kind.HISTOGRAM else None
+            found = self.series[key] = Series(metric, resource, attributes, histogram=histogram)
+        return found
+
+    def add(
+        self,
+        metric: MetricDef,
+        resource: Workload | None,
+        attributes: Attributes,
+        value: float = 1.0,
+    ) -> None:
+        series = self._get(metric, resource, attributes)
+        if series is not None:
+            series.value += value
+
+    def record(
+        self, metric: MetricDef, resource: Workload | None, attributes: Attributes, value: float
+    ) -> None:
+        series = self._get(metric, resource, attributes)
+        if series is not None and series.histogram is not None:
+            series.histogram.record(metric.buckets, value)
+
+    def to_otlp(
+        self, now_ns: int, self_resource: Workload
+    ) -> tuple[metrics_service_pb2.ExportMetricsServiceRequest, int]:
+        """A cumulative snapshot of every series plus als2otel's own counters, and its point count."""
+        request = metrics_service_pb2.ExportMetricsServiceRequest()
+        by_resource: dict[Workload | None, dict[MetricDef, metrics_pb2.Metric]] = {}
+        scopes: dict[Workload | None, metrics_pb2.ScopeMetrics] = {}
+        points = 0
+
+        def scope_for(resource: Workload | None) -> metrics_pb2.ScopeMetrics:
+            scope = scopes.get(resource)
+            if scope is None:
+                rm = request.resource_metrics.add()
+                set_attributes(rm.resource.attributes, resource_attributes(resource or self_resource))
+                scope = scopes[resource] = rm.scope_metrics.add()
+                scope.scope.name = "als2otel"
+                scope.scope.version = __version__
+                by_resource[resource] = {}
+            return scope
+
+        for series in self.series.values():
+            scope = scope_for(series.resource)
+            metrics = by_resource[series.resource]
+            metric = metrics.get(series.metric)
+            if metric is None:
+                metric = metrics[series.metric] = _new_metric(scope, series.metric)
+            point: metrics_pb2.HistogramDataPoint | metrics_pb2.NumberDataPoint
+            if series.histogram is not None:
+                point = metric.histogram.data_points.add()
+                h = series.histogram
+                point.bucket_counts.extend(h.counts)
+                point.explicit_bounds.extend(series.metric.buckets)
+                point.count = h.count
+                point.sum = h.total
+                if h.count:
+                    point.min = h.minimum
+                    point.max = h.maximum
+            else:
+                number = point = metric.sum.data_points.add()
+                number.as_double = series.value
+            point.start_time_unix_nano = self.start_ns
+            point.time_unix_nano = now_ns
+            set_attributes(point.attributes, series.attributes)
+            points += 1
+
+        own = scope_for(None)
+        for counter in self.stats.counters():
+            if not counter.values:
+                continue
+            metric = own.metrics.add()
+            metric.name = counter.otlp_name
+            metric.description = counter.help
+            metric.sum.aggregation_temporality = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
+            metric.sum.is_monotonic = True
+            for labels, value in counter.values.items():
+                count = metric.sum.data_points.add()
+                count.as_int = value
+                count.start_time_unix_nano = self.start_ns
+                count.time_unix_nano = now_ns
+                set_attributes(count.attributes, tuple(zip(counter.labels, labels, strict=True)))
+                points += 1
+        return request, points
+
+
+def _new_metric(scope: metrics_pb2.ScopeMetrics, definition: MetricDef) -> metrics_pb2.Metric:
+    metric = scope.metrics.add()
+    metric.name = definition.name
+    metric.unit = definition.unit
+    metric.description = definition.description
+    if definition.kind is Kind.HISTOGRAM:
+        metric.histogram.aggregation_temporality = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
+    else:
+        metric.sum.aggregation_temporality = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
+        metric.sum.is_monotonic = True
+    return metric

@@ -1,0 +1,133 @@
+"""What the OpenTelemetry semantic conventions say about a call's outcome and names.
+
+Pure functions of an :class:`Entry`, shared by spans and metrics so both agree.
+"""
+
+from __future__ import annotations
+
+from ..model import Entry, Protocol, Side
+
+# Envoy response flags that mean the request failed without a real response.
+FAILURE_FLAGS = frozenset(
+    {
+        "UH",
+        "UF",
+        "UO",
+        "NR",
+        "UC",
+        "UR",
+        "LR",
+        "URX",
+        "UT",
+        "DPE",
+        "UPE",
+        "NC",
+        "DF",
+        "OM",
+        "SI",
+        "DT",
+        "UMSDR",
+        "IH",
+        "RLSE",
+        "UAEX",
+        "NFCF",
+        "DC",
+    }
+)
+
+GRPC_STATUS_NAMES = (
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+)
+# gRPC codes that are a server's own fault (client side: every non-OK code is an error).
+GRPC_SERVER_ERRORS = frozenset({2, 4, 12, 13, 14, 15})
+
+
+def failure_flag(entry: Entry) -> str:
+    for flag in entry.response_flags:
+        if flag in FAILURE_FLAGS:
+            return flag
+    return ""
+
+
+def error_type(entry: Entry, side: Side) -> str:
+    """``error.type`` for the side, or '' when the call succeeded from that side's view."""
+    if entry.protocol is Protocol.GRPC and entry.grpc_status >= 0:
+        status = entry.grpc_status
+        if status != 0 and (side is Side.CLIENT or status in GRPC_SERVER_ERRORS):
+            return grpc_status_name(status)
+    code = entry.response_code
+    if entry.protocol is not Protocol.TCP and code >= (400 if side is Side.CLIENT else 500):
+        return str(code)
+    flag = failure_flag(entry)
+    if flag and (code == 0 or code >= 400 or entry.protocol is Protocol.TCP):
+        return flag
+    return ""
+
+
+def grpc_status_name(status: int) -> str:
+    return GRPC_STATUS_NAMES[status] if 0 <= status < len(GRPC_STATUS_NAMES) else str(status)
+
+
+def grpc_method(path: str) -> str:
+    """``pkg.Service/Method`` from ``/pkg.Service/Method``; '' if the path is not one."""
+    parts = path.split("?", 1)[0].strip("/").split("/")
+    return f"{parts[0]}/{parts[1]}" if len(parts) == 2 and parts[0] and parts[1] else ""
+
+
+def span_name(entry: Entry) -> str:
+    """Never built from a raw path: the method (HTTP), ``pkg.Service/Method`` (gRPC), ``TCP``."""
+    if entry.protocol is Protocol.GRPC:
+        return grpc_method(entry.path) or "gRPC"
+    if entry.protocol is Protocol.TCP:
+        return "TCP"
+    return entry.method or "HTTP"
+
+
+def split_authority(authority: str, scheme: str) -> tuple[str, int]:
+    """Host and port of ``:authority``; the port defaults from the scheme."""
+    host, port = authority, 0
+    if authority.startswith("["):
+        end = authority.find("]")
+        host = authority[1:end] if end > 0 else authority
+        rest = authority[end + 1 :] if end > 0 else ""
+        if rest.startswith(":") and rest[1:].isdigit():
+            port = int(rest[1:])
+    elif authority.count(":") == 1:
+        name, _, text = authority.partition(":")
+        if text.isdigit():
+            host, port = name, int(text)
+    if not port:
+        port = 443 if scheme == "https" else 80
+    return host, port
+
+
+def timing(entry: Entry, side: Side) -> tuple[int, int]:
+    """Start and end (Unix ns) of the side's span, from the entry's own timestamps.
+
+    The server side spans the whole downstream exchange; the client side the
+    upstream exchange (first byte sent upstream to last byte received), which
+    for a gateway lies inside its server side.
+    """
+    start = entry.start_ns
+    if side is Side.CLIENT and entry.first_upstream_tx_ns >= 0 and entry.last_upstream_rx_ns >= 0:
+        return start + entry.first_upstream_tx_ns, start + entry.last_upstream_rx_ns
+    for end in (entry.last_downstream_tx_ns, entry.duration_ns, entry.last_upstream_rx_ns):
+        if end >= 0:
+            return start, start + end
+    return start, start

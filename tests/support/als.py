@@ -1,0 +1,182 @@
+"""Building and sending ALS messages the way Envoy and Istio do."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2
+
+from als2otel.receiver._proto import accesslog_pb2, als_pb2
+
+V3_METHOD = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
+V2_METHOD = "/envoy.service.accesslog.v2.AccessLogService/StreamAccessLogs"
+
+START_S = 1_760_000_000
+
+
+def address(target: Any, ip: str, port: int) -> None:
+    target.socket_address.address = ip
+    target.socket_address.port_value = port
+
+
+def identifier(
+    node_id: str, metadata: dict[str, Any] | None = None, log_name: str = "http_envoy_accesslog"
+) -> als_pb2.StreamAccessLogsMessage.Identifier:
+    ident = als_pb2.StreamAccessLogsMessage.Identifier(log_name=log_name)
+    ident.node.id = node_id
+    if metadata:
+        ident.node.metadata.update(metadata)
+    return ident
+
+
+def sidecar_metadata(pod: str, namespace: str, app: str, version: str = "v1", **extra: Any) -> dict[str, Any]:
+    return {
+        "NAME": pod,
+        "NAMESPACE": namespace,
+        "LABELS": {
+            "app": app,
+            "version": version,
+            "service.istio.io/canonical-name": app,
+            "service.istio.io/canonical-revision": version,
+        },
+        "WORKLOAD_NAME": f"{app}-{version}",
+        "CLUSTER_ID": "Kubernetes",
+        **extra,
+    }
+
+
+def http_entry(
+    *,
+    downstream_remote: tuple[str, int],
+    downstream_local: tuple[str, int],
+    upstream_remote: tuple[str, int] | None = None,
+    upstream_local: tuple[str, int] | None = None,
+    downstream_direct_remote: tuple[str, int] | None = None,
+    cluster: str = "",
+    method: int = 1,
+    path: str = "/",
+    authority: str = "",
+    status: int | None = 200,
+    request_id: str = "",
+    start_ms: int = 0,
+    duration_ms: int = 10,
+    headers: dict[str, str] | None = None,
+    filter_state: dict[str, Any] | None = None,
+    access_log_type: int = accesslog_pb2.DownstreamEnd,
+    intermediate: bool = False,
+    flags: Sequence[str] = (),
+) -> accesslog_pb2.HTTPAccessLogEntry:
+    entry = accesslog_pb2.HTTPAccessLogEntry(protocol_version=accesslog_pb2.HTTPAccessLogEntry.HTTP11)
+    c = entry.common_properties
+    c.start_time.seconds = START_S + start_ms // 1000
+    c.start_time.nanos = (start_ms % 1000) * 1_000_000
+    address(c.downstream_remote_address, *downstream_remote)
+    address(c.downstream_local_address, *downstream_local)
+    if downstream_direct_remote:
+        address(c.downstream_direct_remote_address, *downstream_direct_remote)
+    if upstream_remote:
+        address(c.upstream_remote_address, *upstream_remote)
+    if upstream_local:
+        address(c.upstream_local_address, *upstream_local)
+    c.upstream_cluster = cluster
+    c.time_to_last_rx_byte.nanos = 100_000
+    c.time_to_first_upstream_tx_byte.nanos = 200_000
+    c.time_to_last_upstream_rx_byte.FromMilliseconds(max(duration_ms - 1, 0))
+    c.time_to_last_downstream_tx_byte.FromMilliseconds(duration_ms)
+    c.duration.FromMilliseconds(duration_ms)
+    c.access_log_type = access_log_type
+    c.intermediate_log_entry = intermediate
+    for flag in flags:
+        setattr(c.response_flags, flag, True)
+    for key, value in (filter_state or {}).items():
+        c.filter_state_objects[key].CopyFrom(value)
+    r = entry.request
+    r.request_method = method
+    r.scheme = "http"
+    r.authority = authority
+    r.path = path
+    r.request_id = request_id
+    for key, value in (headers or {}).items():
+        r.request_headers[key] = value
+    if status is not None:
+        entry.response.response_code.value = status
+    return entry
+
+
+def tcp_entry(
+    *,
+    downstream_remote: tuple[str, int],
+    downstream_local: tuple[str, int],
+    upstream_remote: tuple[str, int] | None = None,
+    upstream_local: tuple[str, int] | None = None,
+    cluster: str = "",
+    received: int = 100,
+    sent: int = 200,
+    start_ms: int = 0,
+    duration_ms: int = 50,
+    access_log_type: int = accesslog_pb2.TcpConnectionEnd,
+) -> accesslog_pb2.TCPAccessLogEntry:
+    entry = accesslog_pb2.TCPAccessLogEntry()
+    c = entry.common_properties
+    c.start_time.seconds = START_S + start_ms // 1000
+    c.start_time.nanos = (start_ms % 1000) * 1_000_000
+    address(c.downstream_remote_address, *downstream_remote)
+    address(c.downstream_local_address, *downstream_local)
+    if upstream_remote:
+        address(c.upstream_remote_address, *upstream_remote)
+    if upstream_local:
+        address(c.upstream_local_address, *upstream_local)
+    c.upstream_cluster = cluster
+    c.duration.FromMilliseconds(duration_ms)
+    c.access_log_type = access_log_type
+    entry.connection_properties.received_bytes = received
+    entry.connection_properties.sent_bytes = sent
+    return entry
+
+
+def http_message(
+    entries: Iterable[accesslog_pb2.HTTPAccessLogEntry], ident: Any = None
+) -> als_pb2.StreamAccessLogsMessage:
+    message = als_pb2.StreamAccessLogsMessage()
+    if ident is not None:
+        message.identifier.CopyFrom(ident)
+    message.http_logs.log_entry.extend(entries)
+    return message
+
+
+def tcp_message(
+    entries: Iterable[accesslog_pb2.TCPAccessLogEntry], ident: Any = None
+) -> als_pb2.StreamAccessLogsMessage:
+    message = als_pb2.StreamAccessLogsMessage()
+    if ident is not None:
+        message.identifier.CopyFrom(ident)
+    message.tcp_logs.log_entry.extend(entries)
+    return message
+
+
+def struct(values: dict[str, Any]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(values)
+    return s
+
+
+async def send(target: str, messages: Iterable[Any], method: str = V3_METHOD) -> grpc.aio.AioRpcError | None:
+    """One ALS stream carrying ``messages`` (messages or raw bytes); the error if the server ended it."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.stream_unary(method, request_serializer=_serialize, response_deserializer=lambda b: b)
+
+        async def requests() -> Any:
+            for message in messages:
+                yield message
+
+        try:
+            await call(requests())
+        except grpc.aio.AioRpcError as exc:
+            return exc
+    return None
+
+
+def _serialize(message: Any) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
