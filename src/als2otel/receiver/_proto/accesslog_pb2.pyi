@@ -31,7 +31,6 @@ class AccessLogType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UdpTunnelUpstreamConnected: _ClassVar[AccessLogType]
     UdpPeriodic: _ClassVar[AccessLogType]
     UdpSessionEnd: _ClassVar[AccessLogType]
-
 NotSet: AccessLogType
 TcpUpstreamConnected: AccessLogType
 TcpPeriodic: AccessLogType
@@ -53,11 +52,7 @@ class TCPAccessLogEntry(_message.Message):
     CONNECTION_PROPERTIES_FIELD_NUMBER: _ClassVar[int]
     common_properties: AccessLogCommon
     connection_properties: ConnectionProperties
-    def __init__(
-        self,
-        common_properties: _Optional[_Union[AccessLogCommon, _Mapping]] = ...,
-        connection_properties: _Optional[_Union[ConnectionProperties, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, common_properties: _Optional[_Union[AccessLogCommon, _Mapping]] = ..., connection_properties: _Optional[_Union[ConnectionProperties, _Mapping]] = ...) -> None: ...
 
 class HTTPAccessLogEntry(_message.Message):
     __slots__ = ("common_properties", "protocol_version", "request", "response")
@@ -68,7 +63,6 @@ class HTTPAccessLogEntry(_message.Message):
         HTTP11: _ClassVar[HTTPAccessLogEntry.HTTPVersion]
         HTTP2: _ClassVar[HTTPAccessLogEntry.HTTPVersion]
         HTTP3: _ClassVar[HTTPAccessLogEntry.HTTPVersion]
-
     PROTOCOL_UNSPECIFIED: HTTPAccessLogEntry.HTTPVersion
     HTTP10: HTTPAccessLogEntry.HTTPVersion
     HTTP11: HTTPAccessLogEntry.HTTPVersion
@@ -82,13 +76,7 @@ class HTTPAccessLogEntry(_message.Message):
     protocol_version: HTTPAccessLogEntry.HTTPVersion
     request: HTTPRequestProperties
     response: HTTPResponseProperties
-    def __init__(
-        self,
-        common_properties: _Optional[_Union[AccessLogCommon, _Mapping]] = ...,
-        protocol_version: _Optional[_Union[HTTPAccessLogEntry.HTTPVersion, str]] = ...,
-        request: _Optional[_Union[HTTPRequestProperties, _Mapping]] = ...,
-        response: _Optional[_Union[HTTPResponseProperties, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, common_properties: _Optional[_Union[AccessLogCommon, _Mapping]] = ..., protocol_version: _Optional[_Union[HTTPAccessLogEntry.HTTPVersion, str]] = ..., request: _Optional[_Union[HTTPRequestProperties, _Mapping]] = ..., response: _Optional[_Union[HTTPResponseProperties, _Mapping]] = ...) -> None: ...
 
 class ConnectionProperties(_message.Message):
     __slots__ = ("received_bytes", "sent_bytes")
@@ -99,50 +87,14 @@ class ConnectionProperties(_message.Message):
     def __init__(self, received_bytes: _Optional[int] = ..., sent_bytes: _Optional[int] = ...) -> None: ...
 
 class AccessLogCommon(_message.Message):
-    __slots__ = (
-        "sample_rate",
-        "downstream_remote_address",
-        "downstream_local_address",
-        "tls_properties",
-        "start_time",
-        "time_to_last_rx_byte",
-        "time_to_first_upstream_tx_byte",
-        "time_to_last_upstream_tx_byte",
-        "time_to_first_upstream_rx_byte",
-        "time_to_last_upstream_rx_byte",
-        "time_to_first_downstream_tx_byte",
-        "time_to_last_downstream_tx_byte",
-        "upstream_remote_address",
-        "upstream_local_address",
-        "upstream_cluster",
-        "response_flags",
-        "upstream_transport_failure_reason",
-        "route_name",
-        "downstream_direct_remote_address",
-        "filter_state_objects",
-        "custom_tags",
-        "duration",
-        "upstream_request_attempt_count",
-        "connection_termination_details",
-        "stream_id",
-        "intermediate_log_entry",
-        "downstream_transport_failure_reason",
-        "downstream_wire_bytes_sent",
-        "downstream_wire_bytes_received",
-        "upstream_wire_bytes_sent",
-        "upstream_wire_bytes_received",
-        "access_log_type",
-    )
+    __slots__ = ("sample_rate", "downstream_remote_address", "downstream_local_address", "tls_properties", "start_time", "time_to_last_rx_byte", "time_to_first_upstream_tx_byte", "time_to_last_upstream_tx_byte", "time_to_first_upstream_rx_byte", "time_to_last_upstream_rx_byte", "time_to_first_downstream_tx_byte", "time_to_last_downstream_tx_byte", "upstream_remote_address", "upstream_local_address", "upstream_cluster", "response_flags", "upstream_transport_failure_reason", "route_name", "downstream_direct_remote_address", "filter_state_objects", "custom_tags", "duration", "upstream_request_attempt_count", "connection_termination_details", "stream_id", "intermediate_log_entry", "downstream_transport_failure_reason", "downstream_wire_bytes_sent", "downstream_wire_bytes_received", "upstream_wire_bytes_sent", "upstream_wire_bytes_received", "access_log_type")
     class FilterStateObjectsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: _any_pb2.Any
-        def __init__(
-            self, key: _Optional[str] = ..., value: _Optional[_Union[_any_pb2.Any, _Mapping]] = ...
-        ) -> None: ...
-
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_any_pb2.Any, _Mapping]] = ...) -> None: ...
     class CustomTagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -150,7 +102,6 @@ class AccessLogCommon(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
-
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     DOWNSTREAM_REMOTE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     DOWNSTREAM_LOCAL_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -215,99 +166,21 @@ class AccessLogCommon(_message.Message):
     upstream_wire_bytes_sent: int
     upstream_wire_bytes_received: int
     access_log_type: AccessLogType
-    def __init__(
-        self,
-        sample_rate: _Optional[float] = ...,
-        downstream_remote_address: _Optional[_Union[_core_pb2.Address, _Mapping]] = ...,
-        downstream_local_address: _Optional[_Union[_core_pb2.Address, _Mapping]] = ...,
-        tls_properties: _Optional[_Union[TLSProperties, _Mapping]] = ...,
-        start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...,
-        time_to_last_rx_byte: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...,
-        time_to_first_upstream_tx_byte: _Optional[
-            _Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]
-        ] = ...,
-        time_to_last_upstream_tx_byte: _Optional[
-            _Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]
-        ] = ...,
-        time_to_first_upstream_rx_byte: _Optional[
-            _Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]
-        ] = ...,
-        time_to_last_upstream_rx_byte: _Optional[
-            _Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]
-        ] = ...,
-        time_to_first_downstream_tx_byte: _Optional[
-            _Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]
-        ] = ...,
-        time_to_last_downstream_tx_byte: _Optional[
-            _Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]
-        ] = ...,
-        upstream_remote_address: _Optional[_Union[_core_pb2.Address, _Mapping]] = ...,
-        upstream_local_address: _Optional[_Union[_core_pb2.Address, _Mapping]] = ...,
-        upstream_cluster: _Optional[str] = ...,
-        response_flags: _Optional[_Union[ResponseFlags, _Mapping]] = ...,
-        upstream_transport_failure_reason: _Optional[str] = ...,
-        route_name: _Optional[str] = ...,
-        downstream_direct_remote_address: _Optional[_Union[_core_pb2.Address, _Mapping]] = ...,
-        filter_state_objects: _Optional[_Mapping[str, _any_pb2.Any]] = ...,
-        custom_tags: _Optional[_Mapping[str, str]] = ...,
-        duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...,
-        upstream_request_attempt_count: _Optional[int] = ...,
-        connection_termination_details: _Optional[str] = ...,
-        stream_id: _Optional[str] = ...,
-        intermediate_log_entry: _Optional[bool] = ...,
-        downstream_transport_failure_reason: _Optional[str] = ...,
-        downstream_wire_bytes_sent: _Optional[int] = ...,
-        downstream_wire_bytes_received: _Optional[int] = ...,
-        upstream_wire_bytes_sent: _Optional[int] = ...,
-        upstream_wire_bytes_received: _Optional[int] = ...,
-        access_log_type: _Optional[_Union[AccessLogType, str]] = ...,
-    ) -> None: ...
+    def __init__(self, sample_rate: _Optional[float] = ..., downstream_remote_address: _Optional[_Union[_core_pb2.Address, _Mapping]] = ..., downstream_local_address: _Optional[_Union[_core_pb2.Address, _Mapping]] = ..., tls_properties: _Optional[_Union[TLSProperties, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., time_to_last_rx_byte: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_to_first_upstream_tx_byte: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_to_last_upstream_tx_byte: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_to_first_upstream_rx_byte: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_to_last_upstream_rx_byte: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_to_first_downstream_tx_byte: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_to_last_downstream_tx_byte: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., upstream_remote_address: _Optional[_Union[_core_pb2.Address, _Mapping]] = ..., upstream_local_address: _Optional[_Union[_core_pb2.Address, _Mapping]] = ..., upstream_cluster: _Optional[str] = ..., response_flags: _Optional[_Union[ResponseFlags, _Mapping]] = ..., upstream_transport_failure_reason: _Optional[str] = ..., route_name: _Optional[str] = ..., downstream_direct_remote_address: _Optional[_Union[_core_pb2.Address, _Mapping]] = ..., filter_state_objects: _Optional[_Mapping[str, _any_pb2.Any]] = ..., custom_tags: _Optional[_Mapping[str, str]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., upstream_request_attempt_count: _Optional[int] = ..., connection_termination_details: _Optional[str] = ..., stream_id: _Optional[str] = ..., intermediate_log_entry: _Optional[bool] = ..., downstream_transport_failure_reason: _Optional[str] = ..., downstream_wire_bytes_sent: _Optional[int] = ..., downstream_wire_bytes_received: _Optional[int] = ..., upstream_wire_bytes_sent: _Optional[int] = ..., upstream_wire_bytes_received: _Optional[int] = ..., access_log_type: _Optional[_Union[AccessLogType, str]] = ...) -> None: ...
 
 class ResponseFlags(_message.Message):
-    __slots__ = (
-        "failed_local_healthcheck",
-        "no_healthy_upstream",
-        "upstream_request_timeout",
-        "local_reset",
-        "upstream_remote_reset",
-        "upstream_connection_failure",
-        "upstream_connection_termination",
-        "upstream_overflow",
-        "no_route_found",
-        "delay_injected",
-        "fault_injected",
-        "rate_limited",
-        "unauthorized_details",
-        "rate_limit_service_error",
-        "downstream_connection_termination",
-        "upstream_retry_limit_exceeded",
-        "stream_idle_timeout",
-        "invalid_envoy_request_headers",
-        "downstream_protocol_error",
-        "upstream_max_stream_duration_reached",
-        "response_from_cache_filter",
-        "no_filter_config_found",
-        "duration_timeout",
-        "upstream_protocol_error",
-        "no_cluster_found",
-        "overload_manager",
-        "dns_resolution_failure",
-    )
+    __slots__ = ("failed_local_healthcheck", "no_healthy_upstream", "upstream_request_timeout", "local_reset", "upstream_remote_reset", "upstream_connection_failure", "upstream_connection_termination", "upstream_overflow", "no_route_found", "delay_injected", "fault_injected", "rate_limited", "unauthorized_details", "rate_limit_service_error", "downstream_connection_termination", "upstream_retry_limit_exceeded", "stream_idle_timeout", "invalid_envoy_request_headers", "downstream_protocol_error", "upstream_max_stream_duration_reached", "response_from_cache_filter", "no_filter_config_found", "duration_timeout", "upstream_protocol_error", "no_cluster_found", "overload_manager", "dns_resolution_failure")
     class Unauthorized(_message.Message):
         __slots__ = ("reason",)
         class Reason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
             __slots__ = ()
             REASON_UNSPECIFIED: _ClassVar[ResponseFlags.Unauthorized.Reason]
             EXTERNAL_SERVICE: _ClassVar[ResponseFlags.Unauthorized.Reason]
-
         REASON_UNSPECIFIED: ResponseFlags.Unauthorized.Reason
         EXTERNAL_SERVICE: ResponseFlags.Unauthorized.Reason
         REASON_FIELD_NUMBER: _ClassVar[int]
         reason: ResponseFlags.Unauthorized.Reason
-        def __init__(
-            self, reason: _Optional[_Union[ResponseFlags.Unauthorized.Reason, str]] = ...
-        ) -> None: ...
-
+        def __init__(self, reason: _Optional[_Union[ResponseFlags.Unauthorized.Reason, str]] = ...) -> None: ...
     FAILED_LOCAL_HEALTHCHECK_FIELD_NUMBER: _ClassVar[int]
     NO_HEALTHY_UPSTREAM_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_REQUEST_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
@@ -362,36 +235,7 @@ class ResponseFlags(_message.Message):
     no_cluster_found: bool
     overload_manager: bool
     dns_resolution_failure: bool
-    def __init__(
-        self,
-        failed_local_healthcheck: _Optional[bool] = ...,
-        no_healthy_upstream: _Optional[bool] = ...,
-        upstream_request_timeout: _Optional[bool] = ...,
-        local_reset: _Optional[bool] = ...,
-        upstream_remote_reset: _Optional[bool] = ...,
-        upstream_connection_failure: _Optional[bool] = ...,
-        upstream_connection_termination: _Optional[bool] = ...,
-        upstream_overflow: _Optional[bool] = ...,
-        no_route_found: _Optional[bool] = ...,
-        delay_injected: _Optional[bool] = ...,
-        fault_injected: _Optional[bool] = ...,
-        rate_limited: _Optional[bool] = ...,
-        unauthorized_details: _Optional[_Union[ResponseFlags.Unauthorized, _Mapping]] = ...,
-        rate_limit_service_error: _Optional[bool] = ...,
-        downstream_connection_termination: _Optional[bool] = ...,
-        upstream_retry_limit_exceeded: _Optional[bool] = ...,
-        stream_idle_timeout: _Optional[bool] = ...,
-        invalid_envoy_request_headers: _Optional[bool] = ...,
-        downstream_protocol_error: _Optional[bool] = ...,
-        upstream_max_stream_duration_reached: _Optional[bool] = ...,
-        response_from_cache_filter: _Optional[bool] = ...,
-        no_filter_config_found: _Optional[bool] = ...,
-        duration_timeout: _Optional[bool] = ...,
-        upstream_protocol_error: _Optional[bool] = ...,
-        no_cluster_found: _Optional[bool] = ...,
-        overload_manager: _Optional[bool] = ...,
-        dns_resolution_failure: _Optional[bool] = ...,
-    ) -> None: ...
+    def __init__(self, failed_local_healthcheck: _Optional[bool] = ..., no_healthy_upstream: _Optional[bool] = ..., upstream_request_timeout: _Optional[bool] = ..., local_reset: _Optional[bool] = ..., upstream_remote_reset: _Optional[bool] = ..., upstream_connection_failure: _Optional[bool] = ..., upstream_connection_termination: _Optional[bool] = ..., upstream_overflow: _Optional[bool] = ..., no_route_found: _Optional[bool] = ..., delay_injected: _Optional[bool] = ..., fault_injected: _Optional[bool] = ..., rate_limited: _Optional[bool] = ..., unauthorized_details: _Optional[_Union[ResponseFlags.Unauthorized, _Mapping]] = ..., rate_limit_service_error: _Optional[bool] = ..., downstream_connection_termination: _Optional[bool] = ..., upstream_retry_limit_exceeded: _Optional[bool] = ..., stream_idle_timeout: _Optional[bool] = ..., invalid_envoy_request_headers: _Optional[bool] = ..., downstream_protocol_error: _Optional[bool] = ..., upstream_max_stream_duration_reached: _Optional[bool] = ..., response_from_cache_filter: _Optional[bool] = ..., no_filter_config_found: _Optional[bool] = ..., duration_timeout: _Optional[bool] = ..., upstream_protocol_error: _Optional[bool] = ..., no_cluster_found: _Optional[bool] = ..., overload_manager: _Optional[bool] = ..., dns_resolution_failure: _Optional[bool] = ...) -> None: ...
 
 class TLSProperties(_message.Message):
     __slots__ = ("local_certificate_properties", "peer_certificate_properties")
@@ -404,47 +248,19 @@ class TLSProperties(_message.Message):
             uri: str
             dns: str
             def __init__(self, uri: _Optional[str] = ..., dns: _Optional[str] = ...) -> None: ...
-
         SUBJECT_ALT_NAME_FIELD_NUMBER: _ClassVar[int]
         SUBJECT_FIELD_NUMBER: _ClassVar[int]
-        subject_alt_name: _containers.RepeatedCompositeFieldContainer[
-            TLSProperties.CertificateProperties.SubjectAltName
-        ]
+        subject_alt_name: _containers.RepeatedCompositeFieldContainer[TLSProperties.CertificateProperties.SubjectAltName]
         subject: str
-        def __init__(
-            self,
-            subject_alt_name: _Optional[
-                _Iterable[_Union[TLSProperties.CertificateProperties.SubjectAltName, _Mapping]]
-            ] = ...,
-            subject: _Optional[str] = ...,
-        ) -> None: ...
-
+        def __init__(self, subject_alt_name: _Optional[_Iterable[_Union[TLSProperties.CertificateProperties.SubjectAltName, _Mapping]]] = ..., subject: _Optional[str] = ...) -> None: ...
     LOCAL_CERTIFICATE_PROPERTIES_FIELD_NUMBER: _ClassVar[int]
     PEER_CERTIFICATE_PROPERTIES_FIELD_NUMBER: _ClassVar[int]
     local_certificate_properties: TLSProperties.CertificateProperties
     peer_certificate_properties: TLSProperties.CertificateProperties
-    def __init__(
-        self,
-        local_certificate_properties: _Optional[_Union[TLSProperties.CertificateProperties, _Mapping]] = ...,
-        peer_certificate_properties: _Optional[_Union[TLSProperties.CertificateProperties, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, local_certificate_properties: _Optional[_Union[TLSProperties.CertificateProperties, _Mapping]] = ..., peer_certificate_properties: _Optional[_Union[TLSProperties.CertificateProperties, _Mapping]] = ...) -> None: ...
 
 class HTTPRequestProperties(_message.Message):
-    __slots__ = (
-        "request_method",
-        "scheme",
-        "authority",
-        "port",
-        "path",
-        "user_agent",
-        "referer",
-        "forwarded_for",
-        "request_id",
-        "original_path",
-        "request_headers_bytes",
-        "request_body_bytes",
-        "request_headers",
-    )
+    __slots__ = ("request_method", "scheme", "authority", "port", "path", "user_agent", "referer", "forwarded_for", "request_id", "original_path", "request_headers_bytes", "request_body_bytes", "request_headers")
     class RequestHeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -452,7 +268,6 @@ class HTTPRequestProperties(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
-
     REQUEST_METHOD_FIELD_NUMBER: _ClassVar[int]
     SCHEME_FIELD_NUMBER: _ClassVar[int]
     AUTHORITY_FIELD_NUMBER: _ClassVar[int]
@@ -479,32 +294,10 @@ class HTTPRequestProperties(_message.Message):
     request_headers_bytes: int
     request_body_bytes: int
     request_headers: _containers.ScalarMap[str, str]
-    def __init__(
-        self,
-        request_method: _Optional[_Union[_core_pb2.RequestMethod, str]] = ...,
-        scheme: _Optional[str] = ...,
-        authority: _Optional[str] = ...,
-        port: _Optional[_Union[_wrappers_pb2.UInt32Value, _Mapping]] = ...,
-        path: _Optional[str] = ...,
-        user_agent: _Optional[str] = ...,
-        referer: _Optional[str] = ...,
-        forwarded_for: _Optional[str] = ...,
-        request_id: _Optional[str] = ...,
-        original_path: _Optional[str] = ...,
-        request_headers_bytes: _Optional[int] = ...,
-        request_body_bytes: _Optional[int] = ...,
-        request_headers: _Optional[_Mapping[str, str]] = ...,
-    ) -> None: ...
+    def __init__(self, request_method: _Optional[_Union[_core_pb2.RequestMethod, str]] = ..., scheme: _Optional[str] = ..., authority: _Optional[str] = ..., port: _Optional[_Union[_wrappers_pb2.UInt32Value, _Mapping]] = ..., path: _Optional[str] = ..., user_agent: _Optional[str] = ..., referer: _Optional[str] = ..., forwarded_for: _Optional[str] = ..., request_id: _Optional[str] = ..., original_path: _Optional[str] = ..., request_headers_bytes: _Optional[int] = ..., request_body_bytes: _Optional[int] = ..., request_headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class HTTPResponseProperties(_message.Message):
-    __slots__ = (
-        "response_code",
-        "response_headers_bytes",
-        "response_body_bytes",
-        "response_headers",
-        "response_trailers",
-        "response_code_details",
-    )
+    __slots__ = ("response_code", "response_headers_bytes", "response_body_bytes", "response_headers", "response_trailers", "response_code_details")
     class ResponseHeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -512,7 +305,6 @@ class HTTPResponseProperties(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
-
     class ResponseTrailersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -520,7 +312,6 @@ class HTTPResponseProperties(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
-
     RESPONSE_CODE_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_HEADERS_BYTES_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_BODY_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -533,12 +324,4 @@ class HTTPResponseProperties(_message.Message):
     response_headers: _containers.ScalarMap[str, str]
     response_trailers: _containers.ScalarMap[str, str]
     response_code_details: str
-    def __init__(
-        self,
-        response_code: _Optional[_Union[_wrappers_pb2.UInt32Value, _Mapping]] = ...,
-        response_headers_bytes: _Optional[int] = ...,
-        response_body_bytes: _Optional[int] = ...,
-        response_headers: _Optional[_Mapping[str, str]] = ...,
-        response_trailers: _Optional[_Mapping[str, str]] = ...,
-        response_code_details: _Optional[str] = ...,
-    ) -> None: ...
+    def __init__(self, response_code: _Optional[_Union[_wrappers_pb2.UInt32Value, _Mapping]] = ..., response_headers_bytes: _Optional[int] = ..., response_body_bytes: _Optional[int] = ..., response_headers: _Optional[_Mapping[str, str]] = ..., response_trailers: _Optional[_Mapping[str, str]] = ..., response_code_details: _Optional[str] = ...) -> None: ...

@@ -20,7 +20,6 @@ class RequestMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OPTIONS: _ClassVar[RequestMethod]
     TRACE: _ClassVar[RequestMethod]
     PATCH: _ClassVar[RequestMethod]
-
 METHOD_UNSPECIFIED: RequestMethod
 GET: RequestMethod
 HEAD: RequestMethod
@@ -40,12 +39,7 @@ class Node(_message.Message):
     id: str
     cluster: str
     metadata: _struct_pb2.Struct
-    def __init__(
-        self,
-        id: _Optional[str] = ...,
-        cluster: _Optional[str] = ...,
-        metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., cluster: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class SocketAddress(_message.Message):
     __slots__ = ("protocol", "address", "port_value", "named_port")
@@ -53,7 +47,6 @@ class SocketAddress(_message.Message):
         __slots__ = ()
         TCP: _ClassVar[SocketAddress.Protocol]
         UDP: _ClassVar[SocketAddress.Protocol]
-
     TCP: SocketAddress.Protocol
     UDP: SocketAddress.Protocol
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
@@ -64,13 +57,7 @@ class SocketAddress(_message.Message):
     address: str
     port_value: int
     named_port: str
-    def __init__(
-        self,
-        protocol: _Optional[_Union[SocketAddress.Protocol, str]] = ...,
-        address: _Optional[str] = ...,
-        port_value: _Optional[int] = ...,
-        named_port: _Optional[str] = ...,
-    ) -> None: ...
+    def __init__(self, protocol: _Optional[_Union[SocketAddress.Protocol, str]] = ..., address: _Optional[str] = ..., port_value: _Optional[int] = ..., named_port: _Optional[str] = ...) -> None: ...
 
 class Pipe(_message.Message):
     __slots__ = ("path", "mode")
@@ -86,9 +73,7 @@ class EnvoyInternalAddress(_message.Message):
     ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     server_listener_name: str
     endpoint_id: str
-    def __init__(
-        self, server_listener_name: _Optional[str] = ..., endpoint_id: _Optional[str] = ...
-    ) -> None: ...
+    def __init__(self, server_listener_name: _Optional[str] = ..., endpoint_id: _Optional[str] = ...) -> None: ...
 
 class Address(_message.Message):
     __slots__ = ("socket_address", "pipe", "envoy_internal_address")
@@ -98,9 +83,4 @@ class Address(_message.Message):
     socket_address: SocketAddress
     pipe: Pipe
     envoy_internal_address: EnvoyInternalAddress
-    def __init__(
-        self,
-        socket_address: _Optional[_Union[SocketAddress, _Mapping]] = ...,
-        pipe: _Optional[_Union[Pipe, _Mapping]] = ...,
-        envoy_internal_address: _Optional[_Union[EnvoyInternalAddress, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, socket_address: _Optional[_Union[SocketAddress, _Mapping]] = ..., pipe: _Optional[_Union[Pipe, _Mapping]] = ..., envoy_internal_address: _Optional[_Union[EnvoyInternalAddress, _Mapping]] = ...) -> None: ...
