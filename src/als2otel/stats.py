@@ -79,9 +79,9 @@ class Stats:
             "Entries, spans or metric points given up on, by signal and reason.",
             ("signal", "reason"),
         )
-        self.stream_errors = Counter(
-            "als2otel_stream_errors_total",
-            "ALS streams that ended abnormally, by reason.",
+        self.streams_ended = Counter(
+            "als2otel_streams_ended_total",
+            "ALS streams that ended, by reason: the client closed or cancelled it, or sent bad input.",
             ("reason",),
         )
         self.streams_active = Gauge("als2otel_streams_active", "ALS streams open now.")

@@ -92,6 +92,10 @@ class AlsServer:
             await self._server.stop(grace)
             self._server = None
 
+    def _client_cancelled(self, peer: str) -> None:
+        self._stats.streams_ended.inc("client_cancelled")
+        self._limiter.warning("client_cancelled", "ALS stream from %s ended by the client mid-stream", peer)
+
     def _handler(self, api_version: str) -> Callable[..., Any]:
         async def stream_access_logs(
             requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
@@ -116,7 +120,7 @@ class AlsServer:
                     message = als_pb2.StreamAccessLogsMessage.FromString(raw)
                 except DecodeError as exc:
                     stats.entries_invalid.inc("malformed_message")
-                    stats.stream_errors.inc("malformed_message")
+                    stats.streams_ended.inc("malformed_message")
                     self._limiter.warning(
                         "malformed_message",
                         "ALS stream from %s sent a message that does not parse (%s); ending the stream",
@@ -131,7 +135,7 @@ class AlsServer:
                     proxy = identify(message.identifier)
                 elif proxy is None:
                     stats.entries_invalid.inc("missing_identifier")
-                    stats.stream_errors.inc("missing_identifier")
+                    stats.streams_ended.inc("missing_identifier")
                     self._limiter.warning(
                         "missing_identifier",
                         "ALS stream from %s sent entries before an identifier; ending the stream",
@@ -155,9 +159,12 @@ class AlsServer:
                 assert proxy is not None
                 stats.entries_received.inc(api_version, log_type, by=len(entries))
                 self._sink(EntryBatch(proxy, api_version, log_type, entries))
+            # The client half-closed, or went away: at this layer the two look alike.
+            stats.streams_ended.inc("client_closed")
+            log.debug("ALS stream from %s closed by the client", peer)
         except asyncio.CancelledError:
-            stats.stream_errors.inc("client_cancelled")
-            self._limiter.warning("client_cancelled", "ALS stream from %s was cancelled by the client", peer)
+            stats.streams_ended.inc("client_cancelled")
+            self._limiter.warning("client_cancelled", "ALS stream from %s was cancelled mid-stream", peer)
             raise
         finally:
             stats.streams_active.value -= 1

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from als2otel import config as cfg  # noqa: E402
+from als2otel.app import Bridge  # noqa: E402
+from support.otlp_receiver import GrpcOtlpReceiver  # noqa: E402
+
+
+@pytest.fixture
+def otlp() -> Iterator[GrpcOtlpReceiver]:
+    receiver = GrpcOtlpReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+def bridge_config(endpoint: str | None, **overrides: Any) -> cfg.Config:
+    raw: dict[str, Any] = {
+        "receiver": {"listen": "127.0.0.1:0"},
+        "http": {"listen": "127.0.0.1:0"},
+        "analyzers": [],
+        "metrics": {"export_interval": "0.5s"},
+        "exporters": {"otlp": {"endpoint": endpoint or "127.0.0.1:1", "enabled": endpoint is not None}},
+        "shutdown_timeout": "5s",
+    }
+    for key, value in overrides.items():
+        raw[key] = value
+    return cfg.parse(raw, {})
+
+
+@pytest.fixture
+async def make_bridge() -> AsyncIterator[Callable[..., Any]]:
+    started: list[Bridge] = []
+
+    async def make(config: cfg.Config, **kwargs: Any) -> Bridge:
+        bridge = Bridge(config, **kwargs)
+        await bridge.start()
+        started.append(bridge)
+        return bridge
+
+    yield make
+    for bridge in started:
+        if bridge._ready:
+            await bridge.stop()
