@@ -9,9 +9,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from als2otel import config as cfg  # noqa: E402
-from als2otel.app import Bridge  # noqa: E402
-from support.otlp_receiver import GrpcOtlpReceiver  # noqa: E402
+from support.otlp_receiver import GrpcOtlpReceiver
+
+from als2otel import config as cfg
+from als2otel.app import Bridge
 
 
 @pytest.fixture
