@@ -29,7 +29,7 @@ def bridge_config(endpoint: str | None, **overrides: Any) -> cfg.Config:
         "analyzers": [],
         "metrics": {"export_interval": "0.5s"},
         "exporters": {"otlp": {"endpoint": endpoint or "127.0.0.1:1", "enabled": endpoint is not None}},
-        "shutdown_timeout": "5s",
+        "shutdown_timeout": "2s",
     }
     for key, value in overrides.items():
         raw[key] = value
@@ -48,5 +48,4 @@ async def make_bridge() -> AsyncIterator[Callable[..., Any]]:
 
     yield make
     for bridge in started:
-        if bridge._ready:
-            await bridge.stop()
+        await bridge.stop()

@@ -72,6 +72,7 @@ class Bridge:
             ready=lambda: self._ready,
         )
         self._ready = False
+        self._stopped = False
         self._tasks: list[asyncio.Task[None]] = []
 
     def render_metrics(self) -> str:
@@ -90,6 +91,9 @@ class Bridge:
 
     async def stop(self) -> None:
         """Graceful stop within ``shutdown_timeout``: no new streams, drain, flush, exit."""
+        if self._stopped:
+            return
+        self._stopped = True
         deadline = time.monotonic() + self.config.shutdown_timeout
         self._ready = False
         await self.receiver.stop(grace=min(1.0, self.config.shutdown_timeout / 4))

@@ -34,7 +34,12 @@ from ..stats import LogLimiter, Stats
 log = logging.getLogger("als2otel.export")
 
 EXPORT_TIMEOUT = 10.0
-"""Seconds one export call (with the exporter's own quick retries) may take."""
+"""Seconds one export call (with the exporter's own quick retries) may take, at most."""
+
+
+def _call_timeout(config: OtlpConfig) -> float:
+    """One attempt never outlasts the whole retry budget."""
+    return min(EXPORT_TIMEOUT, max(1.0, config.retry_on_failure.max_elapsed_time))
 
 BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 30.0
@@ -83,7 +88,7 @@ class _GrpcTransport:
             endpoint=endpoint,
             insecure=not secure,
             headers=dict(config.headers),
-            timeout=EXPORT_TIMEOUT,
+            timeout=_call_timeout(config),
             compression=grpc.Compression.Gzip
             if config.compression == "gzip"
             else grpc.Compression.NoCompression,
@@ -108,7 +113,7 @@ class _HttpTransport:
         self._exporter = cls(
             endpoint=url,
             headers=dict(config.headers),
-            timeout=EXPORT_TIMEOUT,
+            timeout=_call_timeout(config),
             compression=(
                 HttpCompression.Gzip if config.compression == "gzip" else HttpCompression.NoCompression
             ),

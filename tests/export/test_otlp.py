@@ -1,0 +1,118 @@
+"""OTLP export through the OpenTelemetry exporters to a receiver built on opentelemetry-proto."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from conftest import bridge_config
+from support import als
+from support.net import free_port
+from support.otlp_receiver import GrpcOtlpReceiver, HttpOtlpReceiver, Received, attributes
+
+NODE = "sidecar~10.1.0.4~productpage-v1-6b746f74dc-9stfq.default~default.svc.cluster.local"
+META = als.sidecar_metadata("productpage-v1-6b746f74dc-9stfq", "default", "productpage")
+
+
+def outbound(i: int) -> Any:
+    return als.http_entry(
+        downstream_remote=("10.1.0.4", 40000 + i % 20000), downstream_local=("10.96.0.9", 9080),
+        upstream_remote=("10.1.0.9", 9080), upstream_local=("10.1.0.4", 10000 + i % 50000),
+        cluster="outbound|9080||reviews.default.svc.cluster.local", path=f"/reviews/{i}",
+        request_id=f"00000000-0000-4000-8000-{i:012d}")
+
+
+async def send_calls(bridge: Any, first: int, count: int) -> None:
+    ident = als.identifier(NODE, META)
+    messages = [als.http_message([outbound(i) for i in range(start, min(start + 100, first + count))],
+                                 ident if start == first else None)
+                for start in range(first, first + count, 100)]
+    assert await als.send(f"127.0.0.1:{bridge.receiver.port}", messages) is None
+
+
+def client_paths(received: Received) -> set[str]:
+    return {attributes(span.attributes)["url.full"].rsplit("/", 1)[1] for _, span in received.spans()}
+
+
+async def wait_for(predicate: Any, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return bool(predicate())
+
+
+class TestTransports:
+    async def test_grpc(self, make_bridge: Any, otlp: GrpcOtlpReceiver) -> None:
+        """OTLP/gRPC carries spans and metrics, with the configured headers."""
+        config = bridge_config(otlp.endpoint)
+        config.exporters.otlp.headers["x-tenant"] = "mesh-team"
+        bridge = await make_bridge(config)
+        await send_calls(bridge, 0, 10)
+        assert await wait_for(lambda: len(otlp.received.spans()) == 10)
+        assert await wait_for(lambda: any(
+            name == "http.client.request.duration" for name, _ in otlp.received.latest_metrics()))
+        assert any(h.get("x-tenant") == "mesh-team" for h in otlp.received.headers)
+        resource, span = otlp.received.spans()[0]
+        assert resource["service.name"] == "productpage"
+        assert attributes(span.attributes)["peer.service"] == "reviews"
+
+    async def test_http_protobuf(self, make_bridge: Any) -> None:
+        """OTLP/HTTP posts protobuf to /v1/traces and /v1/metrics, gzip-compressed, with headers."""
+        receiver = HttpOtlpReceiver().start()
+        try:
+            config = bridge_config(
+                None, exporters={"otlp": {"endpoint": receiver.endpoint, "protocol": "http/protobuf",
+                                          "headers": {"authorization": "Bearer t0ken"}}})
+            bridge = await make_bridge(config)
+            await send_calls(bridge, 0, 5)
+            assert await wait_for(lambda: len(receiver.received.spans()) == 5)
+            assert await wait_for(lambda: bool(receiver.received.metrics))
+            assert any(h.get("authorization") == "Bearer t0ken" and h.get("content-encoding") == "gzip"
+                       for h in receiver.received.headers)
+        finally:
+            receiver.stop()
+
+
+class TestOutage:
+    async def test_nothing_is_lost_within_the_retry_budget(self, make_bridge: Any) -> None:
+        """Spans made while the backend is down arrive once it is back; nothing is counted dropped."""
+        port = free_port()
+        receiver = GrpcOtlpReceiver(port).start()
+        bridge = await make_bridge(bridge_config(receiver.endpoint))
+        await send_calls(bridge, 0, 200)
+        assert await wait_for(lambda: len(receiver.received.spans()) == 200)
+        receiver.stop()
+        await send_calls(bridge, 200, 300)
+        assert await wait_for(lambda: bridge.stats.export_failures.get("traces") > 0
+                              or bridge.stats.calls.get("client") == 500)
+        await asyncio.sleep(2.0)
+        back = GrpcOtlpReceiver(port).start()
+        try:
+            assert await wait_for(lambda: len(back.received.spans()) == 300, timeout=40)
+            assert client_paths(back.received) == {str(i) for i in range(200, 500)}
+            assert bridge.stats.dropped.values == {}
+        finally:
+            await bridge.stop()
+            back.stop()
+
+    async def test_beyond_the_budget_drops_are_counted(self, make_bridge: Any) -> None:
+        """Past retry_on_failure.max_elapsed_time a batch is dropped, and the count says how much."""
+        dead = f"127.0.0.1:{free_port()}"
+        config = bridge_config(dead, exporters={"otlp": {"endpoint": dead,
+                                                         "retry_on_failure": {"max_elapsed_time": "1s"}}})
+        bridge = await make_bridge(config)
+        await send_calls(bridge, 0, 50)
+        assert await wait_for(lambda: bridge.stats.dropped.get("traces", "retry_exhausted") == 50, timeout=30)
+
+    async def test_queue_bound(self, make_bridge: Any) -> None:
+        """Spans beyond sending_queue.queue_size while the backend is away are dropped and counted."""
+        dead = f"127.0.0.1:{free_port()}"
+        config = bridge_config(dead, exporters={"otlp": {"endpoint": dead, "sending_queue": {"queue_size": 150}}})
+        bridge = await make_bridge(config)
+        for start in range(0, 600, 100):
+            await send_calls(bridge, start, 100)
+            await asyncio.sleep(1.1)  # one span batch per flush interval
+        assert await wait_for(lambda: bridge.stats.dropped.get("traces", "queue_full") >= 300, timeout=10)
