@@ -24,7 +24,7 @@ META = als.sidecar_metadata("productpage-v1-6b746f74dc-9stfq", "default", "produ
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([*CLI, *args], check=False, capture_output=True, text=True, timeout=60)
 
 
 class TestCommands:
@@ -45,7 +45,11 @@ class TestCommands:
         assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 3
-        assert {line.split(":")[0] for line in lines} == {"receiver.listen", "exporters.otlp.endpoint", "extra"}
+        assert {line.split(":")[0] for line in lines} == {
+            "receiver.listen",
+            "exporters.otlp.endpoint",
+            "extra",
+        }
 
     def test_serve_refuses_bad_config_before_opening_a_port(self, tmp_path: Path) -> None:
         """serve exits 2 on a bad file and never listens."""
@@ -64,13 +68,17 @@ class TestGracefulShutdown:
         otlp = GrpcOtlpReceiver().start()
         als_port, http_port = free_port(), free_port()
         config = tmp_path / "c.yaml"
-        config.write_text(yaml.safe_dump({
-            "receiver": {"listen": f"127.0.0.1:{als_port}"},
-            "http": {"listen": f"127.0.0.1:{http_port}"},
-            "analyzers": [],
-            "exporters": {"otlp": {"endpoint": otlp.endpoint}},
-            "metrics": {"export_interval": "1h"},
-        }))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "receiver": {"listen": f"127.0.0.1:{als_port}"},
+                    "http": {"listen": f"127.0.0.1:{http_port}"},
+                    "analyzers": [],
+                    "exporters": {"otlp": {"endpoint": otlp.endpoint}},
+                    "metrics": {"export_interval": "1h"},
+                }
+            )
+        )
         process = subprocess.Popen([*CLI, "serve", "--config", str(config)])
         try:
             deadline = time.monotonic() + 30
@@ -81,9 +89,16 @@ class TestGracefulShutdown:
                             break
                 except OSError:
                     time.sleep(0.1)
-            entries = [als.http_entry(downstream_remote=("10.1.0.4", 40000 + i), downstream_local=("10.96.0.9", 9080),
-                                      upstream_remote=("10.1.0.9", 9080), upstream_local=("10.1.0.4", 50000 + i),
-                                      cluster="outbound|9080||reviews.default.svc.cluster.local") for i in range(300)]
+            entries = [
+                als.http_entry(
+                    downstream_remote=("10.1.0.4", 40000 + i),
+                    downstream_local=("10.96.0.9", 9080),
+                    upstream_remote=("10.1.0.9", 9080),
+                    upstream_local=("10.1.0.4", 50000 + i),
+                    cluster="outbound|9080||reviews.default.svc.cluster.local",
+                )
+                for i in range(300)
+            ]
             message = als.http_message(entries, als.identifier(NODE, META))
             assert asyncio.run(als.send(f"127.0.0.1:{als_port}", [message])) is None
             process.send_signal(signal.SIGTERM)

@@ -110,13 +110,13 @@ class Bridge:
 
     def _export_spans(self, batch: SpanBatch) -> None:
         if batch.count and self.exporter is not None:
-            request, count = batch.take()
-            self.exporter.export("traces", request, count)
+            payload, count = batch.take()
+            self.exporter.export("traces", payload, count)
 
     def _export_metrics(self) -> None:
         if self.exporter is not None:
             request, points = self.metrics.to_otlp(self._clock(), SELF)
-            self.exporter.export("metrics", request, points)
+            self.exporter.export("metrics", request.SerializeToString(), points)
 
     async def _flush_loop(self) -> None:
         interval = self.config.metrics.export_interval

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from .model import Role, Workload
@@ -104,6 +105,7 @@ def _text(value: Any) -> str:
 _SVC_HOST = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)\.([a-z0-9]([-a-z0-9]*[a-z0-9])?)\.svc(\..+)?$")
 
 
+@lru_cache(maxsize=8192)
 def cluster_direction(cluster: str) -> str:
     """``inbound``, ``outbound``, ``passthrough``, ``blackhole`` or ``""`` from an Istio cluster name."""
     if (
@@ -121,6 +123,7 @@ def cluster_direction(cluster: str) -> str:
     return ""
 
 
+@lru_cache(maxsize=8192)
 def cluster_host(cluster: str) -> str:
     """The destination host of ``outbound|9080||reviews.default.svc.cluster.local``; '' if none."""
     if cluster.startswith("outbound|"):
@@ -131,6 +134,7 @@ def cluster_host(cluster: str) -> str:
     return ""
 
 
+@lru_cache(maxsize=8192)
 def host_workload(host: str) -> Workload | None:
     """What a destination host names: a Kubernetes Service, or a host outside the mesh.
 

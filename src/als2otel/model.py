@@ -8,7 +8,7 @@ between two :class:`Workload` s) -> translation -> OTLP spans and metrics.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -30,7 +30,10 @@ class Role(StrEnum):
 
     @property
     def is_gateway(self) -> bool:
-        return self in (Role.ROUTER, Role.INGRESS, Role.WAYPOINT)
+        return self in _GATEWAY_ROLES
+
+
+_GATEWAY_ROLES = frozenset({Role.ROUTER, Role.INGRESS, Role.WAYPOINT})
 
 
 class Direction(StrEnum):
@@ -71,6 +74,18 @@ class Workload:
     canonical_service: str = ""
     canonical_revision: str = ""
     external: bool = False
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Workloads key every span batch and metric series: hash once, not per lookup.
+        object.__setattr__(
+            self,
+            "_hash",
+            hash((self.service_name, self.namespace, self.version, self.instance, self.cluster)),
+        )
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True, slots=True)

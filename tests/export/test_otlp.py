@@ -17,17 +17,25 @@ META = als.sidecar_metadata("productpage-v1-6b746f74dc-9stfq", "default", "produ
 
 def outbound(i: int) -> Any:
     return als.http_entry(
-        downstream_remote=("10.1.0.4", 40000 + i % 20000), downstream_local=("10.96.0.9", 9080),
-        upstream_remote=("10.1.0.9", 9080), upstream_local=("10.1.0.4", 10000 + i % 50000),
-        cluster="outbound|9080||reviews.default.svc.cluster.local", path=f"/reviews/{i}",
-        request_id=f"00000000-0000-4000-8000-{i:012d}")
+        downstream_remote=("10.1.0.4", 40000 + i % 20000),
+        downstream_local=("10.96.0.9", 9080),
+        upstream_remote=("10.1.0.9", 9080),
+        upstream_local=("10.1.0.4", 10000 + i % 50000),
+        cluster="outbound|9080||reviews.default.svc.cluster.local",
+        path=f"/reviews/{i}",
+        request_id=f"00000000-0000-4000-8000-{i:012d}",
+    )
 
 
 async def send_calls(bridge: Any, first: int, count: int) -> None:
     ident = als.identifier(NODE, META)
-    messages = [als.http_message([outbound(i) for i in range(start, min(start + 100, first + count))],
-                                 ident if start == first else None)
-                for start in range(first, first + count, 100)]
+    messages = [
+        als.http_message(
+            [outbound(i) for i in range(start, min(start + 100, first + count))],
+            ident if start == first else None,
+        )
+        for start in range(first, first + count, 100)
+    ]
     assert await als.send(f"127.0.0.1:{bridge.receiver.port}", messages) is None
 
 
@@ -52,8 +60,9 @@ class TestTransports:
         bridge = await make_bridge(config)
         await send_calls(bridge, 0, 10)
         assert await wait_for(lambda: len(otlp.received.spans()) == 10)
-        assert await wait_for(lambda: any(
-            name == "http.client.request.duration" for name, _ in otlp.received.latest_metrics()))
+        assert await wait_for(
+            lambda: any(name == "http.client.request.duration" for name, _ in otlp.received.latest_metrics())
+        )
         assert any(h.get("x-tenant") == "mesh-team" for h in otlp.received.headers)
         resource, span = otlp.received.spans()[0]
         assert resource["service.name"] == "productpage"
@@ -64,14 +73,23 @@ class TestTransports:
         receiver = HttpOtlpReceiver().start()
         try:
             config = bridge_config(
-                None, exporters={"otlp": {"endpoint": receiver.endpoint, "protocol": "http/protobuf",
-                                          "headers": {"authorization": "Bearer t0ken"}}})
+                None,
+                exporters={
+                    "otlp": {
+                        "endpoint": receiver.endpoint,
+                        "protocol": "http/protobuf",
+                        "headers": {"authorization": "Bearer t0ken"},
+                    }
+                },
+            )
             bridge = await make_bridge(config)
             await send_calls(bridge, 0, 5)
             assert await wait_for(lambda: len(receiver.received.spans()) == 5)
             assert await wait_for(lambda: bool(receiver.received.metrics))
-            assert any(h.get("authorization") == "Bearer t0ken" and h.get("content-encoding") == "gzip"
-                       for h in receiver.received.headers)
+            assert any(
+                h.get("authorization") == "Bearer t0ken" and h.get("content-encoding") == "gzip"
+                for h in receiver.received.headers
+            )
         finally:
             receiver.stop()
 
@@ -86,8 +104,9 @@ class TestOutage:
         assert await wait_for(lambda: len(receiver.received.spans()) == 200)
         receiver.stop()
         await send_calls(bridge, 200, 300)
-        assert await wait_for(lambda: bridge.stats.export_failures.get("traces") > 0
-                              or bridge.stats.calls.get("client") == 500)
+        assert await wait_for(
+            lambda: bridge.stats.export_failures.get("traces") > 0 or bridge.stats.calls.get("client") == 500
+        )
         await asyncio.sleep(2.0)
         back = GrpcOtlpReceiver(port).start()
         try:
@@ -101,8 +120,9 @@ class TestOutage:
     async def test_beyond_the_budget_drops_are_counted(self, make_bridge: Any) -> None:
         """Past retry_on_failure.max_elapsed_time a batch is dropped, and the count says how much."""
         dead = f"127.0.0.1:{free_port()}"
-        config = bridge_config(dead, exporters={"otlp": {"endpoint": dead,
-                                                         "retry_on_failure": {"max_elapsed_time": "1s"}}})
+        config = bridge_config(
+            dead, exporters={"otlp": {"endpoint": dead, "retry_on_failure": {"max_elapsed_time": "1s"}}}
+        )
         bridge = await make_bridge(config)
         await send_calls(bridge, 0, 50)
         assert await wait_for(lambda: bridge.stats.dropped.get("traces", "retry_exhausted") == 50, timeout=30)
@@ -110,7 +130,9 @@ class TestOutage:
     async def test_queue_bound(self, make_bridge: Any) -> None:
         """Spans beyond sending_queue.queue_size while the backend is away are dropped and counted."""
         dead = f"127.0.0.1:{free_port()}"
-        config = bridge_config(dead, exporters={"otlp": {"endpoint": dead, "sending_queue": {"queue_size": 150}}})
+        config = bridge_config(
+            dead, exporters={"otlp": {"endpoint": dead, "sending_queue": {"queue_size": 150}}}
+        )
         bridge = await make_bridge(config)
         for start in range(0, 600, 100):
             await send_calls(bridge, start, 100)

@@ -16,7 +16,9 @@ from als2otel.stats import Stats
 NODE = "sidecar~10.1.0.4~productpage-v1-6b746f74dc-9stfq.default~default.svc.cluster.local"
 META = als.sidecar_metadata("productpage-v1-6b746f74dc-9stfq", "default", "productpage")
 
-SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (\S+)$')
+SAMPLE = re.compile(
+    r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (\S+)$'
+)
 
 
 def fetch(url: str) -> tuple[int, str, str]:
@@ -31,22 +33,38 @@ class TestExposition:
     async def test_metrics_endpoint(self, make_bridge: Any) -> None:
         """/metrics serves valid exposition with the http histograms and own counters."""
         bridge = await make_bridge(bridge_config(None))
-        entries = [als.http_entry(downstream_remote=("10.1.0.4", 40000 + i), downstream_local=("10.96.0.9", 9080),
-                                  upstream_remote=("10.1.0.9", 9080), upstream_local=("10.1.0.4", 50000 + i),
-                                  cluster="outbound|9080||reviews.default.svc.cluster.local",
-                                  status=200 if i % 4 else 500, duration_ms=20) for i in range(8)]
-        await als.send(f"127.0.0.1:{bridge.receiver.port}", [als.http_message(entries, als.identifier(NODE, META))])
+        entries = [
+            als.http_entry(
+                downstream_remote=("10.1.0.4", 40000 + i),
+                downstream_local=("10.96.0.9", 9080),
+                upstream_remote=("10.1.0.9", 9080),
+                upstream_local=("10.1.0.4", 50000 + i),
+                cluster="outbound|9080||reviews.default.svc.cluster.local",
+                status=200 if i % 4 else 500,
+                duration_ms=20,
+            )
+            for i in range(8)
+        ]
+        await als.send(
+            f"127.0.0.1:{bridge.receiver.port}", [als.http_message(entries, als.identifier(NODE, META))]
+        )
         await asyncio.sleep(0.1)
-        status, content_type, text = await asyncio.to_thread(fetch, f"http://127.0.0.1:{bridge.http.port}/metrics")
+        status, content_type, text = await asyncio.to_thread(
+            fetch, f"http://127.0.0.1:{bridge.http.port}/metrics"
+        )
         assert status == 200 and content_type.startswith("text/plain; version=0.0.4")
         for line in text.splitlines():
             assert line.startswith("# ") or SAMPLE.match(line), line
         labels = 'service_name="productpage",service_namespace="default",http_request_method="GET"'
         assert f'http_client_request_duration_seconds_count{{{labels},http_response_status_code="200"' in text
-        assert re.search(r'http_client_request_duration_seconds_count\{[^}]*http_response_status_code="500"'
-                         r'[^}]*error_type="500"\} 2', text)
-        assert re.search(r'http_client_request_duration_seconds_bucket\{[^}]*status_code="200"[^}]*le="0.025"\} 6',
-                         text)
+        assert re.search(
+            r'http_client_request_duration_seconds_count\{[^}]*http_response_status_code="500"'
+            r'[^}]*error_type="500"\} 2',
+            text,
+        )
+        assert re.search(
+            r'http_client_request_duration_seconds_bucket\{[^}]*status_code="200"[^}]*le="0.025"\} 6', text
+        )
         assert 'als2otel_entries_received_total{api_version="v3",log_type="http"} 8' in text
 
     async def test_health_and_readiness(self, make_bridge: Any) -> None:

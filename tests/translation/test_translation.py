@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from support import als
 from support.golden import assert_golden
 from support.otlp_receiver import attributes
@@ -138,13 +139,14 @@ class TestSpans:
     def test_golden_spans(self) -> None:
         """Spans, grouped by resource, with ids, parents, kinds, attributes and status."""
         batch, _ = translate()
-        request, count = batch.take()
+        payload, count = batch.take()
+        request = ExportTraceServiceRequest.FromString(payload)
         assert count == 7
         assert_golden("translation/spans", json_format.MessageToDict(request))
 
     def test_both_sides_of_a_call_link(self) -> None:
         """The server span's parent is the client span of the same hop, in one trace."""
-        request, _ = translate()[0].take()
+        request = ExportTraceServiceRequest.FromString(translate()[0].take()[0])
         spans = {
             (rs.resource.attributes[0].value.string_value, span.kind): span
             for rs in request.resource_spans
@@ -159,7 +161,7 @@ class TestSpans:
 
     def test_gateway_client_is_child_of_its_server(self) -> None:
         """A gateway's upstream span hangs under its own server span; the server span is a root."""
-        request, _ = translate()[0].take()
+        request = ExportTraceServiceRequest.FromString(translate()[0].take()[0])
         gateway = [
             s
             for rs in request.resource_spans
@@ -174,7 +176,7 @@ class TestSpans:
 
     def test_traceparent_joins_the_application_trace(self) -> None:
         """A logged traceparent gives the trace id and the parent of a client span."""
-        request, _ = translate()[0].take()
+        request = ExportTraceServiceRequest.FromString(translate()[0].take()[0])
         span = next(
             s
             for rs in request.resource_spans

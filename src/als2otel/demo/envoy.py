@@ -247,26 +247,24 @@ class EnvoyProcess:
         config.write_text(json.dumps(render_config(self.spec), indent=1))
         admin_path = self._dir / f"{self.spec.pod}.admin"
         admin_path.unlink(missing_ok=True)
-        log = open(self._dir / f"{self.spec.pod}.log", "wb")  # noqa: SIM115 - owned by the process
-        self._process = subprocess.Popen(
-            [
-                envoy_binary(),
-                "-c",
-                str(config),
-                "--concurrency",
-                "1",
-                "--disable-hot-restart",
-                "--admin-address-path",
-                str(admin_path),
-                "-l",
-                "warning",
-                "--log-format",
-                "%L %v",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        command = [
+            envoy_binary(),
+            "-c",
+            str(config),
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "--admin-address-path",
+            str(admin_path),
+            "-l",
+            "warning",
+            "--log-format",
+            "%L %v",
+        ]
+        with open(self._dir / f"{self.spec.pod}.log", "wb") as log:  # the child keeps its own copy
+            self._process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:

@@ -27,6 +27,8 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from ..config import OtlpConfig
 from ..stats import LogLimiter, Stats
@@ -41,6 +43,7 @@ def _call_timeout(config: OtlpConfig) -> float:
     """One attempt never outlasts the whole retry budget."""
     return min(EXPORT_TIMEOUT, max(1.0, config.retry_on_failure.max_elapsed_time))
 
+
 BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 30.0
 """Backoff between our retries of one request, doubling from the initial value."""
@@ -49,9 +52,9 @@ SIGNALS = ("traces", "metrics")
 
 
 class Transport(Protocol):
-    """Sends one OTLP request; blocking, run off the event loop. True when accepted."""
+    """Sends one serialized OTLP export request; blocking, run off the event loop. True when accepted."""
 
-    def send(self, request: Any) -> bool: ...
+    def send(self, payload: bytes) -> bool: ...
 
     def close(self) -> None: ...
 
@@ -70,6 +73,7 @@ class _GrpcTransport:
     def __init__(self, signal: str, config: OtlpConfig) -> None:
 
         base = GrpcSpanExporter if signal == "traces" else GrpcMetricExporter
+        self._message = ExportTraceServiceRequest if signal == "traces" else ExportMetricsServiceRequest
 
         class PassThrough(base):  # type: ignore[misc, valid-type]
             """The SDK exporter, handed requests that are already OTLP."""
@@ -94,8 +98,8 @@ class _GrpcTransport:
             else grpc.Compression.NoCompression,
         )
 
-    def send(self, request: Any) -> bool:
-        result = self._exporter._export(request)
+    def send(self, payload: bytes) -> bool:
+        result = self._exporter._export(self._message.FromString(payload))
         return bool(result.name == "SUCCESS")
 
     def close(self) -> None:
@@ -119,8 +123,8 @@ class _HttpTransport:
             ),
         )
 
-    def send(self, request: Any) -> bool:
-        return bool(self._exporter._client.export(request.SerializeToString()).success)
+    def send(self, payload: bytes) -> bool:
+        return bool(self._exporter._client.export(payload).success)
 
     def close(self) -> None:
         self._exporter.shutdown()
@@ -135,7 +139,7 @@ def make_transport(signal: str, config: OtlpConfig) -> Transport:
 
 @dataclass(slots=True)
 class _Pending:
-    request: Any
+    payload: bytes
     items: int  # spans or metric points
     first_try: float
 
@@ -160,7 +164,7 @@ class _SignalQueue:
     def idle(self) -> bool:
         return not self._queue and not self._sending
 
-    def put(self, request: Any, items: int) -> None:
+    def put(self, payload: bytes, items: int) -> None:
         if self.signal == "metrics":
             # Cumulative: a newer snapshot replaces any unsent one.
             self._queue.clear()
@@ -175,7 +179,7 @@ class _SignalQueue:
                 items,
             )
             return
-        self._queue.append(_Pending(request, items, time.monotonic()))
+        self._queue.append(_Pending(payload, items, time.monotonic()))
         self._queued_items += items
         self._wakeup.set()
 
@@ -191,7 +195,7 @@ class _SignalQueue:
             pending = self._queue[0]
             self._sending = True
             try:
-                ok = await asyncio.to_thread(self._send, pending.request)
+                ok = await asyncio.to_thread(self._send, pending.payload)
             finally:
                 self._sending = False
             if ok:
@@ -223,9 +227,9 @@ class _SignalQueue:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX) * random.uniform(0.8, 1.2)
 
-    def _send(self, request: Any) -> bool:
+    def _send(self, payload: bytes) -> bool:
         try:
-            return self.transport.send(request)
+            return self.transport.send(payload)
         except Exception as exc:  # a transport must never take the pipeline down
             self._limiter.warning("transport_error", "OTLP %s transport error: %s", self.signal, exc)
             return False
@@ -255,10 +259,11 @@ class OtlpExporter:
     def start(self) -> None:
         self._tasks = [asyncio.create_task(q.run(), name=f"otlp-{q.signal}") for q in self._queues.values()]
 
-    def export(self, signal: str, request: Any, items: int) -> None:
+    def export(self, signal: str, payload: bytes, items: int) -> None:
+        """Queue a serialized export request of ``items`` spans or points; never blocks."""
         queue = self._queues.get(signal)
         if queue is not None and items:
-            queue.put(request, items)
+            queue.put(payload, items)
 
     async def shutdown(self, timeout: float) -> None:
         """Send what is queued for up to ``timeout`` seconds, then count the rest as dropped."""

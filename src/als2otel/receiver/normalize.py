@@ -66,11 +66,12 @@ class IntermediateEntry(Exception):
 
 
 def _address(addr: core_pb2.Address, which_field: str) -> SocketAddr | None:
+    socket = addr.socket_address
+    ip = socket.address
+    if ip:  # the usual case, without asking which oneof is set
+        return SocketAddr(ip, socket.port_value)
     kind = addr.WhichOneof("address")
-    if kind == "socket_address":
-        sa = addr.socket_address
-        return SocketAddr(sa.address, sa.port_value)
-    if kind is None:
+    if kind is None or kind == "socket_address":
         return None
     if kind == "envoy_internal_address":
         # Istio's internal listeners put the real "ip:port" in endpoint_id.
@@ -99,19 +100,13 @@ def _response_flags(common: accesslog_pb2.AccessLogCommon) -> tuple[str, ...]:
 def _common(entry: Entry, common: accesslog_pb2.AccessLogCommon) -> None:
     if common.intermediate_log_entry or common.access_log_type not in _FINAL_TYPES:
         raise IntermediateEntry
-    has = common.HasField
-    if has("downstream_remote_address"):
-        entry.downstream_remote = _address(common.downstream_remote_address, "downstream_remote_address")
-    if has("downstream_direct_remote_address"):
-        entry.downstream_direct_remote = _address(
-            common.downstream_direct_remote_address, "downstream_direct_remote_address"
-        )
-    if has("downstream_local_address"):
-        entry.downstream_local = _address(common.downstream_local_address, "downstream_local_address")
-    if has("upstream_remote_address"):
-        entry.upstream_remote = _address(common.upstream_remote_address, "upstream_remote_address")
-    if has("upstream_local_address"):
-        entry.upstream_local = _address(common.upstream_local_address, "upstream_local_address")
+    entry.downstream_remote = _address(common.downstream_remote_address, "downstream_remote_address")
+    entry.downstream_direct_remote = _address(
+        common.downstream_direct_remote_address, "downstream_direct_remote_address"
+    )
+    entry.downstream_local = _address(common.downstream_local_address, "downstream_local_address")
+    entry.upstream_remote = _address(common.upstream_remote_address, "upstream_remote_address")
+    entry.upstream_local = _address(common.upstream_local_address, "upstream_local_address")
     entry.upstream_cluster = common.upstream_cluster
     entry.route_name = common.route_name
     entry.upstream_failure = common.upstream_transport_failure_reason
@@ -120,12 +115,13 @@ def _common(entry: Entry, common: accesslog_pb2.AccessLogCommon) -> None:
     entry.first_upstream_tx_ns = _duration_ns(common, "time_to_first_upstream_tx_byte")
     entry.last_upstream_rx_ns = _duration_ns(common, "time_to_last_upstream_rx_byte")
     entry.last_downstream_tx_ns = _duration_ns(common, "time_to_last_downstream_tx_byte")
-    entry.response_flags = _response_flags(common)
-    if common.filter_state_objects:
-        entry.filter_state = common.filter_state_objects
-    if has("tls_properties"):
-        peer = common.tls_properties.peer_certificate_properties
-        for san in peer.subject_alt_name:
+    if common.HasField("response_flags"):
+        entry.response_flags = _response_flags(common)
+    filter_state = common.filter_state_objects
+    if filter_state:
+        entry.filter_state = filter_state
+    if common.HasField("tls_properties"):
+        for san in common.tls_properties.peer_certificate_properties.subject_alt_name:
             if san.uri:
                 entry.mtls = True
                 entry.peer_principal = san.uri

@@ -6,16 +6,13 @@ same calls give the same spans and points, which the golden tests pin.
 
 from __future__ import annotations
 
-from typing import Any
-
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from .. import __version__
 from ..model import Call, Entry, Protocol, Side, Workload
-from . import ids, semconv
+from . import ids, semconv, wire
 from .metrics import HTTP_CLIENT_DURATION, HTTP_SERVER_DURATION, MetricStore
-from .resources import resource_attributes, set_attributes
+from .resources import resource_attributes
 
 SPAN_KIND = {
     Side.CLIENT: trace_pb2.Span.SPAN_KIND_CLIENT,
@@ -25,29 +22,31 @@ USER = "user"  # the servicegraph's name for callers outside the mesh
 
 
 class SpanBatch:
-    """Spans waiting for export, one ``ResourceSpans`` per workload."""
+    """Encoded spans waiting for export, grouped by workload (one ``ResourceSpans`` each)."""
 
     def __init__(self) -> None:
-        self._request = trace_service_pb2.ExportTraceServiceRequest()
-        self._scopes: dict[Workload, trace_pb2.ScopeSpans] = {}
+        self._spans: dict[Workload, list[bytes]] = {}
         self.count = 0
 
-    def new_span(self, workload: Workload) -> trace_pb2.Span:
-        scope = self._scopes.get(workload)
-        if scope is None:
-            rs = self._request.resource_spans.add()
-            set_attributes(rs.resource.attributes, resource_attributes(workload))
-            scope = self._scopes[workload] = rs.scope_spans.add()
-            scope.scope.name = "als2otel"
-            scope.scope.version = __version__
+    def add(self, workload: Workload, span: bytes) -> None:
+        group = self._spans.get(workload)
+        if group is None:
+            group = self._spans[workload] = []
+        group.append(span)
         self.count += 1
-        return scope.spans.add()
 
-    def take(self) -> tuple[trace_service_pb2.ExportTraceServiceRequest, int]:
-        """The request so far and its span count; the batch starts empty again."""
-        request, count = self._request, self.count
-        self.__init__()  # type: ignore[misc]
-        return request, count
+    def take(self) -> tuple[bytes, int]:
+        """The serialized ``ExportTraceServiceRequest`` so far and its span count; the batch empties."""
+        groups = [
+            wire.resource_spans(resource_attributes(w), _SCOPE, spans) for w, spans in self._spans.items()
+        ]
+        count = self.count
+        self._spans = {}
+        self.count = 0
+        return wire.export_request(groups), count
+
+
+_SCOPE = wire.scope("als2otel", __version__)
 
 
 def peer_name(workload: Workload | None) -> str:
@@ -63,6 +62,8 @@ class Translator:
         self._metrics = metrics
         self._traces = traces
         self._ratio = sampling_ratio
+        self._common_blocks: dict[tuple[object, ...], bytes] = {}
+        self._names: dict[str, bytes] = {}
 
     def add(self, call: Call, batch: SpanBatch) -> None:
         entry = call.entry
@@ -87,33 +88,65 @@ class Translator:
         else:
             connection = ids.connection_key(entry.caller_address, entry.downstream_local)
         context = ids.trace_context(entry, connection)
-        if not ids.sampled(context.trace_id, self._ratio):
+        trace_id = context.trace_id
+        if not ids.sampled(trace_id, self._ratio):
             return
         hop = ids.hop_key(entry, connection)
-        span = batch.new_span(owner)
-        span.trace_id = context.trace_id
         if side is Side.CLIENT:
-            span.span_id = ids.client_span_id(context.trace_id, hop)
+            span_id = ids.client_span_id(trace_id, hop)
             parent = context.parent_span_id
             if call.proxy.role.is_gateway or call.proxy.workload is None:
                 # A gateway's upstream request is a child of its own server side.
                 server_conn = ids.connection_key(entry.caller_address, entry.downstream_local)
-                parent = ids.server_span_id(context.trace_id, ids.hop_key(entry, server_conn))
+                parent = ids.server_span_id(trace_id, ids.hop_key(entry, server_conn))
         else:
-            span.span_id = ids.server_span_id(context.trace_id, hop)
-            parent = (
-                context.parent_span_id if call.from_outside else ids.client_span_id(context.trace_id, hop)
+            span_id = ids.server_span_id(trace_id, hop)
+            parent = context.parent_span_id if call.from_outside else ids.client_span_id(trace_id, hop)
+        name = semconv.span_name(entry)
+        encoded_name = self._names.get(name)
+        if encoded_name is None:
+            encoded_name = self._names[name] = wire.span_name(name)
+        attributes = self._common_block(call, error) + b"".join(
+            wire.attribute(k, v) for k, v in unique_attributes(call)
+        )
+        batch.add(
+            owner,
+            wire.span(
+                trace_id, span_id, parent, encoded_name, SPAN_KIND[side], start, end, attributes, error
+            ),
+        )
+
+    def _common_block(self, call: Call, error: str) -> bytes:
+        """The encoded attributes that repeat from call to call, computed once per distinct set."""
+        entry = call.entry
+        client = call.side is Side.CLIENT
+        peer = entry.upstream_remote if client else entry.caller_address
+        key = (
+            call.side,
+            entry.protocol,
+            entry.method,
+            entry.response_code,
+            entry.http_version,
+            entry.authority,
+            entry.scheme,
+            entry.grpc_status,
+            entry.path if entry.protocol is Protocol.GRPC else "",
+            peer_name(call.destination) if client else "",
+            peer.ip if peer is not None else "",
+            error,
+            entry.response_flags,
+            entry.upstream_cluster,
+            entry.route_name,
+            "" if client else entry.user_agent,
+        )
+        block = self._common_blocks.get(key)
+        if block is None:
+            if len(self._common_blocks) >= MAX_CACHED_BLOCKS:
+                self._common_blocks.clear()
+            block = self._common_blocks[key] = b"".join(
+                wire.attribute(k, v) for k, v in common_attributes(call, error)
             )
-        if parent:
-            span.parent_span_id = parent
-        span.name = semconv.span_name(entry)
-        span.kind = SPAN_KIND[side]
-        span.start_time_unix_nano = start
-        span.end_time_unix_nano = end
-        set_attributes(span.attributes, span_attributes(call, error))
-        if error:
-            span.status.code = trace_pb2.Status.STATUS_CODE_ERROR
-            span.status.message = error
+        return block
 
     def _record_metrics(self, call: Call, owner: Workload, seconds: float, error: str) -> None:
         entry = call.entry
@@ -141,42 +174,69 @@ class Translator:
         self._metrics.record(metric, owner, tuple(attrs), seconds)
 
 
-def span_attributes(call: Call, error: str) -> list[tuple[str, str | int]]:
-    """The semantic-convention attributes of one side's span."""
+MAX_CACHED_BLOCKS = 65_536
+"""Distinct sets of repeating span attributes kept encoded; the cache starts over when full."""
+
+
+def common_attributes(call: Call, error: str) -> list[tuple[str, str | int]]:
+    """A span's semantic-convention attributes whose values repeat across calls.
+
+    Reads only what :meth:`Translator._common_block` keys its cache on.
+    """
     entry = call.entry
-    attrs: list[tuple[str, str | int]] = []
-    add = attrs.append
+    out: list[tuple[str, str | int]] = []
     client = call.side is Side.CLIENT
     if entry.protocol is Protocol.TCP:
-        add(("network.transport", "tcp"))
-        add(("envoy.bytes_received", entry.received_bytes))
-        add(("envoy.bytes_sent", entry.sent_bytes))
+        out.append(("network.transport", "tcp"))
     else:
-        _http_attributes(entry, client, add)
+        _http_attributes(entry, client, out)
     if client:
-        add(("peer.service", peer_name(call.destination) or "unknown"))
-        peer = entry.upstream_remote
-    else:
-        peer = entry.caller_address
-        if entry.downstream_remote is not None:
-            add(("client.address", entry.downstream_remote.ip))
+        out.append(("peer.service", peer_name(call.destination) or "unknown"))
+    peer = entry.upstream_remote if client else entry.caller_address
     if peer is not None:
-        add(("network.peer.address", peer.ip))
-        add(("network.peer.port", peer.port))
+        out.append(("network.peer.address", peer.ip))
     if error:
-        add(("error.type", error))
+        out.append(("error.type", error))
     if entry.response_flags:
-        add(("envoy.response_flags", ",".join(entry.response_flags)))
+        out.append(("envoy.response_flags", ",".join(entry.response_flags)))
     if entry.upstream_cluster:
-        add(("envoy.upstream_cluster", entry.upstream_cluster))
+        out.append(("envoy.upstream_cluster", entry.upstream_cluster))
     if entry.route_name:
-        add(("envoy.route_name", entry.route_name))
+        out.append(("envoy.route_name", entry.route_name))
+    return out
+
+
+def unique_attributes(call: Call) -> list[tuple[str, str | int]]:
+    """A span's attributes that differ per call: URL, ports, request id, byte counts."""
+    entry = call.entry
+    client = call.side is Side.CLIENT
+    out: list[tuple[str, str | int]] = []
+    if entry.protocol is Protocol.TCP:
+        out += (("envoy.bytes_received", entry.received_bytes), ("envoy.bytes_sent", entry.sent_bytes))
+    elif client:
+        out.append(("url.full", f"{entry.scheme or 'http'}://{entry.authority}{entry.path}"))
+    else:
+        path, _, query = entry.path.partition("?")
+        out.append(("url.path", path))
+        if query:
+            out.append(("url.query", query))
+    if not client and entry.downstream_remote is not None:
+        out.append(("client.address", entry.downstream_remote.ip))
+    peer = entry.upstream_remote if client else entry.caller_address
+    if peer is not None:
+        out.append(("network.peer.port", peer.port))
     if entry.request_id:
-        add(("envoy.request_id", entry.request_id))
-    return attrs
+        out.append(("envoy.request_id", entry.request_id))
+    return out
 
 
-def _http_attributes(entry: Entry, client: bool, add: Any) -> None:
+def span_attributes(call: Call, error: str) -> dict[str, str | int]:
+    """All of a span's attributes, for readers and tests."""
+    return dict(common_attributes(call, error) + unique_attributes(call))
+
+
+def _http_attributes(entry: Entry, client: bool, out: list[tuple[str, str | int]]) -> None:
+    add = out.append
     host, port = semconv.split_authority(entry.authority, entry.scheme)
     if entry.protocol is Protocol.GRPC:
         add(("rpc.system.name", "grpc"))
@@ -193,13 +253,7 @@ def _http_attributes(entry: Entry, client: bool, add: Any) -> None:
     if host:
         add(("server.address", host))
         add(("server.port", port))
-    path, _, query = entry.path.partition("?")
-    if client:
-        add(("url.full", f"{entry.scheme or 'http'}://{entry.authority}{entry.path}"))
-    else:
-        add(("url.path", path))
-        if query:
-            add(("url.query", query))
+    if not client:
         add(("url.scheme", entry.scheme or "http"))
         if entry.user_agent:
             add(("user_agent.original", entry.user_agent))

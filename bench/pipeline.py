@@ -1,0 +1,304 @@
+"""Entries/s through the whole bridge, next to a bare receiver, in one run.
+
+Each mode runs in its own process pinned to core 0; the ALS sender (a separate
+process) and the OTLP receiver (another one) share core 1. The sender streams
+pre-built StreamAccessLogsMessages (100 realistic sidecar entries each) over
+gRPC as fast as the receiver reads them.
+
+* bare: a grpc.aio server that parses each message and counts its entries;
+* pipeline: ``als2otel serve`` wiring (receiver, analysis, translation, OTLP
+  export of spans and metrics to a local OTLP/gRPC receiver), timed until the
+  last span has arrived at that receiver;
+* pipeline+mx-mesh: the same with the mx-mesh analyzer resolving both peers
+  from Istio's peer metadata on every entry (when the analyzer exists).
+
+Usage: python bench/pipeline.py [--entries N] [--streams S] [--modes bare,pipeline,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "src"))
+
+BATCH = 100
+SPAWN = mp.get_context("spawn")  # gRPC does not survive fork(), in any of our processes
+
+
+def pin(core: int) -> None:
+    if hasattr(os, "sched_setaffinity") and os.cpu_count() and os.cpu_count() > core:  # type: ignore[operator]
+        os.sched_setaffinity(0, {core})
+
+
+def build_messages(total: int, streams: int, with_peers: bool) -> list[list[bytes]]:
+    """Pre-serialized messages per stream; the first of each carries the identifier."""
+    from support import als
+
+    sources = [
+        als.sidecar_metadata(f"productpage-v1-6b746f74dc-{i:05d}", "default", "productpage")
+        for i in range(streams)
+    ]
+    peer_state: dict[str, Any] = {}
+    if with_peers:
+        from google.protobuf import any_pb2
+
+        peer = any_pb2.Any()
+        peer.Pack(
+            als.struct(
+                {
+                    "workload": "reviews-v1",
+                    "name": "reviews-v1-545db77b95-mffvn",
+                    "namespace": "default",
+                    "service": "reviews",
+                    "revision": "v1",
+                    "app": "reviews",
+                    "version": "v1",
+                    "cluster": "Kubernetes",
+                    "type": "deployment",
+                }
+            )
+        )
+        peer_state = {"upstream_peer": peer}
+    per_stream = total // streams
+    out = []
+    for s in range(streams):
+        ident = als.identifier(
+            f"sidecar~10.1.{s // 250}.{s % 250 + 1}~productpage-v1-6b746f74dc-{s:05d}.default"
+            "~default.svc.cluster.local",
+            sources[s],
+        )
+        messages = []
+        for start in range(0, per_stream, BATCH):
+            entries = [
+                als.http_entry(
+                    downstream_remote=("10.1.0.4", 40000 + i % 20000),
+                    downstream_local=("10.96.0.9", 9080),
+                    upstream_remote=("10.1.0.9", 9080),
+                    upstream_local=("10.1.0.4", 10000 + i % 50000),
+                    cluster="outbound|9080||reviews.default.svc.cluster.local",
+                    path=f"/reviews/{i % 7}",
+                    authority="reviews:9080",
+                    request_id=f"{s:08x}-0000-4000-8000-{i:012d}",
+                    status=200 if i % 50 else 503,
+                    duration_ms=3 + i % 40,
+                    headers={"traceparent": f"00-{s:08x}{i:024x}-{i + 1:016x}-01"} if i % 3 == 0 else None,
+                    filter_state=peer_state,
+                )
+                for i in range(start, min(start + BATCH, per_stream))
+            ]
+            messages.append(als.http_message(entries, ident if start == 0 else None).SerializeToString())
+        out.append(messages)
+    return out
+
+
+def sender(target: str, spec: tuple[int, int, bool], ready: Any, go: Any) -> None:
+    pin(1)
+    messages = build_messages(*spec)
+    import grpc
+
+    async def stream(channel: Any, batch: list[bytes]) -> None:
+        call = channel.stream_unary(
+            "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        await call(iter(batch))
+
+    async def main() -> None:
+        async with grpc.aio.insecure_channel(
+            target, options=[("grpc.max_send_message_length", 64 << 20)]
+        ) as ch:
+            ready.set()
+            go.wait()
+            await asyncio.gather(*(stream(ch, batch) for batch in messages))
+
+    asyncio.run(main())
+
+
+def otlp_receiver(port_queue: Any, counts: Any) -> None:
+    pin(1)
+    from support.otlp_receiver import GrpcOtlpReceiver
+
+    receiver = GrpcOtlpReceiver().start()
+    port_queue.put(receiver.port)
+    while True:
+        time.sleep(0.05)
+        with receiver.received.lock:
+            spans = 0
+            for request in receiver.received.traces:
+                spans += sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+            receiver.received.traces = [] if spans == 0 else receiver.received.traces
+        counts.value = spans
+
+
+def run_bare(total: int, spec: tuple[int, int, bool], result: Any) -> None:
+    pin(0)
+    import grpc
+
+    from als2otel.receiver._proto import als_pb2
+
+    async def main() -> dict[str, float]:
+        received = 0
+        first = last = 0.0
+        done = asyncio.Event()
+
+        async def handler(requests: Any, context: Any) -> bytes:
+            nonlocal received, first, last
+            async for raw in requests:
+                message = als_pb2.StreamAccessLogsMessage.FromString(raw)
+                if not first:
+                    first = time.perf_counter()
+                received += len(message.http_logs.log_entry)
+                if received >= total:
+                    last = time.perf_counter()
+                    done.set()
+            return b""
+
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "envoy.service.accesslog.v3.AccessLogService",
+                    {"StreamAccessLogs": grpc.stream_unary_rpc_method_handler(handler)},
+                ),
+            )
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        ready, go = SPAWN.Event(), SPAWN.Event()
+        proc = SPAWN.Process(target=sender, args=(f"127.0.0.1:{port}", spec, ready, go))
+        proc.start()
+        ready.wait()
+        go.set()
+        await done.wait()
+        await asyncio.to_thread(proc.join)  # the streams end when our handlers return
+        await server.stop(0)
+        return {"seconds": last - first, "entries": received}
+
+    out = asyncio.run(main())
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result.put(out)
+
+
+def run_pipeline(total: int, spec: tuple[int, int, bool], analyzers: list[str], result: Any) -> None:
+    pin(0)
+    from als2otel import config as cfg
+    from als2otel.app import Bridge
+
+    port_queue: Any = SPAWN.Queue()
+    counts: Any = SPAWN.Value("q", 0)
+    receiver = SPAWN.Process(target=otlp_receiver, args=(port_queue, counts), daemon=True)
+    receiver.start()
+    otlp_port = port_queue.get()
+
+    async def main() -> dict[str, float]:
+        config = cfg.parse(
+            {
+                "receiver": {"listen": "127.0.0.1:0"},
+                "http": {"listen": "127.0.0.1:0"},
+                "analyzers": analyzers,
+                "exporters": {"otlp": {"endpoint": f"127.0.0.1:{otlp_port}", "compression": "none"}},
+                "metrics": {"export_interval": "1s"},
+            },
+            {},
+        )
+        bridge = Bridge(config)
+        await bridge.start()
+        ready, go = SPAWN.Event(), SPAWN.Event()
+        proc = SPAWN.Process(target=sender, args=(f"127.0.0.1:{bridge.receiver.port}", spec, ready, go))
+        proc.start()
+        ready.wait()
+        rss_samples = []
+        go.set()
+        start = time.perf_counter()
+        while counts.value < total:
+            await asyncio.sleep(0.02)
+            rss_samples.append(_rss_mb())
+        seconds = time.perf_counter() - start
+        await asyncio.to_thread(proc.join)
+        calls = bridge.stats.calls.get("client")
+        dropped = dict(bridge.stats.dropped.values)
+        await bridge.stop()
+        third = max(len(rss_samples) // 3, 1)
+        return {
+            "seconds": seconds,
+            "entries": calls,
+            "spans_exported": counts.value,
+            "dropped": str(dropped),
+            "rss_first_third_mb": max(rss_samples[:third], default=0),
+            "rss_last_third_mb": max(rss_samples[-third:], default=0),
+        }
+
+    out = asyncio.run(main())
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    receiver.kill()
+    result.put(out)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--entries", type=int, default=200_000)
+    parser.add_argument("--streams", type=int, default=4)
+    parser.add_argument("--modes", default="bare,pipeline,pipeline+mx-mesh")
+    args = parser.parse_args()
+    total = args.entries - args.entries % (args.streams * BATCH)
+    plain = (total, args.streams, False)
+    with_peers = (total, args.streams, True)
+    results = {}
+    for mode in args.modes.split(","):
+        queue: Any = SPAWN.Queue()
+        if mode == "bare":
+            target: Any = run_bare
+            proc_args: tuple[Any, ...] = (total, plain, queue)
+        elif mode == "pipeline":
+            target, proc_args = run_pipeline, (total, plain, [], queue)
+        elif mode == "pipeline+mx-mesh":
+            from als2otel.config import ANALYZERS
+
+            if "mx-mesh" not in ANALYZERS:
+                continue
+            target, proc_args = run_pipeline, (total, with_peers, ["mx-mesh"], queue)
+        else:
+            raise SystemExit(f"unknown mode {mode}")
+        proc = SPAWN.Process(target=target, args=proc_args)
+        proc.start()
+        out = queue.get()
+        proc.join()
+        out["entries_per_s"] = round(total / out["seconds"])
+        results[mode] = out
+        print(
+            f"{mode:18s} {out['entries_per_s']:>9,} entries/s  peak RSS {out['peak_rss_mb']:.0f} MB  {out}",
+            flush=True,
+        )
+    if "bare" in results and "pipeline" in results:
+        print(
+            f"pipeline / bare = {results['pipeline']['entries_per_s'] / results['bare']['entries_per_s']:.3f}"
+        )
+    print(
+        json.dumps(
+            {"entries": total, "streams": args.streams, "python": sys.version.split()[0], "results": results},
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

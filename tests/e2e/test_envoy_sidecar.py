@@ -1,0 +1,117 @@
+"""A real Envoy configured as an Istio sidecar streams its access logs to the bridge."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+from conftest import bridge_config
+from support.apps import StatusApp
+from support.net import free_port
+from support.otlp_receiver import GrpcOtlpReceiver, attributes
+
+from als2otel.demo.envoy import EnvoyProcess, ProxySpec, Route
+
+CLIENT_IP, SERVER_IP = "127.0.0.11", "127.0.0.12"
+
+
+def request(port: int, method: str, path: str, host: str) -> int:
+    connection = http.client.HTTPConnection(CLIENT_IP, port, timeout=10)
+    try:
+        connection.request(method, path, body=b"x" if method == "POST" else None, headers={"Host": host})
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def reviews_app() -> Any:
+    app = StatusApp(SERVER_IP, free_port(SERVER_IP)).start()
+    yield app
+    app.stop()
+
+
+async def test_sidecar_outbound_calls_become_client_spans(
+    make_bridge: Any, otlp: GrpcOtlpReceiver, reviews_app: StatusApp, tmp_path: Any
+) -> None:
+    """Every request sent through the sidecar is one CLIENT span on productpage, with metrics to match."""
+    bridge = await make_bridge(bridge_config(otlp.endpoint))
+    app_port = reviews_app._server.server_address[1]
+    outbound_port = free_port(CLIENT_IP)
+    spec = ProxySpec(
+        role="sidecar",
+        ip=CLIENT_IP,
+        pod="productpage-v1-6b746f74dc-9stfq",
+        namespace="default",
+        labels={"app": "productpage", "version": "v1", "service.istio.io/canonical-name": "productpage"},
+        workload="productpage-v1",
+        outbound_port=outbound_port,
+        routes=[
+            Route(
+                "reviews.default.svc.cluster.local",
+                9080,
+                [(SERVER_IP, app_port)],
+                domains=["reviews", "reviews:9080"],
+            )
+        ],
+        als_address=("127.0.0.1", bridge.receiver.port),
+        buffer_flush_interval="0.1s",
+    )
+    envoy = EnvoyProcess(spec, tmp_path)
+    await asyncio.to_thread(envoy.start)
+    try:
+        plan = [("GET", "/status/200")] * 20 + [("POST", "/status/404")] * 5 + [("GET", "/status/503")] * 3
+        plan += [("GET", "/delay/120")] * 2
+        sent = Counter()
+        for method, path in plan:
+            status = await asyncio.to_thread(request, outbound_port, method, path, "reviews:9080")
+            sent[(method, status)] += 1
+        assert sent == Counter({("GET", 200): 22, ("POST", 404): 5, ("GET", 503): 3})
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(otlp.received.spans()) < len(plan):
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # anything extra would show up now
+        spans = otlp.received.spans()
+        assert len(spans) == len(plan)
+        seen = Counter()
+        for resource, span in spans:
+            attrs = attributes(span.attributes)
+            assert span.kind == 3  # CLIENT
+            assert resource["service.name"] == "productpage"
+            assert resource["k8s.pod.name"] == spec.pod
+            assert attrs["peer.service"] == "reviews"
+            assert attrs["envoy.upstream_cluster"] == "outbound|9080||reviews.default.svc.cluster.local"
+            assert attrs["network.peer.address"] == SERVER_IP
+            assert span.end_time_unix_nano >= span.start_time_unix_nano
+            assert abs(span.start_time_unix_nano / 1e9 - time.time()) < 120
+            seen[(attrs["http.request.method"], attrs["http.response.status_code"])] += 1
+            if attrs["url.full"].endswith("/delay/120"):
+                assert span.end_time_unix_nano - span.start_time_unix_nano >= 120_000_000
+            expect_error = attrs["http.response.status_code"] >= 400
+            assert (span.status.code == 2) == expect_error
+        assert seen == sent
+
+        deadline = time.monotonic() + 10
+        counts: dict[tuple[str, str], int] = {}
+        while time.monotonic() < deadline:
+            counts = {}
+            for (name, _), points in otlp.received.latest_metrics().items():
+                if name == "http.client.request.duration":
+                    for point in points:
+                        a = attributes(point.attributes)
+                        key = (a["http.request.method"], a["http.response.status_code"])
+                        counts[key] = counts.get(key, 0) + point.count
+            if sum(counts.values()) == len(plan):
+                break
+            await asyncio.sleep(0.2)
+        assert counts == {("GET", "200"): 22, ("POST", "404"): 5, ("GET", "503"): 3}
+        assert bridge.stats.entries_received.get("v3", "http") == len(plan)
+    finally:
+        await asyncio.to_thread(envoy.stop)
