@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from . import config as cfg
-from .analysis import Analyzer, AnalyzerChain, ProxyAnalyzer
+from .analysis import Analyzer, AnalyzerChain, MxMeshAnalyzer, ProxyAnalyzer
 from .export import OtlpExporter, Transport, make_transport, render
 from .model import Workload
 from .pipeline import Pipeline
@@ -37,7 +37,10 @@ def build_analyzers(config: cfg.Config) -> list[Analyzer]:
     """The configured analyzers, in order."""
     analyzers: list[Analyzer] = []
     for name in config.analyzers:
-        log.warning("analyzer %s is not available in this build; entries fall through to the next", name)
+        if name == "mx-mesh":
+            analyzers.append(MxMeshAnalyzer())
+        else:
+            log.warning("analyzer %s is not available in this build; entries fall through to the next", name)
     return analyzers
 
 

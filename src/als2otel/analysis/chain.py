@@ -77,6 +77,7 @@ class AnalyzerChain:
                     best[call.side] = call
             if all(side in best and best[side].resolved for side in wanted):
                 break
-        if not best:
+        if any(side not in best or not best[side].resolved for side in wanted):
+            # Counted even when a provisional call still goes out: some end of it is unknown.
             self._stats.entries_unresolved.inc(reason or "no_analyzer_resolved")
         return [best[side] for side in wanted if side in best]
