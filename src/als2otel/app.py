@@ -20,7 +20,7 @@ from .model import Workload
 from .pipeline import Pipeline
 from .receiver import AlsServer
 from .stats import Stats
-from .translation import MetricStore, SpanBatch, Translator
+from .translation import MetricRecorder, MetricStore, SpanBatch, Translator
 from .web import HttpServer
 
 log = logging.getLogger("als2otel")
@@ -62,7 +62,7 @@ class Bridge:
             signals = ["metrics"] + (["traces"] if config.traces.enabled else [])
             self.exporter = OtlpExporter({s: transport_factory(s, otlp) for s in signals}, otlp, self.stats)
         self.translator = Translator(
-            self.metrics,
+            MetricRecorder(self.metrics, config.metrics.sets),
             traces=config.traces.enabled and self.exporter is not None,
             sampling_ratio=config.traces.sampling_ratio,
         )

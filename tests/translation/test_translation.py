@@ -12,7 +12,7 @@ from als2otel.analysis import AnalyzerChain, ProxyAnalyzer
 from als2otel.model import Call, Workload
 from als2otel.receiver import identify, normalize_http, normalize_tcp
 from als2otel.stats import Stats
-from als2otel.translation import MetricStore, SpanBatch, Translator, ids
+from als2otel.translation import MetricRecorder, MetricStore, SpanBatch, Translator, ids
 
 PRODUCTPAGE = identify(
     als.identifier(
@@ -126,9 +126,11 @@ def calls() -> list[Call]:
     return out
 
 
-def translate(sampling_ratio: float = 1.0) -> tuple[SpanBatch, MetricStore]:
+def translate(
+    sampling_ratio: float = 1.0, sets: tuple[str, ...] = ("http",)
+) -> tuple[SpanBatch, MetricStore]:
     store = MetricStore(start_ns=1, stats=Stats())
-    translator = Translator(store, sampling_ratio=sampling_ratio)
+    translator = Translator(MetricRecorder(store, sets), sampling_ratio=sampling_ratio)
     batch = SpanBatch()
     for call in calls():
         translator.add(call, batch)
@@ -202,6 +204,32 @@ class TestMetrics:
         request, points = store.to_otlp(2, Workload(service_name="als2otel"))
         assert points == 6
         assert_golden("translation/metrics", json_format.MessageToDict(request))
+
+
+class TestMetricSets:
+    def test_golden_servicegraph_and_istio(self) -> None:
+        """The servicegraph and istio sets: names, labels, reporters and the edge counted once."""
+        from als2otel.export.prometheus import render
+
+        _, store = translate(sets=("servicegraph", "istio"))
+        assert_golden("translation/metric_sets", render(store, Stats()).splitlines())
+
+    def test_an_edge_seen_from_both_sides_counts_once(self) -> None:
+        """productpage -> reviews is seen by both sidecars: one request on the edge, two istio reporters."""
+        _, store = translate(sets=("servicegraph", "istio"))
+        totals = {
+            dict(s.attributes).get("server"): s.value
+            for s in store.series.values()
+            if s.metric.name == "traces_service_graph_request_total"
+        }
+        assert totals["reviews"] == 1
+        reporters = sorted(
+            dict(s.attributes)["reporter"]
+            for s in store.series.values()
+            if s.metric.name == "istio_requests_total"
+            and dict(s.attributes)["destination_service_name"] == "reviews"
+        )
+        assert reporters == ["destination", "source"]
 
 
 class TestIds:

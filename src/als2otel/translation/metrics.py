@@ -59,24 +59,6 @@ class MetricDef:
     buckets: tuple[float, ...] = ()
 
 
-HTTP_SERVER_DURATION = MetricDef(
-    "http.server.request.duration",
-    "http_server_request_duration_seconds",
-    Kind.HISTOGRAM,
-    "s",
-    "Duration of HTTP server requests.",
-    HTTP_DURATION_BUCKETS,
-)
-HTTP_CLIENT_DURATION = MetricDef(
-    "http.client.request.duration",
-    "http_client_request_duration_seconds",
-    Kind.HISTOGRAM,
-    "s",
-    "Duration of HTTP client requests.",
-    HTTP_DURATION_BUCKETS,
-)
-
-
 @dataclass(slots=True)
 class Histogram:
     counts: list[int]

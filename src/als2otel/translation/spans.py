@@ -11,7 +11,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from .. import __version__
 from ..model import Call, Entry, Protocol, Side, Workload
 from . import ids, semconv, wire
-from .metrics import HTTP_CLIENT_DURATION, HTTP_SERVER_DURATION, MetricStore
+from .metric_sets import MetricRecorder
 from .resources import resource_attributes
 
 SPAN_KIND = {
@@ -54,10 +54,10 @@ def peer_name(workload: Workload | None) -> str:
 
 
 class Translator:
-    """Writes each call's span into a :class:`SpanBatch` and its points into a :class:`MetricStore`."""
+    """Writes each call's span into a :class:`SpanBatch` and its points through a :class:`MetricRecorder`."""
 
     def __init__(
-        self, metrics: MetricStore | None, *, traces: bool = True, sampling_ratio: float = 1.0
+        self, metrics: MetricRecorder | None, *, traces: bool = True, sampling_ratio: float = 1.0
     ) -> None:
         self._metrics = metrics
         self._traces = traces
@@ -74,7 +74,7 @@ class Translator:
         if owner is None:
             return
         if self._metrics is not None:
-            self._record_metrics(call, owner, (end - start) / 1e9, error)
+            self._metrics.record(call, owner, (end - start) / 1e9, error)
         if self._traces:
             self._add_span(call, owner, batch, start, end, error)
 
@@ -147,31 +147,6 @@ class Translator:
                 wire.attribute(k, v) for k, v in common_attributes(call, error)
             )
         return block
-
-    def _record_metrics(self, call: Call, owner: Workload, seconds: float, error: str) -> None:
-        entry = call.entry
-        if entry.protocol is Protocol.TCP or self._metrics is None:
-            return
-        attrs: list[tuple[str, str]] = [("http.request.method", entry.method or "_OTHER")]
-        if entry.response_code:
-            attrs.append(("http.response.status_code", str(entry.response_code)))
-        if entry.http_version:
-            attrs.append(("network.protocol.version", entry.http_version))
-        if call.side is Side.CLIENT:
-            attrs.append(
-                (
-                    "server.address",
-                    peer_name(call.destination) or semconv.split_authority(entry.authority, entry.scheme)[0],
-                )
-            )
-            metric = HTTP_CLIENT_DURATION
-        else:
-            metric = HTTP_SERVER_DURATION
-        if entry.scheme:
-            attrs.append(("url.scheme", entry.scheme))
-        if error:
-            attrs.append(("error.type", error))
-        self._metrics.record(metric, owner, tuple(attrs), seconds)
 
 
 MAX_CACHED_BLOCKS = 65_536

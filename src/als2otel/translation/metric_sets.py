@@ -1,0 +1,274 @@
+"""The metric sets: ``http`` (OpenTelemetry HTTP conventions), ``servicegraph``
+(the Collector servicegraph connector's series) and ``istio`` (Istio's standard
+metrics, for Kiali). Every call side is recorded whatever the trace sampling.
+
+Counting an edge request once when both sides are seen: the server side counts
+it; the client side counts it only when its destination has no proxy of its
+own to report (a host outside the mesh), as the connector's virtual nodes do.
+"""
+
+from __future__ import annotations
+
+from ..model import Call, Protocol, Side, Workload
+from . import semconv
+from .metrics import HTTP_DURATION_BUCKETS, Kind, MetricDef, MetricStore
+
+USER = "user"
+UNKNOWN = "unknown"
+
+HTTP_SERVER_DURATION = MetricDef(
+    "http.server.request.duration",
+    "http_server_request_duration_seconds",
+    Kind.HISTOGRAM,
+    "s",
+    "Duration of HTTP server requests.",
+    HTTP_DURATION_BUCKETS,
+)
+HTTP_CLIENT_DURATION = MetricDef(
+    "http.client.request.duration",
+    "http_client_request_duration_seconds",
+    Kind.HISTOGRAM,
+    "s",
+    "Duration of HTTP client requests.",
+    HTTP_DURATION_BUCKETS,
+)
+
+# The servicegraph connector's names, units and default buckets (seconds).
+SERVICEGRAPH_BUCKETS = (
+    0.002,
+    0.004,
+    0.006,
+    0.008,
+    0.01,
+    0.05,
+    0.1,
+    0.2,
+    0.4,
+    0.8,
+    1.0,
+    1.4,
+    2.0,
+    5.0,
+    10.0,
+    15.0,
+)
+SG_REQUESTS = MetricDef(
+    "traces_service_graph_request_total",
+    "traces_service_graph_request_total",
+    Kind.SUM,
+    "1",
+    "Requests between two nodes of the service graph.",
+)
+SG_FAILED = MetricDef(
+    "traces_service_graph_request_failed_total",
+    "traces_service_graph_request_failed_total",
+    Kind.SUM,
+    "1",
+    "Failed requests between two nodes of the service graph.",
+)
+SG_SERVER = MetricDef(
+    "traces_service_graph_request_server",
+    "traces_service_graph_request_server_seconds",
+    Kind.HISTOGRAM,
+    "s",
+    "Server-side request duration between two nodes.",
+    SERVICEGRAPH_BUCKETS,
+)
+SG_CLIENT = MetricDef(
+    "traces_service_graph_request_client",
+    "traces_service_graph_request_client_seconds",
+    Kind.HISTOGRAM,
+    "s",
+    "Client-side request duration between two nodes.",
+    SERVICEGRAPH_BUCKETS,
+)
+
+# Istio's standard metrics, with Istio's default duration buckets (milliseconds).
+ISTIO_MS_BUCKETS = (
+    0.5,
+    1.0,
+    5.0,
+    10.0,
+    25.0,
+    50.0,
+    100.0,
+    250.0,
+    500.0,
+    1000.0,
+    2500.0,
+    5000.0,
+    10000.0,
+    30000.0,
+    60000.0,
+    300000.0,
+    600000.0,
+    1800000.0,
+    3600000.0,
+)
+ISTIO_REQUESTS = MetricDef(
+    "istio_requests_total", "istio_requests_total", Kind.SUM, "1", "Requests, per reporter."
+)
+ISTIO_DURATION = MetricDef(
+    "istio_request_duration_milliseconds",
+    "istio_request_duration_milliseconds",
+    Kind.HISTOGRAM,
+    "ms",
+    "Request duration, per reporter.",
+    ISTIO_MS_BUCKETS,
+)
+ISTIO_TCP_SENT = MetricDef(
+    "istio_tcp_sent_bytes_total",
+    "istio_tcp_sent_bytes_total",
+    Kind.SUM,
+    "By",
+    "Bytes sent during TCP connections.",
+)
+ISTIO_TCP_RECEIVED = MetricDef(
+    "istio_tcp_received_bytes_total",
+    "istio_tcp_received_bytes_total",
+    Kind.SUM,
+    "By",
+    "Bytes received during TCP connections.",
+)
+
+
+class MetricRecorder:
+    """Records one call side into the configured sets of a :class:`MetricStore`."""
+
+    def __init__(
+        self, store: MetricStore, sets: list[str] | tuple[str, ...] = ("http", "servicegraph")
+    ) -> None:
+        self.store = store
+        self._http = "http" in sets
+        self._servicegraph = "servicegraph" in sets
+        self._istio = "istio" in sets
+
+    def record(self, call: Call, owner: Workload, seconds: float, error: str) -> None:
+        if self._http and call.entry.protocol is not Protocol.TCP:
+            self._record_http(call, owner, seconds, error)
+        if self._servicegraph:
+            self._record_servicegraph(call, seconds)
+        if self._istio:
+            self._record_istio(call, seconds)
+
+    def _record_http(self, call: Call, owner: Workload, seconds: float, error: str) -> None:
+        entry = call.entry
+        attrs: list[tuple[str, str]] = [("http.request.method", entry.method or "_OTHER")]
+        if entry.response_code:
+            attrs.append(("http.response.status_code", str(entry.response_code)))
+        if entry.http_version:
+            attrs.append(("network.protocol.version", entry.http_version))
+        if call.side is Side.CLIENT:
+            server = call.destination.service_name if call.destination else ""
+            attrs.append(
+                ("server.address", server or semconv.split_authority(entry.authority, entry.scheme)[0])
+            )
+            metric = HTTP_CLIENT_DURATION
+        else:
+            metric = HTTP_SERVER_DURATION
+        if entry.scheme:
+            attrs.append(("url.scheme", entry.scheme))
+        if error:
+            attrs.append(("error.type", error))
+        self.store.record(metric, owner, tuple(attrs), seconds)
+
+    def _record_servicegraph(self, call: Call, seconds: float) -> None:
+        source, destination = call.source, call.destination
+        client = USER if call.from_outside else (source.service_name if source else UNKNOWN)
+        server = destination.service_name if destination else UNKNOWN
+        virtual = call.from_outside or destination is None or destination.external
+        labels = (
+            ("client", client),
+            ("server", server),
+            ("connection_type", "virtual_node" if virtual else ""),
+        )
+        store = self.store
+        if call.side is Side.SERVER:
+            store.record(SG_SERVER, None, labels, seconds)
+            counts_edge = True
+        else:
+            store.record(SG_CLIENT, None, labels, seconds)
+            counts_edge = destination is None or destination.external
+        if counts_edge:
+            store.add(SG_REQUESTS, None, labels)
+            # The connector fails an edge when either span is an error: the client's view is the stricter.
+            if semconv.error_type(call.entry, Side.CLIENT):
+                store.add(SG_FAILED, None, labels)
+
+    def _record_istio(self, call: Call, seconds: float) -> None:
+        entry = call.entry
+        labels = istio_labels(call)
+        if entry.protocol is Protocol.TCP:
+            self.store.add(ISTIO_TCP_SENT, None, labels, entry.sent_bytes)
+            self.store.add(ISTIO_TCP_RECEIVED, None, labels, entry.received_bytes)
+            return
+        self.store.add(ISTIO_REQUESTS, None, labels)
+        self.store.record(ISTIO_DURATION, None, labels, seconds * 1000.0)
+
+
+def _workload_labels(prefix: str, w: Workload | None, principal: str) -> list[tuple[str, str]]:
+    if w is None or w.external:
+        return [
+            (f"{prefix}_{k}", UNKNOWN)
+            for k in (
+                "workload",
+                "workload_namespace",
+                "principal",
+                "app",
+                "version",
+                "canonical_service",
+                "canonical_revision",
+                "cluster",
+            )
+        ]
+    return [
+        (f"{prefix}_workload", w.workload_name or w.service_name),
+        (f"{prefix}_workload_namespace", w.namespace or UNKNOWN),
+        (f"{prefix}_principal", principal or UNKNOWN),
+        (f"{prefix}_app", w.canonical_service or w.service_name),
+        (f"{prefix}_version", w.version or UNKNOWN),
+        (f"{prefix}_canonical_service", w.canonical_service or w.service_name),
+        (f"{prefix}_canonical_revision", w.canonical_revision or w.version or "latest"),
+        (f"{prefix}_cluster", w.cluster or UNKNOWN),
+    ]
+
+
+def istio_labels(call: Call) -> tuple[tuple[str, str], ...]:
+    """Every label Kiali reads, as data-point attributes; "unknown" where nothing says."""
+    entry = call.entry
+    source, destination = call.source, call.destination
+    source_principal = entry.peer_principal if call.side is Side.SERVER else ""
+    labels = [("reporter", "source" if call.side is Side.CLIENT else "destination")]
+    labels += _workload_labels("source", source, source_principal)
+    labels += _workload_labels("destination", destination, "")
+    if destination is not None and destination.external:
+        service = destination.service_name
+        labels += [
+            ("destination_service", service),
+            ("destination_service_name", service),
+            ("destination_service_namespace", UNKNOWN),
+        ]
+    elif destination is not None:
+        namespace = destination.namespace or "default"
+        labels += [
+            ("destination_service", f"{destination.service_name}.{namespace}.svc.cluster.local"),
+            ("destination_service_name", destination.service_name),
+            ("destination_service_namespace", namespace),
+        ]
+    else:
+        labels += [
+            (k, UNKNOWN)
+            for k in ("destination_service", "destination_service_name", "destination_service_namespace")
+        ]
+    protocol = entry.protocol.value
+    labels += [
+        ("request_protocol", protocol),
+        ("response_code", str(entry.response_code) if protocol != "tcp" else "0"),
+        ("grpc_response_status", str(entry.grpc_status) if entry.grpc_status >= 0 else ""),
+        ("response_flags", ",".join(entry.response_flags) or "-"),
+        (
+            "connection_security_policy",
+            "mutual_tls" if entry.mtls else ("none" if call.side is Side.SERVER else UNKNOWN),
+        ),
+    ]
+    return tuple(labels)
