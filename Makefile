@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo serve test lint bench clean
+.PHONY: demo serve test lint bench clean system-deps
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,9 +13,9 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,demo]'
 	touch $@
 
-# The main job: until `als2otel demo` exists, the bridge on its defaults.
+# The main job: bookinfo on real Envoys with the bridge in the middle; topology at :9464/topology.
 demo: $(BIN)/.installed
-	$(BIN)/als2otel serve
+	$(BIN)/als2otel demo
 
 serve: $(BIN)/.installed
 	$(BIN)/als2otel serve $(if $(CONFIG),--config $(CONFIG))
@@ -25,7 +25,13 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
-test: lint
+# Debian's chromium renders /topology in the page test.
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the topology page test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: lint system-deps
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench: $(BIN)/.installed

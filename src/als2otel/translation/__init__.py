@@ -3,5 +3,6 @@
 from .metric_sets import MetricRecorder
 from .metrics import MetricStore
 from .spans import SpanBatch, Translator
+from .topology import Topology
 
-__all__ = ["MetricRecorder", "MetricStore", "SpanBatch", "Translator"]
+__all__ = ["MetricRecorder", "MetricStore", "SpanBatch", "Topology", "Translator"]

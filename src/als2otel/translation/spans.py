@@ -13,6 +13,7 @@ from ..model import Call, Entry, Protocol, Side, Workload
 from . import ids, semconv, wire
 from .metric_sets import MetricRecorder
 from .resources import resource_attributes
+from .topology import Topology
 
 SPAN_KIND = {
     Side.CLIENT: trace_pb2.Span.SPAN_KIND_CLIENT,
@@ -57,9 +58,15 @@ class Translator:
     """Writes each call's span into a :class:`SpanBatch` and its points through a :class:`MetricRecorder`."""
 
     def __init__(
-        self, metrics: MetricRecorder | None, *, traces: bool = True, sampling_ratio: float = 1.0
+        self,
+        metrics: MetricRecorder | None,
+        *,
+        traces: bool = True,
+        sampling_ratio: float = 1.0,
+        topology: Topology | None = None,
     ) -> None:
         self._metrics = metrics
+        self._topology = topology
         self._traces = traces
         self._ratio = sampling_ratio
         self._common_blocks: dict[tuple[object, ...], bytes] = {}
@@ -75,6 +82,8 @@ class Translator:
             return
         if self._metrics is not None:
             self._metrics.record(call, owner, (end - start) / 1e9, error)
+        if self._topology is not None:
+            self._topology.record(call, (end - start) / 1e9, end / 1e9)
         if self._traces:
             self._add_span(call, owner, batch, start, end, error)
 

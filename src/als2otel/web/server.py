@@ -1,13 +1,19 @@
-"""aiohttp server on the bridge's event loop: ``/metrics``, ``/healthz``, ``/readyz``."""
+"""aiohttp server on the bridge's event loop: ``/metrics``, ``/healthz``, ``/readyz``,
+``/api/topology`` (JSON) and ``/topology`` (a page that draws it, with no outside requests)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
-from ..config import split_hostport
+from ..config import parse_duration, split_hostport
+from ..translation.topology import MAX_WINDOW
+
+_PAGE = Path(__file__).with_name("topology.html")
 
 log = logging.getLogger("als2otel.http")
 
@@ -19,7 +25,9 @@ class HttpServer:
         *,
         metrics: Callable[[], str] | None,
         ready: Callable[[], bool],
+        topology: Callable[[float], dict[str, Any]] | None = None,
     ) -> None:
+        self._topology = topology
         self._listen = listen
         self._metrics = metrics
         self._ready = ready
@@ -32,6 +40,9 @@ class HttpServer:
         app.router.add_get("/readyz", self._readyz)
         if self._metrics is not None:
             app.router.add_get("/metrics", self._serve_metrics)
+        if self._topology is not None:
+            app.router.add_get("/api/topology", self._api_topology)
+            app.router.add_get("/topology", self._topology_page)
         return app
 
     async def start(self) -> None:
@@ -59,6 +70,20 @@ class HttpServer:
         if self._ready():
             return web.Response(text="ready\n")
         return web.Response(status=503, text="not ready\n")
+
+    async def _api_topology(self, request: web.Request) -> web.Response:
+        assert self._topology is not None
+        text = request.query.get("window", "5m")
+        window = parse_duration(text)
+        if window is None or not 0 < window <= MAX_WINDOW:
+            return web.json_response(
+                {"error": f"window must be a duration up to {MAX_WINDOW:.0f}s (30s, 5m, 1h); got {text!r}"},
+                status=400,
+            )
+        return web.json_response(self._topology(window))
+
+    async def _topology_page(self, request: web.Request) -> web.Response:
+        return web.Response(text=_PAGE.read_text(encoding="utf-8"), content_type="text/html")
 
     async def _serve_metrics(self, request: web.Request) -> web.Response:
         assert self._metrics is not None
