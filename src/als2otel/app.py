@@ -15,6 +15,9 @@ from collections.abc import Callable
 
 from . import config as cfg
 from .analysis import Analyzer, AnalyzerChain, MxMeshAnalyzer, ProxyAnalyzer
+from .analysis.k8s import KubeIndex, NameRule
+from .analysis.k8s.watch import KubeCache, NoKubernetesConfig, api_client
+from .analysis.k8s_mesh import K8sMeshAnalyzer
 from .export import OtlpExporter, Transport, make_transport, render
 from .model import Workload
 from .pipeline import Pipeline
@@ -33,15 +36,32 @@ SELF = Workload(service_name="als2otel")
 TransportFactory = Callable[[str, cfg.OtlpConfig], Transport]
 
 
-def build_analyzers(config: cfg.Config) -> list[Analyzer]:
-    """The configured analyzers, in order."""
+def build_analyzers(config: cfg.Config, kube: KubeCache | None) -> list[Analyzer]:
+    """The configured analyzers, in order (k8s-mesh only with a Kubernetes cache)."""
     analyzers: list[Analyzer] = []
     for name in config.analyzers:
         if name == "mx-mesh":
             analyzers.append(MxMeshAnalyzer())
-        else:
-            log.warning("analyzer %s is not available in this build; entries fall through to the next", name)
+        elif name == "k8s-mesh" and kube is not None:
+            analyzers.append(K8sMeshAnalyzer(kube.index))
     return analyzers
+
+
+def build_kube_cache(config: cfg.Config, stats: Stats) -> KubeCache | None:
+    """The Kubernetes cache when k8s-mesh is listed and a configuration is found; else one warning."""
+    if "k8s-mesh" not in config.analyzers:
+        return None
+    try:
+        api = api_client(config.k8s.kubeconfig)
+    except NoKubernetesConfig as exc:
+        log.warning(
+            "k8s-mesh is configured but no Kubernetes configuration was found (%s); "
+            "running with the other analyzers",
+            exc,
+        )
+        return None
+    index = KubeIndex(NameRule(config.k8s.service_name_rule), config.k8s.ignored_namespaces)
+    return KubeCache(api, index, stats)
 
 
 class Bridge:
@@ -68,13 +88,14 @@ class Bridge:
             sampling_ratio=config.traces.sampling_ratio,
             topology=self.topology,
         )
-        self.chain = AnalyzerChain(build_analyzers(config), ProxyAnalyzer(), self.stats)
+        self.kube = build_kube_cache(config, self.stats)
+        self.chain = AnalyzerChain(build_analyzers(config, self.kube), ProxyAnalyzer(), self.stats)
         self.pipeline = Pipeline(self.chain, self.translator, self.stats, on_spans=self._export_spans)
         self.receiver = AlsServer(config.receiver.listen, self.pipeline.submit, self.stats)
         self.http = HttpServer(
             config.http.listen,
             metrics=self.render_metrics if config.exporters.prometheus.enabled else None,
-            ready=lambda: self._ready,
+            ready=lambda: self._ready and (self.kube is None or self.kube.synced.is_set()),
             topology=lambda window: self.topology.snapshot(window, self._clock() / 1e9),
         )
         self._ready = False
@@ -91,6 +112,8 @@ class Bridge:
             asyncio.create_task(self.pipeline.run(), name="pipeline"),
             asyncio.create_task(self._flush_loop(), name="flush"),
         ]
+        if self.kube is not None:
+            self.kube.start()
         await self.http.start()
         await self.receiver.start()
         self._ready = True
@@ -113,6 +136,8 @@ class Bridge:
         if self.exporter is not None:
             await self.exporter.shutdown(max(deadline - time.monotonic(), 0.01))
         await self.http.stop()
+        if self.kube is not None:
+            await asyncio.to_thread(self.kube.stop)
 
     def _export_spans(self, batch: SpanBatch) -> None:
         if batch.count and self.exporter is not None:

@@ -376,6 +376,12 @@ def _check_values(config: Config) -> list[str]:
         problems.append("exporters.otlp.endpoint: must not be empty")
     if otlp.sending_queue.queue_size < 1:
         problems.append("exporters.otlp.sending_queue.queue_size: must be at least 1")
+    from .analysis.k8s.naming import NameRule, RuleError  # noqa: PLC0415 - the rule's own parser
+
+    try:
+        NameRule(config.k8s.service_name_rule)
+    except RuleError as exc:
+        problems.append(f"k8s.service_name_rule: {exc}")
     if config.log_level.lower() not in LOG_LEVELS:
         problems.append(f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {config.log_level!r}")
     return problems

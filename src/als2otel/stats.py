@@ -84,6 +84,11 @@ class Stats:
             "ALS streams that ended, by reason: the client closed or cancelled it, or sent bad input.",
             ("reason",),
         )
+        self.k8s_errors = Counter(
+            "als2otel_k8s_watch_errors_total",
+            "Kubernetes list or watch requests that failed and were retried, by resource.",
+            ("resource",),
+        )
         self.streams_active = Gauge("als2otel_streams_active", "ALS streams open now.")
 
     def counters(self) -> list[Counter]:

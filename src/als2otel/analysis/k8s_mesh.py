@@ -1,0 +1,62 @@
+"""k8s-mesh: calls resolved by mapping the entry's IP addresses to Kubernetes pods.
+
+The roles, as SkyWalking's k8s-mesh defines them:
+
+* sidecar inbound (``inbound|...``): source = the pod at the caller's address
+  (``downstream_direct_remote_address``: the remote address may come from
+  X-Forwarded-For), or outside the mesh when no pod holds it; destination = this pod;
+* sidecar outbound (``outbound|...``, passthrough): source = this pod,
+  destination = the pod at ``upstream_remote_address``; an address that maps to
+  nothing is named from the cluster's host (``api.example.com``), never made up;
+* gateway (``router~``, ``ingress~``, ``waypoint~``): a server side from the
+  caller (outside the mesh when the address maps to nothing) and a client side
+  to the upstream pod.
+
+Lookups are in-memory dict reads on the index the watch cache keeps live.
+"""
+
+from __future__ import annotations
+
+from ..model import Call, Direction, Entry, Proxy, Side, Workload
+from .chain import Resolution
+from .k8s import KubeIndex
+from .proxy import destination_by_name
+
+
+class K8sMeshAnalyzer:
+    name = "k8s-mesh"
+
+    def __init__(self, index: KubeIndex) -> None:
+        self._index = index
+
+    def _at(self, address: tuple[str, int] | None) -> Workload | None:
+        return self._index.workload_for_ip(address[0]) if address is not None else None
+
+    def analyze(self, entry: Entry, proxy: Proxy, direction: Direction) -> Resolution:
+        lookup = self._index.workload_for_ip
+        own = (lookup(proxy.ip) if proxy.ip else None) or self._at(entry.downstream_local)
+        if direction is Direction.OUTBOUND:
+            own = (lookup(proxy.ip) if proxy.ip else None) or self._at(entry.downstream_remote)
+        if own is None:
+            return Resolution([], "unknown_pod_ip")
+        calls: list[Call] = []
+        reason = ""
+        if direction in (Direction.INBOUND, Direction.GATEWAY):
+            caller = self._at(entry.caller_address)
+            if caller is not None:
+                calls.append(Call(Side.SERVER, entry, proxy, source=caller, destination=own))
+            else:
+                # No pod holds the caller's address: it called from outside the cluster.
+                calls.append(Call(Side.SERVER, entry, proxy, source=None, destination=own, from_outside=True))
+        if direction in (Direction.OUTBOUND, Direction.GATEWAY):
+            destination = self._at(entry.upstream_remote)
+            if destination is not None:
+                calls.append(Call(Side.CLIENT, entry, proxy, source=own, destination=destination))
+            else:
+                named = destination_by_name(entry)
+                if named is not None and named.external:
+                    # Outside the mesh, as the cluster or authority names it: that is the answer.
+                    calls.append(Call(Side.CLIENT, entry, proxy, source=own, destination=named))
+                else:
+                    reason = reason or "unknown_destination_ip"
+        return Resolution(calls, reason)
