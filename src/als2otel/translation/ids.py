@@ -6,6 +6,7 @@
 * a hop is one request on one connection, named the same from both ends: the
   client's (upstream_local -> upstream_remote) is the server's
   (downstream_direct_remote -> downstream_local).
+* sampling decides on a hash of the trace id, so every side and replica agree.
 * client span id = H(trace, "client", hop); server span id = H(trace, "server",
   hop). The server span's parent is the client span id of the same hop, which
   the server side computes from its own entry.
@@ -90,9 +91,14 @@ def server_span_id(trace_id: bytes, hop: str) -> bytes:
 
 
 def sampled(trace_id: bytes, ratio: float) -> bool:
-    """Consistent per trace: the same trace id is kept or dropped everywhere."""
+    """Consistent per trace: the same trace id is kept or dropped everywhere.
+
+    Decided on a hash of the whole id: ids derived from ``x-request-id`` need not
+    have random low bits (a request id is any string, or a UUID of any version).
+    """
     if ratio >= 1.0:
         return True
     if ratio <= 0.0:
         return False
-    return int.from_bytes(trace_id[8:16], "big") < int(ratio * (1 << 64))
+    draw = int.from_bytes(hashlib.blake2b(trace_id, digest_size=8).digest(), "big")
+    return draw < int(ratio * (1 << 64))
