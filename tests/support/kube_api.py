@@ -35,6 +35,7 @@ class FakeKubeApi:
         self.oldest = 1000
         self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {k: {} for k in PATHS.values()}
         self.history: list[tuple[int, str, str, dict[str, Any]]] = []
+        self._history_base = 0  # events compacted away before history[0]
         self.requests: Counter[tuple[str, str]] = Counter()  # (kind, "list"|"watch")
         self._loop = asyncio.new_event_loop()
         self._changed: asyncio.Condition | None = None
@@ -102,6 +103,7 @@ class FakeKubeApi:
         """Forget the history: watches from an older version get 410 Gone."""
 
         def compact() -> None:
+            self._history_base += len(self.history)
             self.history.clear()
             self.oldest = self.version
 
@@ -196,8 +198,12 @@ class FakeKubeApi:
                 }
                 await response.write(json.dumps({"type": "ERROR", "object": status}).encode() + b"\n")
                 return response
+            position = self._history_base  # absolute index of the next history entry to look at
             while loop.time() < deadline:
-                for version, event_kind, event, obj in list(self.history):
+                start = max(position - self._history_base, 0)
+                pending = self.history[start:]
+                position = self._history_base + len(self.history)
+                for version, event_kind, event, obj in pending:
                     if event_kind == kind and version > since:
                         await response.write(json.dumps({"type": event, "object": obj}).encode() + b"\n")
                         since = version
