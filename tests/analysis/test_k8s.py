@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support import kube_api
 from support.kube_api import FakeKubeApi
+from support.waiting import eventually
 
 from als2otel.analysis.k8s import KubeIndex, NameRule, RuleError
 from als2otel.analysis.k8s.naming import Meta
@@ -173,15 +173,6 @@ class TestConfig:
             api_client(None)
 
 
-async def wait_until(predicate: Any, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return bool(predicate())
-
-
 @pytest.fixture
 def kube() -> Any:
     api = FakeKubeApi().start()
@@ -209,17 +200,17 @@ class TestWatchCache:
         )
         cache = await self.start_cache(kube, tmp_path)
         try:
-            assert await wait_until(cache.synced.is_set)
+            assert await eventually(cache.synced.is_set)
             assert kube.requests[("Pod", "list")] == 3
             index = cache.index
             assert index.workload_for_ip("10.1.0.11").service_name == "reviews"  # type: ignore[union-attr]
 
             kube.put(kube_api.pod("default", "details-v1-1a2b3c4d5-aaaaa", "10.1.0.20", {"app": "details"}))
-            assert await wait_until(lambda: index.workload_for_ip("10.1.0.20") is not None)
+            assert await eventually(lambda: index.workload_for_ip("10.1.0.20") is not None)
 
             kube.delete("Pod", "default", "details-v1-1a2b3c4d5-aaaaa")
             kube.put(kube_api.pod("default", "ratings-v1-9z8y7x6w5-bbbbb", "10.1.0.20", {"app": "ratings"}))
-            assert await wait_until(
+            assert await eventually(
                 lambda: getattr(index.workload_for_ip("10.1.0.20"), "service_name", "") == "ratings"
             )
 
@@ -233,7 +224,7 @@ class TestWatchCache:
                 )
             )
             kube.delete("EndpointSlice", "default", "reviews-abcde")
-            assert await wait_until(lambda: index.workload_for_ip("10.1.0.11").service_name == "reviews-v1")  # type: ignore[union-attr]
+            assert await eventually(lambda: index.workload_for_ip("10.1.0.11").service_name == "reviews-v1")  # type: ignore[union-attr]
             assert cache.events_applied >= 6
         finally:
             cache.stop()
@@ -243,19 +234,19 @@ class TestWatchCache:
         kube.put(reviews_pod("v1", "10.1.0.11"))
         cache = await self.start_cache(kube, tmp_path)
         try:
-            assert await wait_until(cache.synced.is_set)
+            assert await eventually(cache.synced.is_set)
             lists = kube.requests[("Pod", "list")]
             kube.drop_watches()
             await asyncio.sleep(0.3)
             kube.put(reviews_pod("v2", "10.1.0.12"))
-            assert await wait_until(lambda: cache.index.workload_for_ip("10.1.0.12") is not None, timeout=40)
+            assert await eventually(lambda: cache.index.workload_for_ip("10.1.0.12") is not None, timeout=40)
             assert kube.requests[("Pod", "list")] == lists  # resumed, not relisted
 
             kube.compact()
             kube.drop_watches()
             await asyncio.sleep(0.3)
             kube.put(reviews_pod("v3", "10.1.0.13"))
-            assert await wait_until(lambda: cache.index.workload_for_ip("10.1.0.13") is not None, timeout=40)
+            assert await eventually(lambda: cache.index.workload_for_ip("10.1.0.13") is not None, timeout=40)
             assert kube.requests[("Pod", "list")] > lists  # 410: relisted
         finally:
             cache.stop()
@@ -264,7 +255,7 @@ class TestWatchCache:
         """401 from the API server is counted and retried with backoff; the cache never syncs on it."""
         cache = await self.start_cache(kube, tmp_path, token="wrong")
         try:
-            assert await wait_until(lambda: sum(cache._stats.k8s_errors.values.values()) >= 4)
+            assert await eventually(lambda: sum(cache._stats.k8s_errors.values.values()) >= 4)
             assert not cache.synced.is_set()
         finally:
             cache.stop()
@@ -316,5 +307,5 @@ class TestBridge:
         good_dir.mkdir()
         good = bridge_config(None, analyzers=["k8s-mesh"], k8s={"kubeconfig": str(kube.kubeconfig(good_dir))})
         bridge = await make_bridge(good)
-        assert await wait_until(bridge.kube.synced.is_set)
+        assert await eventually(bridge.kube.synced.is_set)
         assert await asyncio.to_thread(status, bridge.http.port) == 200

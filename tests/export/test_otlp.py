@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from conftest import bridge_config
 from support import als
 from support.net import free_port
 from support.otlp_receiver import GrpcOtlpReceiver, HttpOtlpReceiver, Received, attributes
+from support.waiting import eventually
 
 NODE = "sidecar~10.1.0.4~productpage-v1-6b746f74dc-9stfq.default~default.svc.cluster.local"
 META = als.sidecar_metadata("productpage-v1-6b746f74dc-9stfq", "default", "productpage")
@@ -43,15 +43,6 @@ def client_paths(received: Received) -> set[str]:
     return {attributes(span.attributes)["url.full"].rsplit("/", 1)[1] for _, span in received.spans()}
 
 
-async def wait_for(predicate: Any, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return bool(predicate())
-
-
 class TestTransports:
     async def test_grpc(self, make_bridge: Any, otlp: GrpcOtlpReceiver) -> None:
         """OTLP/gRPC carries spans and metrics, with the configured headers."""
@@ -59,8 +50,8 @@ class TestTransports:
         config.exporters.otlp.headers["x-tenant"] = "mesh-team"
         bridge = await make_bridge(config)
         await send_calls(bridge, 0, 10)
-        assert await wait_for(lambda: len(otlp.received.spans()) == 10)
-        assert await wait_for(
+        assert await eventually(lambda: len(otlp.received.spans()) == 10)
+        assert await eventually(
             lambda: any(name == "http.client.request.duration" for name, _ in otlp.received.latest_metrics())
         )
         assert any(h.get("x-tenant") == "mesh-team" for h in otlp.received.headers)
@@ -84,8 +75,8 @@ class TestTransports:
             )
             bridge = await make_bridge(config)
             await send_calls(bridge, 0, 5)
-            assert await wait_for(lambda: len(receiver.received.spans()) == 5)
-            assert await wait_for(lambda: bool(receiver.received.metrics))
+            assert await eventually(lambda: len(receiver.received.spans()) == 5)
+            assert await eventually(lambda: bool(receiver.received.metrics))
             assert any(
                 h.get("authorization") == "Bearer t0ken" and h.get("content-encoding") == "gzip"
                 for h in receiver.received.headers
@@ -101,16 +92,16 @@ class TestOutage:
         receiver = GrpcOtlpReceiver(port).start()
         bridge = await make_bridge(bridge_config(receiver.endpoint))
         await send_calls(bridge, 0, 200)
-        assert await wait_for(lambda: len(receiver.received.spans()) == 200)
+        assert await eventually(lambda: len(receiver.received.spans()) == 200)
         receiver.stop()
         await send_calls(bridge, 200, 300)
-        assert await wait_for(
+        assert await eventually(
             lambda: bridge.stats.export_failures.get("traces") > 0 or bridge.stats.calls.get("client") == 500
         )
         await asyncio.sleep(2.0)
         back = GrpcOtlpReceiver(port).start()
         try:
-            assert await wait_for(lambda: len(back.received.spans()) == 300, timeout=40)
+            assert await eventually(lambda: len(back.received.spans()) == 300, timeout=40)
             assert client_paths(back.received) == {str(i) for i in range(200, 500)}
             assert bridge.stats.dropped.values == {}
         finally:
@@ -125,7 +116,9 @@ class TestOutage:
         )
         bridge = await make_bridge(config)
         await send_calls(bridge, 0, 50)
-        assert await wait_for(lambda: bridge.stats.dropped.get("traces", "retry_exhausted") == 50, timeout=30)
+        assert await eventually(
+            lambda: bridge.stats.dropped.get("traces", "retry_exhausted") == 50, timeout=30
+        )
 
     async def test_queue_bound(self, make_bridge: Any) -> None:
         """Spans beyond sending_queue.queue_size while the backend is away are dropped and counted."""
@@ -137,4 +130,4 @@ class TestOutage:
         for start in range(0, 600, 100):
             await send_calls(bridge, start, 100)
             await asyncio.sleep(1.1)  # one span batch per flush interval
-        assert await wait_for(lambda: bridge.stats.dropped.get("traces", "queue_full") >= 300, timeout=10)
+        assert await eventually(lambda: bridge.stats.dropped.get("traces", "queue_full") >= 300, timeout=10)

@@ -6,6 +6,8 @@ sub-messages held in locals.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..model import Entry, Protocol, SocketAddr
 from ._proto import accesslog_pb2, core_pb2
 
@@ -135,13 +137,21 @@ def _start_ns(common: accesslog_pb2.AccessLogCommon) -> int:
     return int(ts.seconds * 1_000_000_000 + ts.nanos)
 
 
+def _begin(raw: Any, protocol: Protocol, api_version: str) -> Entry:
+    """An Entry with everything AccessLogCommon holds, HTTP or TCP alike."""
+    if not raw.HasField("common_properties"):
+        raise InvalidEntry(
+            "missing_common_properties", f"{protocol.value.upper()} entry has no common_properties"
+        )
+    common = raw.common_properties
+    entry = Entry(api_version, protocol, _start_ns(common))
+    _common(entry, common)
+    return entry
+
+
 def normalize_http(raw: accesslog_pb2.HTTPAccessLogEntry, api_version: str) -> Entry:
     """One HTTP entry; raises :class:`InvalidEntry` or :class:`IntermediateEntry`."""
-    if not raw.HasField("common_properties"):
-        raise InvalidEntry("missing_common_properties", "HTTP entry has no common_properties")
-    common = raw.common_properties
-    entry = Entry(api_version, Protocol.HTTP, _start_ns(common))
-    _common(entry, common)
+    entry = _begin(raw, Protocol.HTTP, api_version)
     version = raw.protocol_version
     entry.http_version = _HTTP_VERSIONS[version] if 0 <= version < len(_HTTP_VERSIONS) else ""
     request = raw.request
@@ -177,11 +187,7 @@ def normalize_http(raw: accesslog_pb2.HTTPAccessLogEntry, api_version: str) -> E
 
 def normalize_tcp(raw: accesslog_pb2.TCPAccessLogEntry, api_version: str) -> Entry:
     """One TCP entry; raises :class:`InvalidEntry` or :class:`IntermediateEntry`."""
-    if not raw.HasField("common_properties"):
-        raise InvalidEntry("missing_common_properties", "TCP entry has no common_properties")
-    common = raw.common_properties
-    entry = Entry(api_version, Protocol.TCP, _start_ns(common))
-    _common(entry, common)
+    entry = _begin(raw, Protocol.TCP, api_version)
     conn = raw.connection_properties
     entry.received_bytes = conn.received_bytes
     entry.sent_bytes = conn.sent_bytes

@@ -96,6 +96,15 @@ class AlsServer:
         self._stats.streams_ended.inc("client_cancelled")
         self._limiter.warning("client_cancelled", "ALS stream from %s ended by the client mid-stream", peer)
 
+    async def _reject(
+        self, context: grpc.aio.ServicerContext[Any, Any], reason: str, what: str, status: str
+    ) -> None:
+        """Count, log (rate-limited) and end this stream alone with INVALID_ARGUMENT."""
+        self._stats.entries_invalid.inc(reason)
+        self._stats.streams_ended.inc(reason)
+        self._limiter.warning(reason, "ALS stream from %s sent %s; ending the stream", context.peer(), what)
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, status)
+
     def _handler(self, api_version: str) -> Callable[..., Any]:
         async def stream_access_logs(
             requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
@@ -119,30 +128,19 @@ class AlsServer:
                 try:
                     message = als_pb2.StreamAccessLogsMessage.FromString(raw)
                 except DecodeError as exc:
-                    stats.entries_invalid.inc("malformed_message")
-                    stats.streams_ended.inc("malformed_message")
-                    self._limiter.warning(
+                    await self._reject(
+                        context,
                         "malformed_message",
-                        "ALS stream from %s sent a message that does not parse (%s); ending the stream",
-                        peer,
-                        exc,
-                    )
-                    await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"a message that does not parse ({exc})",
                         "message does not parse as StreamAccessLogsMessage",
                     )
                 if message.HasField("identifier"):
                     proxy = identify(message.identifier)
                 elif proxy is None:
-                    stats.entries_invalid.inc("missing_identifier")
-                    stats.streams_ended.inc("missing_identifier")
-                    self._limiter.warning(
+                    await self._reject(
+                        context,
                         "missing_identifier",
-                        "ALS stream from %s sent entries before an identifier; ending the stream",
-                        peer,
-                    )
-                    await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "entries before an identifier",
                         "the first message of a stream must carry an identifier",
                     )
                 which = message.WhichOneof("log_entries")
