@@ -25,11 +25,14 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
-# Debian's chromium renders /topology in the page test.
+# Debian's chromium renders /topology in the page test; Debian's prometheus scrapes /metrics.
+SYSTEM_PACKAGES := chromium prometheus
 system-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing Debian's chromium for the topology page test"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian's$$missing for the end-to-end tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null; \
+	fi
 
 test: lint system-deps
 	$(BIN)/pytest -q -p no:cacheprovider
