@@ -167,6 +167,16 @@ async def test_bookinfo_with_version_rule(make_bridge: Any, otlp: GrpcOtlpReceiv
         spans = otlp.received.spans()
         assert servicegraph.edges(spans) == expected
         assert len(spans) == total
+        # Every request's hops form one tree: one root (the gateway's server side), every parent present.
+        traces: dict[bytes, list[Any]] = {}
+        for _, span in spans:
+            traces.setdefault(span.trace_id, []).append(span)
+        assert len(traces) == requests
+        for members in traces.values():
+            ids = {span.span_id for span in members}
+            roots = [span for span in members if not span.parent_span_id]
+            assert len(roots) == 1 and roots[0].kind == servicegraph.SERVER
+            assert all(span.parent_span_id in ids for span in members if span.parent_span_id)
         assert bridge.stats.entries_unresolved.values == {}
     finally:
         if bridge is not None:

@@ -2,14 +2,19 @@
 
 * trace id: from ``traceparent``, else B3 (``x-b3-traceid`` or ``b3``), when
   Envoy logged them; else from ``x-request-id`` (a UUID is the 128 bits
-  themselves, anything else is hashed); else from the connection.
+  themselves, anything else is hashed); else from the connection (TCP).
 * a hop is one request on one connection, named the same from both ends: the
   client's (upstream_local -> upstream_remote) is the server's
   (downstream_direct_remote -> downstream_local).
 * sampling decides on a hash of the trace id, so every side and replica agree.
-* client span id = H(trace, "client", hop); server span id = H(trace, "server",
-  hop). The server span's parent is the client span id of the same hop, which
-  the server side computes from its own entry.
+* client span id = H(trace, "client", hop); the server span's parent is the
+  client span id of the same hop, which the server side computes from its own
+  entry.
+* server span id = H(trace, "server", proxy): the proxy's outbound entries for
+  the same request know it too, so a proxy's CLIENT spans are children of its
+  SERVER span and a request's hops form one tree. The price: a request that
+  enters the same proxy twice gives both SERVER spans one id (their CLIENT
+  spans, and so the servicegraph's pairs, stay apart).
 """
 
 from __future__ import annotations
@@ -69,7 +74,8 @@ def trace_context(entry: Entry, connection: str) -> TraceContext:
     if request_id:
         trace_id = _hex_bytes(request_id.replace("-", ""), 16) or _digest(request_id, size=16)
         return TraceContext(trace_id, b"")
-    return TraceContext(_digest("connection", connection, str(entry.start_ns), size=16), b"")
+    # Both ends see the connection; not the time (each side's clock and start differ).
+    return TraceContext(_digest("connection", connection, size=16), b"")
 
 
 def connection_key(client: SocketAddr | None, server: SocketAddr | None) -> str:
@@ -86,8 +92,8 @@ def client_span_id(trace_id: bytes, hop: str) -> bytes:
     return _digest(trace_id, "client", hop, size=8)
 
 
-def server_span_id(trace_id: bytes, hop: str) -> bytes:
-    return _digest(trace_id, "server", hop, size=8)
+def server_span_id(trace_id: bytes, proxy: str) -> bytes:
+    return _digest(trace_id, "server", proxy, size=8)
 
 
 def sampled(trace_id: bytes, ratio: float) -> bool:

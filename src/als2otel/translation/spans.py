@@ -101,15 +101,14 @@ class Translator:
         if not ids.sampled(trace_id, self._ratio):
             return
         hop = ids.hop_key(entry, connection)
+        own_server_span = ids.server_span_id(trace_id, call.proxy.node_id)
         if side is Side.CLIENT:
             span_id = ids.client_span_id(trace_id, hop)
-            parent = context.parent_span_id
-            if call.proxy.role.is_gateway or call.proxy.workload is None:
-                # A gateway's upstream request is a child of its own server side.
-                server_conn = ids.connection_key(entry.caller_address, entry.downstream_local)
-                parent = ids.server_span_id(trace_id, ids.hop_key(entry, server_conn))
+            # Under the app's own span when it propagated one, else under this proxy's server side.
+            app_span = context.parent_span_id if not call.proxy.role.is_gateway else b""
+            parent = app_span or own_server_span
         else:
-            span_id = ids.server_span_id(trace_id, hop)
+            span_id = own_server_span
             parent = context.parent_span_id if call.from_outside else ids.client_span_id(trace_id, hop)
         name = semconv.span_name(entry)
         encoded_name = self._names.get(name)
