@@ -182,3 +182,62 @@ async def test_bookinfo_with_version_rule(make_bridge: Any, otlp: GrpcOtlpReceiv
         if bridge is not None:
             await bridge.stop()
         kube.stop()
+
+
+async def test_chain_mx_then_k8s(make_bridge: Any, otlp: GrpcOtlpReceiver, tmp_path: Path) -> None:
+    """mx-mesh resolves entries with peer metadata, k8s-mesh the rest; every call side is emitted once."""
+    from support import peers
+
+    kube = FakeKubeApi().start()
+    bridge = None
+    try:
+        populate(kube)
+        config = bridge_config(
+            otlp.endpoint,
+            analyzers=["mx-mesh", "k8s-mesh"],
+            k8s={"kubeconfig": str(kube.kubeconfig(tmp_path))},
+        )
+        bridge = await make_bridge(config)
+        assert await _synced(bridge)
+        all_streams = streams(30)
+        # Give half the server-side entries Istio's peer metadata, naming the caller differently than
+        # the cluster would: whoever resolved a side shows in its name.
+        marked = 0
+        for stream_messages in all_streams:
+            for message in stream_messages:
+                for entry in message.http_logs.log_entry:
+                    if entry.common_properties.upstream_cluster == "inbound|9080||" and marked % 2 == 0:
+                        peer = peers.Peer("mx-pod", "default", "mx-caller", {"app": "mx-caller"})
+                        entry.common_properties.filter_state_objects["downstream_peer"].CopyFrom(
+                            peers.struct_any(peer)
+                        )
+                    if entry.common_properties.upstream_cluster == "inbound|9080||":
+                        marked += 1
+        errors = await asyncio.gather(
+            *(als.send(f"127.0.0.1:{bridge.receiver.port}", s) for s in all_streams)
+        )
+        assert set(errors) == {None}
+        await bridge.pipeline.drain()
+        server_sides = marked
+        assert bridge.stats.calls.get("server") == server_sides + 30  # + the gateway's own server side
+        assert bridge.stats.entries_unresolved.values == {}
+        edges: Counter[str] = Counter()
+        for series in bridge.metrics.series.values():
+            if series.metric.name == "traces_service_graph_request_total":
+                attrs = dict(series.attributes)
+                edges[attrs["client"]] += int(series.value)
+        assert edges["mx-caller"] == (server_sides + 1) // 2
+        assert sum(edges.values()) == server_sides + 30
+    finally:
+        if bridge is not None:
+            await bridge.stop()
+        kube.stop()
+
+
+async def _synced(bridge: Any) -> bool:
+    deadline = time.monotonic() + 20
+    while bridge.kube is None or not bridge.kube.synced.is_set():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
