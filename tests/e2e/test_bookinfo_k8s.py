@@ -139,10 +139,7 @@ async def test_bookinfo_with_version_rule(make_bridge: Any, otlp: GrpcOtlpReceiv
             },
         )
         bridge = await make_bridge(config)
-        deadline = time.monotonic() + 20
-        while bridge.kube is None or not bridge.kube.synced.is_set():
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        assert await _synced(bridge)
         requests = 30
         errors = await asyncio.gather(
             *(als.send(f"127.0.0.1:{bridge.receiver.port}", s) for s in streams(requests))
