@@ -90,6 +90,12 @@ class Stats:
             ("resource",),
         )
         self.streams_active = Gauge("als2otel_streams_active", "ALS streams open now.")
+        # Known label sets start at 0, so rate() and alerts work from the first scrape.
+        for api_version in ("v2", "v3"):
+            for log_type in ("http", "tcp"):
+                self.entries_received.inc(api_version, log_type, by=0)
+        for signal in ("traces", "metrics"):
+            self.export_failures.inc(signal, by=0)
 
     def counters(self) -> list[Counter]:
         return [v for v in vars(self).values() if isinstance(v, Counter)]
