@@ -94,6 +94,7 @@ def workload_from_node_metadata(
         cluster=_text(meta.get("CLUSTER_ID")),
         canonical_service=labels.get(CANONICAL_NAME, "") or service,
         canonical_revision=labels.get(CANONICAL_REVISION, "") or version_from_labels(labels),
+        deployment=owner_name if owner_kind == "deployments" else "",
     )
 
 

@@ -73,6 +73,7 @@ class Workload:
     cluster: str = ""
     canonical_service: str = ""
     canonical_revision: str = ""
+    deployment: str = ""  # k8s.deployment.name, when the owner chain says
     external: bool = False
     _hash: int = field(default=0, init=False, repr=False, compare=False)
 

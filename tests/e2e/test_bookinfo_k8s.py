@@ -164,6 +164,9 @@ async def test_bookinfo_with_version_rule(make_bridge: Any, otlp: GrpcOtlpReceiv
         spans = otlp.received.spans()
         assert servicegraph.edges(spans) == expected
         assert len(spans) == total
+        resources = {r["service.name"]: r for r, _ in spans}
+        assert resources["reviews-v2"]["k8s.deployment.name"] == "reviews-v2"
+        assert resources["reviews-v2"]["k8s.pod.name"] == "reviews-v2-7bf8c9648f-ddddd"
         # Every request's hops form one tree: one root (the gateway's server side), every parent present.
         traces: dict[bytes, list[Any]] = {}
         for _, span in spans:

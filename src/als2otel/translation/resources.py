@@ -22,6 +22,8 @@ def resource_attributes(workload: Workload) -> tuple[tuple[str, str], ...]:
         attrs.append(("k8s.pod.name", workload.pod_name))
         if workload.namespace:
             attrs.append(("k8s.namespace.name", workload.namespace))
+    if workload.deployment:
+        attrs.append(("k8s.deployment.name", workload.deployment))
     if workload.cluster:
         attrs.append(("k8s.cluster.name", workload.cluster))
     return tuple(attrs)

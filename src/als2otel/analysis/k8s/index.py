@@ -25,6 +25,7 @@ class _Pod:
     meta: Meta
     owner: str  # the controller's name (Deployment for a ReplicaSet's pods)
     ips: tuple[str, ...]
+    deployment: str = ""
 
 
 def _meta(obj: Mapping[str, Any]) -> Meta:
@@ -51,14 +52,14 @@ def _pod(obj: Mapping[str, Any]) -> _Pod | None:
     ips = tuple(str(p["ip"]) for p in status.get("podIPs") or [] if p.get("ip"))
     if not ips and status.get("podIP"):
         ips = (str(status["podIP"]),)
-    owner = ""
+    owner = deployment = ""
     for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
         if ref.get("controller"):
             owner = str(ref.get("name", ""))
             if ref.get("kind") == "ReplicaSet":
-                owner = _deployment_of(owner)
+                owner = deployment = _deployment_of(owner)
             break
-    return _Pod(_meta(obj), owner, ips) if ips else None
+    return _Pod(_meta(obj), owner, ips, deployment) if ips else None
 
 
 def _deployment_of(replicaset: str) -> str:
@@ -206,4 +207,5 @@ class KubeIndex:
             pod_name=pod.meta.name,
             canonical_service=labels.get(istio.CANONICAL_NAME, "") or name,
             canonical_revision=labels.get(istio.CANONICAL_REVISION, "") or version,
+            deployment=pod.deployment,
         )
