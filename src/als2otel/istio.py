@@ -109,11 +109,7 @@ _SVC_HOST = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)\.([a-z0-9]([-a-z0-9]*[
 @lru_cache(maxsize=8192)
 def cluster_direction(cluster: str) -> str:
     """``inbound``, ``outbound``, ``passthrough``, ``blackhole`` or ``""`` from an Istio cluster name."""
-    if (
-        cluster.startswith("inbound|")
-        or cluster == "InboundPassthroughCluster"
-        or cluster.startswith("InboundPassthroughCluster")
-    ):
+    if cluster.startswith(("inbound|", "InboundPassthroughCluster")):
         return "inbound"
     if cluster.startswith(("outbound|", "outbound_.")):
         return "outbound"

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
 
+USER = "user"
+"""The servicegraph's name for callers outside the mesh."""
+
 
 class Protocol(StrEnum):
     HTTP = "http"

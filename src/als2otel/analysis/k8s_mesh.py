@@ -33,10 +33,9 @@ class K8sMeshAnalyzer:
         return self._index.workload_for_ip(address[0]) if address is not None else None
 
     def analyze(self, entry: Entry, proxy: Proxy, direction: Direction) -> Resolution:
-        lookup = self._index.workload_for_ip
-        own = (lookup(proxy.ip) if proxy.ip else None) or self._at(entry.downstream_local)
-        if direction is Direction.OUTBOUND:
-            own = (lookup(proxy.ip) if proxy.ip else None) or self._at(entry.downstream_remote)
+        # This proxy's pod: by its node id's IP, else the side of the entry that is its own address.
+        local = entry.downstream_remote if direction is Direction.OUTBOUND else entry.downstream_local
+        own = (self._index.workload_for_ip(proxy.ip) if proxy.ip else None) or self._at(local)
         if own is None:
             return Resolution([], "unknown_pod_ip")
         calls: list[Call] = []

@@ -233,10 +233,6 @@ class Bookinfo:
             next_at += interval
             self._stop.wait(max(0.0, next_at - time.monotonic()))
 
-    @property
-    def pids(self) -> list[int]:
-        return [e.pid for e in self.envoys if e.pid is not None]
-
     def stop(self) -> None:
         self._stop.set()
         if self._load.is_alive():

@@ -160,10 +160,6 @@ class _SignalQueue:
         self._closing = False
         self._sending = False
 
-    @property
-    def idle(self) -> bool:
-        return not self._queue and not self._sending
-
     def put(self, payload: bytes, items: int) -> None:
         if self.signal == "metrics":
             # Cumulative: a newer snapshot replaces any unsent one.

@@ -9,11 +9,10 @@ own to report (a host outside the mesh), as the connector's virtual nodes do.
 
 from __future__ import annotations
 
-from ..model import Call, Protocol, Side, Workload
+from ..model import USER, Call, Protocol, Side, Workload
 from . import semconv
 from .metrics import HTTP_DURATION_BUCKETS, Kind, MetricDef, MetricStore
 
-USER = "user"
 UNKNOWN = "unknown"
 
 HTTP_SERVER_DURATION = MetricDef(

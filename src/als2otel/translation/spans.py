@@ -19,7 +19,6 @@ SPAN_KIND = {
     Side.CLIENT: trace_pb2.Span.SPAN_KIND_CLIENT,
     Side.SERVER: trace_pb2.Span.SPAN_KIND_SERVER,
 }
-USER = "user"  # the servicegraph's name for callers outside the mesh
 
 
 class SpanBatch:
@@ -101,14 +100,13 @@ class Translator:
         if not ids.sampled(trace_id, self._ratio):
             return
         hop = ids.hop_key(entry, connection)
-        own_server_span = ids.server_span_id(trace_id, call.proxy.node_id)
         if side is Side.CLIENT:
             span_id = ids.client_span_id(trace_id, hop)
             # Under the app's own span when it propagated one, else under this proxy's server side.
             app_span = context.parent_span_id if not call.proxy.role.is_gateway else b""
-            parent = app_span or own_server_span
+            parent = app_span or ids.server_span_id(trace_id, call.proxy.node_id)
         else:
-            span_id = own_server_span
+            span_id = ids.server_span_id(trace_id, call.proxy.node_id)
             parent = context.parent_span_id if call.from_outside else ids.client_span_id(trace_id, hop)
         name = semconv.span_name(entry)
         encoded_name = self._names.get(name)
@@ -211,11 +209,6 @@ def unique_attributes(call: Call) -> list[tuple[str, str | int]]:
     if entry.request_id:
         out.append(("envoy.request_id", entry.request_id))
     return out
-
-
-def span_attributes(call: Call, error: str) -> dict[str, str | int]:
-    """All of a span's attributes, for readers and tests."""
-    return dict(common_attributes(call, error) + unique_attributes(call))
 
 
 def _http_attributes(entry: Entry, client: bool, out: list[tuple[str, str | int]]) -> None:

@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..model import Call, Side, Workload
+from ..model import USER, Call, Side, Workload
 from . import semconv
 
 BUCKET_SECONDS = 10
@@ -25,7 +25,6 @@ MAX_EDGES = 10_000
 
 # Latency histogram: bucket i holds durations up to 2**(i/4) ms (about 19% steps).
 _LATENCY_BUCKETS = 100
-USER = "user"
 
 
 def _latency_bucket(ms: float) -> int:

@@ -47,20 +47,11 @@ def length_delimited(tag: bytes, payload: bytes) -> bytes:
     return tag + varint(len(payload)) + payload
 
 
-def key_value(key: str, value: str | int) -> bytes:
-    """One ``KeyValue`` message: key = 1, value = 2 (AnyValue string = 1, int = 3)."""
-    if isinstance(value, int):
-        any_value = b"\x18" + varint(value) if value >= 0 else b"\x18" + varint(value & 0xFFFFFFFFFFFFFFFF)
-    else:
-        any_value = length_delimited(TAG_1_LEN, value.encode())
-    return length_delimited(TAG_1_LEN, key.encode()) + length_delimited(TAG_2_LEN, any_value)
-
-
 _KEY_PREFIXES: dict[str, bytes] = {}
 
 
-def attribute(key: str, value: str | int) -> bytes:
-    """A span's ``attributes`` field (9) holding one KeyValue."""
+def key_value(key: str, value: str | int) -> bytes:
+    """One ``KeyValue`` message: key = 1, value = 2 (AnyValue string = 1, int = 3)."""
     prefix = _KEY_PREFIXES.get(key)
     if prefix is None:  # a fixed, small set of attribute names
         prefix = _KEY_PREFIXES[key] = length_delimited(TAG_1_LEN, key.encode())
@@ -69,7 +60,12 @@ def attribute(key: str, value: str | int) -> bytes:
     else:
         text = value.encode()
         any_value = TAG_1_LEN + varint(len(text)) + text
-    kv = prefix + TAG_2_LEN + varint(len(any_value)) + any_value
+    return prefix + TAG_2_LEN + varint(len(any_value)) + any_value
+
+
+def attribute(key: str, value: str | int) -> bytes:
+    """A span's ``attributes`` field (9) holding one KeyValue."""
+    kv = key_value(key, value)
     return SPAN_ATTRIBUTE + varint(len(kv)) + kv
 
 

@@ -13,7 +13,7 @@ from aiohttp import web
 from ..config import parse_duration, split_hostport
 from ..translation.topology import MAX_WINDOW
 
-_PAGE = Path(__file__).with_name("topology.html")
+_PAGE = Path(__file__).with_name("topology.html").read_text(encoding="utf-8")
 
 log = logging.getLogger("als2otel.http")
 
@@ -83,7 +83,7 @@ class HttpServer:
         return web.json_response(self._topology(window))
 
     async def _topology_page(self, request: web.Request) -> web.Response:
-        return web.Response(text=_PAGE.read_text(encoding="utf-8"), content_type="text/html")
+        return web.Response(text=_PAGE, content_type="text/html")
 
     async def _serve_metrics(self, request: web.Request) -> web.Response:
         assert self._metrics is not None
