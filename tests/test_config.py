@@ -56,6 +56,7 @@ class TestValidation:
                     "traces": {"sampling_ratio": 2},
                     "metrics": {"export_interval": "soon", "sets": ["http", "bogus"]},
                     "analyzers": ["mx-mesh", "zipkin"],
+                    "mx_mesh": {"service_name_labels": ["app", " "]},
                     "typo": 1,
                 },
                 {},
@@ -70,6 +71,7 @@ class TestValidation:
             "metrics.export_interval",
             "metrics.sets[1]",
             "analyzers[1]",
+            "mx_mesh.service_name_labels[1]",
             "typo",
         ):
             assert any(p.startswith(f"{path}:") for p in problems), (path, problems)

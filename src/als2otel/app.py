@@ -18,6 +18,7 @@ from .analysis import Analyzer, AnalyzerChain, MxMeshAnalyzer, ProxyAnalyzer
 from .analysis.k8s import KubeIndex, NameRule
 from .analysis.k8s.watch import KubeCache, NoKubernetesConfig, api_client
 from .analysis.k8s_mesh import K8sMeshAnalyzer
+from .analysis.peers import PeerDecoder
 from .export import OtlpExporter, Transport, make_transport, render
 from .model import Workload
 from .pipeline import Pipeline
@@ -36,12 +37,17 @@ SELF = Workload(service_name="als2otel")
 TransportFactory = Callable[[str, cfg.OtlpConfig], Transport]
 
 
+def name_labels(config: cfg.Config) -> tuple[str, ...]:
+    """The labels naming a workload's service, for every place that names one from labels."""
+    return tuple(config.mx_mesh.service_name_labels)
+
+
 def build_analyzers(config: cfg.Config, kube: KubeCache | None) -> list[Analyzer]:
     """The configured analyzers, in order (k8s-mesh only with a Kubernetes cache)."""
     analyzers: list[Analyzer] = []
     for name in config.analyzers:
         if name == "mx-mesh":
-            analyzers.append(MxMeshAnalyzer())
+            analyzers.append(MxMeshAnalyzer(PeerDecoder(name_labels=name_labels(config))))
         elif name == "k8s-mesh" and kube is not None:
             analyzers.append(K8sMeshAnalyzer(kube.index))
     return analyzers
@@ -60,7 +66,9 @@ def build_kube_cache(config: cfg.Config, stats: Stats) -> KubeCache | None:
             exc,
         )
         return None
-    index = KubeIndex(NameRule(config.k8s.service_name_rule), config.k8s.ignored_namespaces)
+    index = KubeIndex(
+        NameRule(config.k8s.service_name_rule), config.k8s.ignored_namespaces, name_labels(config)
+    )
     return KubeCache(api, index, stats)
 
 
@@ -91,7 +99,9 @@ class Bridge:
         self.kube = build_kube_cache(config, self.stats)
         self.chain = AnalyzerChain(build_analyzers(config, self.kube), ProxyAnalyzer(), self.stats)
         self.pipeline = Pipeline(self.chain, self.translator, self.stats, on_spans=self._export_spans)
-        self.receiver = AlsServer(config.receiver.listen, self.pipeline.submit, self.stats)
+        self.receiver = AlsServer(
+            config.receiver.listen, self.pipeline.submit, self.stats, name_labels(config)
+        )
         self.http = HttpServer(
             config.http.listen,
             metrics=self.render_metrics if config.exporters.prometheus.enabled else None,

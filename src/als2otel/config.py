@@ -52,6 +52,13 @@ class K8sConfig:
 
 
 @dataclass(frozen=True)
+class MxMeshConfig:
+    service_name_labels: list[str] = field(
+        default_factory=lambda: ["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"]
+    )
+
+
+@dataclass(frozen=True)
 class RetryConfig:
     max_elapsed_time: Duration = Duration(300)
 
@@ -105,6 +112,7 @@ class HttpConfig:
 class Config:
     receiver: ReceiverConfig = field(default_factory=ReceiverConfig)
     analyzers: list[str] = field(default_factory=lambda: ["mx-mesh", "k8s-mesh"])
+    mx_mesh: MxMeshConfig = field(default_factory=MxMeshConfig)
     k8s: K8sConfig = field(default_factory=K8sConfig)
     exporters: ExportersConfig = field(default_factory=ExportersConfig)
     traces: TracesConfig = field(default_factory=TracesConfig)
@@ -382,6 +390,9 @@ def _check_values(config: Config) -> list[str]:
         NameRule(config.k8s.service_name_rule)
     except RuleError as exc:
         problems.append(f"k8s.service_name_rule: {exc}")
+    for i, label in enumerate(config.mx_mesh.service_name_labels):
+        if not label.strip():
+            problems.append(f"mx_mesh.service_name_labels[{i}]: must not be empty")
     if config.log_level.lower() not in LOG_LEVELS:
         problems.append(f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {config.log_level!r}")
     return problems

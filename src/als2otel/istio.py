@@ -47,9 +47,19 @@ def workload_name_from_pod(pod: str) -> str:
     return pod
 
 
-def service_name_from_labels(labels: Mapping[str, str], workload_name: str) -> str:
-    """canonical-name, else app.kubernetes.io/name, else app, else the workload's name."""
-    return labels.get(CANONICAL_NAME) or labels.get(APP_NAME) or labels.get("app") or workload_name
+NAME_LABELS = (CANONICAL_NAME, APP_NAME, "app")
+"""The labels that name a workload's service, first found wins (``mx_mesh.service_name_labels``)."""
+
+
+def service_name_from_labels(
+    labels: Mapping[str, str], workload_name: str, name_labels: tuple[str, ...] = NAME_LABELS
+) -> str:
+    """The first of ``name_labels`` the workload has, else the workload's name."""
+    for key in name_labels:
+        value = labels.get(key)
+        if value:
+            return value
+    return workload_name
 
 
 def version_from_labels(labels: Mapping[str, str]) -> str:
@@ -65,7 +75,11 @@ def _owner_workload(owner: str) -> tuple[str, str]:
 
 
 def workload_from_node_metadata(
-    meta: Mapping[str, Any], *, pod_name: str = "", namespace: str = ""
+    meta: Mapping[str, Any],
+    *,
+    pod_name: str = "",
+    namespace: str = "",
+    name_labels: tuple[str, ...] = NAME_LABELS,
 ) -> Workload | None:
     """A workload from Istio node metadata (upper-case keys: NAME, NAMESPACE, LABELS, ...).
 
@@ -80,7 +94,7 @@ def workload_from_node_metadata(
     namespace = _text(meta.get("NAMESPACE")) or namespace
     owner_kind, owner_name = _owner_workload(_text(meta.get("OWNER")))
     workload_name = _text(meta.get("WORKLOAD_NAME")) or owner_name or workload_name_from_pod(name)
-    service = service_name_from_labels(labels, workload_name)
+    service = service_name_from_labels(labels, workload_name, name_labels)
     if not service:
         return None
     on_vm = owner_kind in ("workloadentries", "workloadgroups")

@@ -12,10 +12,12 @@ from support import als, peers
 from support.golden import assert_golden
 
 from als2otel.analysis import AnalyzerChain, MxMeshAnalyzer, PeerDecoder, PeerError, ProxyAnalyzer
+from als2otel.analysis.peers import BYTES_VALUE, STRUCT
 from als2otel.model import Call
 from als2otel.receiver import identify, normalize_http
 from als2otel.stats import Stats
 
+CANONICAL = "service.istio.io/canonical-name"
 PRODUCTPAGE = peers.pod("productpage")
 REVIEWS = peers.pod("reviews", "v2", suffix="5f7b9c6d8-qwert")
 CHECKOUT_VM = peers.vm("checkoutservice", "checkoutservice-vm-1")
@@ -216,23 +218,39 @@ class TestFormats:
         )
         assert w.service_name == "ratings"
 
-    def test_naming_fallbacks(self) -> None:
+    @pytest.mark.parametrize(
+        ("labels", "expected"),
+        [
+            ({"service.istio.io/canonical-name": "c", "app.kubernetes.io/name": "k", "app": "a"}, "c"),
+            ({"app.kubernetes.io/name": "k", "app": "a"}, "k"),
+            ({"app": "a"}, "a"),
+            ({}, "wl"),
+        ],
+    )
+    def test_naming_fallbacks(self, labels: dict[str, str], expected: str) -> None:
         """canonical-name, else app.kubernetes.io/name, else app, else the workload name."""
-        from als2otel.analysis.peers import workload_from_fields
+        peer = peers.Peer("p-1", "ns", "wl", labels)
+        # The formats that carry every label: FlatNode and the node-key Struct (1.24+ carries a few).
+        flat = PeerDecoder().decode_any(BYTES_VALUE, peers.wasm_any(peer).value)
+        node_keys = PeerDecoder().decode_any(STRUCT, peers.upper_struct(peer).SerializeToString())
+        assert flat.service_name == node_keys.service_name == expected
 
-        base = {"NAME": "p-1", "NAMESPACE": "ns", "WORKLOAD_NAME": "wl"}
-        assert (
-            workload_from_fields(
-                {**base, "LABELS": {"service.istio.io/canonical-name": "c", "app": "a"}}
-            ).service_name
-            == "c"
+    def test_naming_labels_configured(self) -> None:
+        """``mx_mesh.service_name_labels`` names peers and the reporting proxy alike."""
+        labels = ("team.example.com/service", "app")
+        caller = dataclasses.replace(PRODUCTPAGE, labels={**PRODUCTPAGE.labels, labels[0]: "storefront"})
+        proxy = identify(
+            als.identifier("sidecar~10.1.0.4~x.default~default.svc.cluster.local", caller.node_metadata()),
+            labels,
         )
-        assert (
-            workload_from_fields({**base, "LABELS": {"app.kubernetes.io/name": "k", "app": "a"}}).service_name
-            == "k"
-        )
-        assert workload_from_fields({**base, "LABELS": {"app": "a"}}).service_name == "a"
-        assert workload_from_fields(base).service_name == "wl"
+        callee = dataclasses.replace(REVIEWS, labels={**REVIEWS.labels, CANONICAL: "reviews-canonical"})
+        entry = outbound(peers.filter_state("struct", "upstream", callee))
+        chain = AnalyzerChain([MxMeshAnalyzer(PeerDecoder(name_labels=labels))], ProxyAnalyzer(), Stats())
+        (call,) = chain.resolve(entry, proxy)
+        assert call.source is not None and call.destination is not None
+        # The caller has the configured label; the peer falls back to `app`, not canonical-name.
+        assert (call.source.service_name, call.destination.service_name) == ("storefront", "reviews")
+        assert call.source.canonical_service == "productpage"
 
     @pytest.mark.parametrize("cut", [1, 4, 7, 12, 30, 60, 90])
     def test_truncated_flatnode_never_raises_anything_else(self, cut: int) -> None:

@@ -107,10 +107,8 @@ def messages(kind: str) -> dict[str, list[Any]]:
     return streams
 
 
-@pytest.mark.parametrize("kind", ["flatnode", "struct"])
-async def test_online_boutique_topology(make_bridge: Any, otlp: GrpcOtlpReceiver, kind: str) -> None:
-    """Spans at the OTLP receiver draw exactly the planned edges and counts; VMs are named like pods."""
-    bridge = await make_bridge(bridge_config(otlp.endpoint, analyzers=["mx-mesh"]))
+async def send_all(bridge: Any, otlp: GrpcOtlpReceiver, kind: str) -> list[Any]:
+    """Every proxy's stream through the receiver; the spans once all have arrived."""
     target = f"127.0.0.1:{bridge.receiver.port}"
     errors = await asyncio.gather(*(als.send(target, stream) for stream in messages(kind).values()))
     assert errors == [None] * len(SERVICES)
@@ -120,9 +118,33 @@ async def test_online_boutique_topology(make_bridge: Any, otlp: GrpcOtlpReceiver
         await asyncio.sleep(0.1)
     spans = otlp.received.spans()
     assert len(spans) == expected_spans
+    return spans
+
+
+@pytest.mark.parametrize("kind", ["flatnode", "struct"])
+async def test_online_boutique_topology(make_bridge: Any, otlp: GrpcOtlpReceiver, kind: str) -> None:
+    """Spans at the OTLP receiver draw exactly the planned edges and counts; VMs are named like pods."""
+    bridge = await make_bridge(bridge_config(otlp.endpoint, analyzers=["mx-mesh"]))
+    spans = await send_all(bridge, otlp, kind)
     assert servicegraph.edges(spans) == Counter({(a, b): n for a, b, n in PLAN})
     resources = {r["service.name"]: r for r, _ in spans}
     assert resources["checkoutservice"]["service.instance.id"] == "checkoutservice-vm-1"
     assert "k8s.pod.name" not in resources["checkoutservice"]
     assert resources["cartservice"]["k8s.pod.name"] == "cartservice-v1-6c8d9f7b5-abcde"
     assert bridge.stats.entries_unresolved.values == {}
+
+
+async def test_naming_labels_from_config(make_bridge: Any, otlp: GrpcOtlpReceiver) -> None:
+    """``mx_mesh.service_name_labels`` reaches both sides: with no such label, workloads name services."""
+    config = bridge_config(
+        otlp.endpoint, analyzers=["mx-mesh"], mx_mesh={"service_name_labels": ["team.example.com/service"]}
+    )
+    bridge = await make_bridge(config)
+    spans = await send_all(bridge, otlp, "flatnode")
+
+    def named(service: str) -> str:
+        return workload(service).workload
+
+    expected = Counter({(named(a), named(b)): n for a, b, n in PLAN})
+    assert servicegraph.edges(spans) == expected
+    assert ("checkoutservice", "cartservice-v1") in expected

@@ -50,16 +50,19 @@ class PeerError(Exception):
 class PeerDecoder:
     """Decodes peer metadata with a bounded cache keyed by the raw bytes."""
 
-    def __init__(self, max_entries: int = MAX_CACHED_PEERS) -> None:
+    def __init__(
+        self, max_entries: int = MAX_CACHED_PEERS, name_labels: tuple[str, ...] = istio.NAME_LABELS
+    ) -> None:
         self._cache: dict[tuple[str, bytes], Workload | str] = {}
         self._max = max_entries
+        self._name_labels = name_labels
 
     def decode_any(self, type_url: str, value: bytes) -> Workload:
         key = (type_url, value)
         found = self._cache.get(key)
         if found is None:
             try:
-                found = _decode_any(type_url, value)
+                found = self._workload(_decode_any(type_url, value))
             except PeerError as exc:
                 found = exc.reason
             if len(self._cache) >= self._max:
@@ -77,15 +80,22 @@ class PeerDecoder:
             raise PeerError("corrupt_peer_metadata") from exc
         return self.decode_any(STRUCT, raw)
 
+    def _workload(self, node: Mapping[str, Any]) -> Workload:
+        workload = istio.workload_from_node_metadata(node, name_labels=self._name_labels)
+        if workload is None:
+            raise PeerError("peer_without_name")
+        return workload
 
-def _decode_any(type_url: str, value: bytes) -> Workload:
+
+def _decode_any(type_url: str, value: bytes) -> Mapping[str, Any]:
+    """Node metadata (upper-case keys) from one peer value."""
     try:
         if type_url == STRUCT:
-            return workload_from_fields(_struct_to_dict(struct_pb2.Struct.FromString(value)))
+            return node_from_fields(_struct_to_dict(struct_pb2.Struct.FromString(value)))
         if type_url == BYTES_VALUE:
-            return workload_from_flatnode(wrappers_pb2.BytesValue.FromString(value).value)
+            return node_from_flatnode(wrappers_pb2.BytesValue.FromString(value).value)
         if type_url == STRING_VALUE:
-            return workload_from_text(wrappers_pb2.StringValue.FromString(value).value)
+            return node_from_text(wrappers_pb2.StringValue.FromString(value).value)
     except DecodeError as exc:
         raise PeerError("corrupt_peer_metadata") from exc
     raise PeerError("unknown_peer_format")
@@ -119,35 +129,31 @@ _LOWER_LABELS = {
 }
 
 
-def workload_from_fields(fields: Mapping[str, Any]) -> Workload:
-    """A workload from either generation of keys (node keys win when both are present)."""
+def node_from_fields(fields: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Node metadata from either generation of keys (node keys win when both are present)."""
     if any(key.isupper() for key in fields):
-        upper = fields
-    else:
-        labels_raw = fields.get("labels")
-        labels = {str(k): str(v) for k, v in labels_raw.items()} if isinstance(labels_raw, Mapping) else {}
-        for key, label in _LOWER_LABELS.items():
-            value = fields.get(key)
-            if isinstance(value, str) and value:
-                labels.setdefault(label, value)
-        upper = {
-            "NAME": fields.get("name", ""),
-            "NAMESPACE": fields.get("namespace", ""),
-            "WORKLOAD_NAME": fields.get("workload", ""),
-            "CLUSTER_ID": fields.get("cluster", ""),
-            "LABELS": labels,
-        }
-        if fields.get("type") in ("workloadentry", "workloadentries"):
-            upper["OWNER"] = "kubernetes://apis/networking.istio.io/v1/workloadentries/" + str(
-                fields.get("name", "")
-            )
-    workload = istio.workload_from_node_metadata(upper)
-    if workload is None:
-        raise PeerError("peer_without_name")
-    return workload
+        return fields
+    labels_raw = fields.get("labels")
+    labels = {str(k): str(v) for k, v in labels_raw.items()} if isinstance(labels_raw, Mapping) else {}
+    for key, label in _LOWER_LABELS.items():
+        value = fields.get(key)
+        if isinstance(value, str) and value:
+            labels.setdefault(label, value)
+    upper = {
+        "NAME": fields.get("name", ""),
+        "NAMESPACE": fields.get("namespace", ""),
+        "WORKLOAD_NAME": fields.get("workload", ""),
+        "CLUSTER_ID": fields.get("cluster", ""),
+        "LABELS": labels,
+    }
+    if fields.get("type") in ("workloadentry", "workloadentries"):
+        upper["OWNER"] = "kubernetes://apis/networking.istio.io/v1/workloadentries/" + str(
+            fields.get("name", "")
+        )
+    return upper
 
 
-def workload_from_text(text: str) -> Workload:
+def node_from_text(text: str) -> Mapping[str, Any]:
     """A StringValue: JSON of either key generation, or ``type=pod,workload=x,...``."""
     text = text.strip()
     if text.startswith("{"):
@@ -157,14 +163,14 @@ def workload_from_text(text: str) -> Workload:
             raise PeerError("corrupt_peer_metadata") from exc
         if not isinstance(data, dict):
             raise PeerError("corrupt_peer_metadata")
-        return workload_from_fields(data)
+        return node_from_fields(data)
     fields = {}
     for part in text.split(","):
         key, sep, value = part.partition("=")
         if not sep:
             raise PeerError("corrupt_peer_metadata")
         fields[key.strip()] = value.strip()
-    return workload_from_fields(fields)
+    return node_from_fields(fields)
 
 
 # FlatNode's fields in vtable order (istio/proxy extensions/common/node_info.fbs).
@@ -214,8 +220,8 @@ class _FlatTable:
         return [_FlatTable(self._buf, self._table.Indirect(first + 4 * i)) for i in range(count)]
 
 
-def workload_from_flatnode(data: bytes) -> Workload:
-    """A workload from Istio's FlatBuffers FlatNode (before 1.24)."""
+def node_from_flatnode(data: bytes) -> Mapping[str, Any]:
+    """Node metadata from Istio's FlatBuffers FlatNode (before 1.24)."""
     if len(data) < 8:
         raise PeerError("corrupt_peer_metadata")
     buf = bytearray(data)
@@ -232,7 +238,4 @@ def workload_from_flatnode(data: bytes) -> Workload:
         }
     except (IndexError, ValueError, OverflowError, struct.error) as exc:  # UnicodeDecodeError is a ValueError
         raise PeerError("corrupt_peer_metadata") from exc
-    workload = istio.workload_from_node_metadata(fields)
-    if workload is None:
-        raise PeerError("peer_without_name")
-    return workload
+    return fields

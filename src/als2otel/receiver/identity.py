@@ -11,12 +11,16 @@ from ..model import Proxy, Workload
 from ._proto import als_pb2
 
 
-def identify(identifier: als_pb2.StreamAccessLogsMessage.Identifier) -> Proxy:
+def identify(
+    identifier: als_pb2.StreamAccessLogsMessage.Identifier, name_labels: tuple[str, ...] = istio.NAME_LABELS
+) -> Proxy:
     """Role, IP, pod and own workload of the Envoy that opened the stream."""
     node = identifier.node
     role, ip, pod, namespace = istio.parse_node_id(node.id)
     meta: dict[str, Any] = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
-    workload = istio.workload_from_node_metadata(meta, pod_name=pod, namespace=namespace)
+    workload = istio.workload_from_node_metadata(
+        meta, pod_name=pod, namespace=namespace, name_labels=name_labels
+    )
     if workload is None and (node.cluster or node.id):
         # A plain Envoy without Istio's metadata still speaks for a service: its --service-cluster.
         workload = Workload(service_name=node.cluster or node.id)

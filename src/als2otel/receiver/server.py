@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from .. import istio
 from ..model import Proxy
 from ..stats import LogLimiter, Stats
 from ._proto import als_pb2
@@ -52,8 +53,11 @@ Sink = Callable[[EntryBatch], None]
 class AlsServer:
     """grpc.aio server for both ALS API versions; ``sink`` must not block."""
 
-    def __init__(self, listen: str, sink: Sink, stats: Stats) -> None:
+    def __init__(
+        self, listen: str, sink: Sink, stats: Stats, name_labels: tuple[str, ...] = istio.NAME_LABELS
+    ) -> None:
         self._listen = listen
+        self._name_labels = name_labels
         self._sink = sink
         self._stats = stats
         self._limiter = LogLimiter(log)
@@ -135,7 +139,7 @@ class AlsServer:
                         "message does not parse as StreamAccessLogsMessage",
                     )
                 if message.HasField("identifier"):
-                    proxy = identify(message.identifier)
+                    proxy = identify(message.identifier, self._name_labels)
                 elif proxy is None:
                     await self._reject(
                         context,

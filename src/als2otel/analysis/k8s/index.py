@@ -69,8 +69,14 @@ def _deployment_of(replicaset: str) -> str:
 
 
 class KubeIndex:
-    def __init__(self, rule: NameRule, ignored_namespaces: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        rule: NameRule,
+        ignored_namespaces: Iterable[str] = (),
+        name_labels: tuple[str, ...] = istio.NAME_LABELS,
+    ) -> None:
         self._rule = rule
+        self._name_labels = name_labels
         self._ignored = frozenset(ignored_namespaces)
         self._pods: dict[Key, _Pod] = {}
         self._ip_to_pod: dict[str, Key] = {}
@@ -195,7 +201,7 @@ class KubeIndex:
         if not name:
             # A pod no Service selects is named as mx-mesh names a peer.
             name = istio.service_name_from_labels(
-                labels, pod.owner or istio.workload_name_from_pod(pod.meta.name)
+                labels, pod.owner or istio.workload_name_from_pod(pod.meta.name), self._name_labels
             )
         version = istio.version_from_labels(labels)
         return Workload(
