@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+from typing import Any
+
+import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from support import als
@@ -197,6 +201,91 @@ class TestSpans:
         assert counts == 6  # every HTTP and gRPC call side; TCP has no HTTP duration
 
 
+RATINGS = identify(
+    als.identifier(
+        "sidecar~10.1.0.12~ratings-v1-7d9c8b6f5-x2x7p.default~default.svc.cluster.local",
+        als.sidecar_metadata("ratings-v1-7d9c8b6f5-x2x7p", "default", "ratings"),
+    )
+)
+
+
+def repeated_request() -> dict[str, list[Call]]:
+    """One request in which productpage calls reviews twice on one keep-alive connection,
+    and reviews calls ratings each time: each proxy's calls in the order it logs them."""
+    chain = AnalyzerChain([], ProxyAnalyzer(), Stats())
+    # (caller, callee, caller ip, callee ip, client port) -> one connection per edge, reused.
+    edges = {
+        "reviews": (PRODUCTPAGE, REVIEWS, "10.1.0.4", "10.1.0.9", 50000),
+        "ratings": (REVIEWS, RATINGS, "10.1.0.9", "10.1.0.12", 51000),
+    }
+
+    def exchange(callee: str, start_ms: int, duration_ms: int) -> tuple[Call, Call]:
+        caller_proxy, callee_proxy, caller_ip, callee_ip, port = edges[callee]
+        common = {"path": f"/{callee}/0", "authority": f"{callee}:9080", "request_id": RID}
+        client = als.http_entry(
+            downstream_remote=(caller_ip, 40000),
+            downstream_local=("10.96.0.9", 9080),
+            upstream_remote=(callee_ip, 9080),
+            upstream_local=(caller_ip, port),
+            cluster=f"outbound|9080||{callee}.default.svc.cluster.local",
+            start_ms=start_ms,
+            duration_ms=duration_ms,
+            **common,
+        )
+        server = als.http_entry(
+            downstream_remote=(caller_ip, port),
+            downstream_local=(callee_ip, 9080),
+            upstream_remote=(callee_ip, 9080),
+            upstream_local=("127.0.0.6", 41000),
+            cluster="inbound|9080||",
+            start_ms=start_ms + 1,
+            duration_ms=duration_ms - 2,
+            **common,
+        )
+        (client_call,) = chain.resolve(normalize_http(client, "v3"), caller_proxy)
+        (server_call,) = chain.resolve(normalize_http(server, "v3"), callee_proxy)
+        return client_call, server_call
+
+    first, second = exchange("reviews", 10, 20), exchange("reviews", 40, 20)
+    inner_first, inner_second = exchange("ratings", 13, 8), exchange("ratings", 43, 8)
+    return {
+        "productpage": [first[0], second[0]],
+        # reviews logs each outbound call before the inbound request that made it ends.
+        "reviews": [inner_first[0], first[1], inner_second[0], second[1]],
+        "ratings": [inner_first[1], inner_second[1]],
+    }
+
+
+class TestRepeatedCalls:
+    @pytest.mark.parametrize("order", list(itertools.permutations(["productpage", "reviews", "ratings"])))
+    def test_repeated_calls_in_one_request_stay_apart(self, order: tuple[str, ...]) -> None:
+        """Two calls on one edge in one request: two client spans, two server spans, each hop under
+        its own parent, whichever proxy's entries arrive first."""
+        per_proxy = repeated_request()
+        translator = Translator(None)
+        batch = SpanBatch()
+        for proxy in order:
+            for call in per_proxy[proxy]:
+                translator.add(call, batch)
+        request = ExportTraceServiceRequest.FromString(batch.take()[0])
+        spans: dict[tuple[str, int], list[Any]] = {}
+        for rs in request.resource_spans:
+            for span in rs.scope_spans[0].spans:
+                key = (rs.resource.attributes[0].value.string_value, span.kind)
+                spans.setdefault(key, []).append(span)
+        for group in spans.values():
+            group.sort(key=lambda span: span.start_time_unix_nano)
+        ids_seen = [span.span_id for group in spans.values() for span in group]
+        assert len(ids_seen) == len(set(ids_seen)) == 8
+        client, server = spans[("productpage", 3)], spans[("reviews", 2)]
+        inner_client, inner_server = spans[("reviews", 3)], spans[("ratings", 2)]
+        for i in range(2):
+            assert server[i].parent_span_id == client[i].span_id
+            assert inner_client[i].parent_span_id == server[i].span_id
+            assert inner_server[i].parent_span_id == inner_client[i].span_id
+        assert len({span.trace_id for group in spans.values() for span in group}) == 1
+
+
 class TestMetrics:
     def test_golden_points(self) -> None:
         """http.server/client.request.duration points per resource, with bounded attributes."""
@@ -233,6 +322,23 @@ class TestMetricSets:
 
 
 class TestIds:
+    def test_repeats_count_per_trace_and_key_within_a_bound(self) -> None:
+        """Repeats count per (trace, kind, key); a key outlives at least ``max_entries`` newer ones."""
+        repeats = ids.Repeats(max_entries=2)
+        trace, other = b"t" * 16, b"u" * 16
+        assert [repeats.add(trace, "client", "hop") for _ in range(3)] == [0, 1, 2]
+        assert repeats.add(other, "client", "hop") == 0
+        assert repeats.add(trace, "server", "hop", end=10) == 0
+        assert repeats.add(trace, "server", "hop", end=30) == 1
+        assert repeats.ended_before(trace, "server", "hop", 20) == 1
+        assert repeats.ended_before(trace, "server", "hop", 10) == 0
+        for i in range(2):
+            repeats.add(trace, "client", f"new-{i}")
+        assert repeats.add(trace, "server", "hop") == 2  # one generation old: still known
+        for i in range(4):
+            repeats.add(trace, "client", f"newer-{i}")
+        assert repeats.add(trace, "client", "hop") == 0  # two generations old: forgotten
+
     def test_request_id_uuid_is_the_trace_id(self) -> None:
         """A UUID x-request-id is taken as the 128-bit trace id as it is."""
         e = normalize_http(

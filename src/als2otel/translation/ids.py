@@ -7,14 +7,17 @@
   client's (upstream_local -> upstream_remote) is the server's
   (downstream_direct_remote -> downstream_local).
 * sampling decides on a hash of the trace id, so every side and replica agree.
-* client span id = H(trace, "client", hop); the server span's parent is the
-  client span id of the same hop, which the server side computes from its own
-  entry.
-* server span id = H(trace, "server", proxy): the proxy's outbound entries for
-  the same request know it too, so a proxy's CLIENT spans are children of its
-  SERVER span and a request's hops form one tree. The price: a request that
-  enters the same proxy twice gives both SERVER spans one id (their CLIENT
-  spans, and so the servicegraph's pairs, stay apart).
+* client span id = H(trace, "client", hop, n), where n counts the earlier
+  requests of the same trace on the same hop: a proxy logs the requests of one
+  connection in the order they ran, at both ends, so the n-th is the n-th on
+  both. The server span's parent is the client span id of the same hop and n,
+  which the server side computes from its own entries.
+* server span id = H(trace, "server", proxy, n), where n counts the proxy's
+  earlier inbound requests of the same trace. The proxy's outbound entries for
+  the same request compute it too (n = its inbound requests of that trace that
+  had ended before the outbound one began, on the proxy's own clock), so a
+  proxy's CLIENT spans are children of its SERVER span and a request's hops
+  form one tree. n = 0 adds nothing to the hash.
 """
 
 from __future__ import annotations
@@ -88,12 +91,62 @@ def hop_key(entry: Entry, connection: str) -> str:
     return f"{connection}|{entry.method}|{entry.path}"
 
 
-def client_span_id(trace_id: bytes, hop: str) -> bytes:
+def client_span_id(trace_id: bytes, hop: str, repeat: int = 0) -> bytes:
+    if repeat:
+        return _digest(trace_id, "client", hop, str(repeat), size=8)
     return _digest(trace_id, "client", hop, size=8)
 
 
-def server_span_id(trace_id: bytes, proxy: str) -> bytes:
+def server_span_id(trace_id: bytes, proxy: str, repeat: int = 0) -> bytes:
+    if repeat:
+        return _digest(trace_id, "server", proxy, str(repeat), size=8)
     return _digest(trace_id, "server", proxy, size=8)
+
+
+MAX_REMEMBERED = 65_536
+"""Keys per generation of :class:`Repeats`: a request's repeats are told apart while it is this recent."""
+
+
+class Repeats:
+    """Which repeat of a (trace, hop) or (trace, proxy) an entry is, among those this process saw.
+
+    Each proxy's entries reach one bridge on one stream in the order the proxy
+    logged them, so both ends of a connection count its requests alike. Two
+    generations of keys bound the memory: a key lives for at least
+    :data:`MAX_REMEMBERED` newer keys.
+    """
+
+    def __init__(self, max_entries: int = MAX_REMEMBERED) -> None:
+        self._max = max_entries
+        self._new: dict[tuple[bytes, str, str], list[int]] = {}
+        self._old: dict[tuple[bytes, str, str], list[int]] = {}
+
+    def _ends(self, key: tuple[bytes, str, str]) -> list[int] | None:
+        ends = self._new.get(key)
+        if ends is None:
+            ends = self._old.get(key)
+            if ends is not None:
+                self._remember(key, ends)
+        return ends
+
+    def _remember(self, key: tuple[bytes, str, str], ends: list[int]) -> None:
+        if len(self._new) >= self._max:
+            self._old, self._new = self._new, {}
+        self._new[key] = ends
+
+    def add(self, trace_id: bytes, kind: str, key: str, end: int = 0) -> int:
+        """How many earlier entries had this trace and key; records this one (ending at ``end``)."""
+        ends = self._ends((trace_id, kind, key))
+        if ends is None:
+            self._remember((trace_id, kind, key), [end])
+            return 0
+        ends.append(end)
+        return len(ends) - 1
+
+    def ended_before(self, trace_id: bytes, kind: str, key: str, start: int) -> int:
+        """How many recorded entries with this trace and key ended before ``start``."""
+        ends = self._ends((trace_id, kind, key))
+        return sum(1 for end in ends if end < start) if ends else 0
 
 
 def sampled(trace_id: bytes, ratio: float) -> bool:

@@ -1,7 +1,8 @@
 """Calls into OTLP spans, grouped per resource and built in place (no SDK span objects).
 
-:class:`Translator` is pure apart from the batch and store it writes into: the
-same calls give the same spans and points, which the golden tests pin.
+:class:`Translator` keeps no state but the batch and store it writes into and
+the count of repeated hops (:class:`ids.Repeats`): the same calls in the same
+order give the same spans and points, which the golden tests pin.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Translator:
         self._ratio = sampling_ratio
         self._common_blocks: dict[tuple[object, ...], bytes] = {}
         self._names: dict[str, bytes] = {}
+        self._repeats = ids.Repeats()
 
     def add(self, call: Call, batch: SpanBatch) -> None:
         entry = call.entry
@@ -100,14 +102,21 @@ class Translator:
         if not ids.sampled(trace_id, self._ratio):
             return
         hop = ids.hop_key(entry, connection)
+        node = call.proxy.node_id
+        repeats = self._repeats
         if side is Side.CLIENT:
-            span_id = ids.client_span_id(trace_id, hop)
+            span_id = ids.client_span_id(trace_id, hop, repeats.add(trace_id, "client", hop))
             # Under the app's own span when it propagated one, else under this proxy's server side.
             app_span = context.parent_span_id if not call.proxy.role.is_gateway else b""
-            parent = app_span or ids.server_span_id(trace_id, call.proxy.node_id)
+            parent = app_span or ids.server_span_id(
+                trace_id, node, repeats.ended_before(trace_id, "server", node, start)
+            )
         else:
-            span_id = ids.server_span_id(trace_id, call.proxy.node_id)
-            parent = context.parent_span_id if call.from_outside else ids.client_span_id(trace_id, hop)
+            span_id = ids.server_span_id(trace_id, node, repeats.add(trace_id, "server", node, end))
+            if call.from_outside:
+                parent = context.parent_span_id
+            else:
+                parent = ids.client_span_id(trace_id, hop, repeats.add(trace_id, "hop", hop))
         name = semconv.span_name(entry)
         encoded_name = self._names.get(name)
         if encoded_name is None:
