@@ -7,13 +7,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import kube_api
+from support import als, kube_api
 from support.kube_api import FakeKubeApi
 from support.waiting import eventually
 
+from als2otel.analysis import AnalyzerChain, ProxyAnalyzer
 from als2otel.analysis.k8s import KubeIndex, NameRule, RuleError
 from als2otel.analysis.k8s.naming import Meta
 from als2otel.analysis.k8s.watch import KubeCache, NoKubernetesConfig, api_client
+from als2otel.analysis.k8s_mesh import K8sMeshAnalyzer
+from als2otel.model import Call
+from als2otel.receiver import identify, normalize_http
 from als2otel.stats import Stats
 
 FILLERS = 1200  # more than two pages of 500
@@ -162,6 +166,124 @@ class TestIndex:
     def test_ignored_namespaces(self) -> None:
         """Pods in k8s.ignored_namespaces resolve to nothing."""
         assert self.index(ignored=("default",)).workload_for_ip("10.1.0.11") is None
+
+
+class TestAnalyzer:
+    """Roles as SkyWalking's k8s-mesh defines them, on an index of known pods."""
+
+    PRODUCTPAGE = "10.1.0.10"
+    REVIEWS = "10.1.0.11"
+
+    @pytest.fixture
+    def chain(self) -> AnalyzerChain:
+        index = KubeIndex(DEFAULT_RULE)
+        index.apply("Node", "ADDED", kube_api.node("node-1", "10.0.0.5"))
+        index.apply("Service", "ADDED", kube_api.service("default", "reviews", {"app": "reviews"}))
+        index.apply("Pod", "ADDED", reviews_pod("v1", self.REVIEWS))
+        index.apply(
+            "Pod",
+            "ADDED",
+            kube_api.pod(
+                "default", "productpage-v1-6b746f74dc-aaaaa", self.PRODUCTPAGE, {"app": "productpage"}
+            ),
+        )
+        index.apply(
+            "Pod",
+            "ADDED",
+            kube_api.pod(
+                "default",
+                "waypoint-5b8c7d9f6-wp001",
+                "fd00::20",
+                {"gateway.networking.k8s.io/gateway-name": "waypoint"},
+                ips=["fd00::20"],
+            ),
+        )
+        return AnalyzerChain([K8sMeshAnalyzer(index)], ProxyAnalyzer(), Stats())
+
+    @staticmethod
+    def proxy(role: str, ip: str, pod: str, metadata: dict[str, Any] | None = None) -> Any:
+        return identify(als.identifier(f"{role}~{ip}~{pod}.default~default.svc.cluster.local", metadata))
+
+    @staticmethod
+    def sides(calls: list[Call]) -> list[tuple[str, str, str, bool]]:
+        def name(w: Any) -> str:
+            return w.service_name if w is not None else "-"
+
+        return [(c.side.value, name(c.source), name(c.destination), c.resolved) for c in calls]
+
+    def test_inbound_caller_from_the_direct_address(self, chain: AnalyzerChain) -> None:
+        """X-Forwarded-For rewrote the remote address; the direct one names the caller."""
+        entry = als.http_entry(
+            downstream_remote=("198.51.100.7", 0),
+            downstream_direct_remote=(self.PRODUCTPAGE, 40000),
+            downstream_local=(self.REVIEWS, 9080),
+            upstream_remote=(self.REVIEWS, 9080),
+            cluster="inbound|9080||",
+        )
+        calls = chain.resolve(
+            normalize_http(entry, "v3"), self.proxy("sidecar", self.REVIEWS, "reviews-v1-x")
+        )
+        assert self.sides(calls) == [("server", "productpage", "reviews", True)]
+
+    @pytest.mark.parametrize(
+        ("cluster", "upstream", "expected"),
+        [
+            ("outbound|9080||reviews.default.svc.cluster.local", "10.1.0.11", "reviews"),
+            ("outbound|443||api.example.com", "93.184.216.34", "api.example.com"),
+            ("PassthroughCluster", "93.184.216.34", "93.184.216.34"),
+        ],
+    )
+    def test_outbound_destinations(
+        self, chain: AnalyzerChain, cluster: str, upstream: str, expected: str
+    ) -> None:
+        """A pod by its IP; an address no pod holds named from the cluster's host, else the address."""
+        entry = als.http_entry(
+            downstream_remote=(self.PRODUCTPAGE, 41000),
+            downstream_local=("10.96.0.9", 9080),
+            upstream_remote=(upstream, 9080),
+            upstream_local=(self.PRODUCTPAGE, 50000),
+            cluster=cluster,
+        )
+        proxy = self.proxy("sidecar", self.PRODUCTPAGE, "productpage-v1-6b746f74dc-aaaaa")
+        calls = chain.resolve(normalize_http(entry, "v3"), proxy)
+        assert self.sides(calls) == [("client", "productpage", expected, True)]
+
+    def test_waypoint_finds_its_pod_among_instance_ips(self, chain: AnalyzerChain) -> None:
+        """A waypoint whose node id IP is not the one the API server lists: INSTANCE_IPS has it."""
+        proxy = self.proxy(
+            "waypoint", "10.1.0.20", "waypoint-5b8c7d9f6-wp001", {"INSTANCE_IPS": "10.1.0.20,fd00::20"}
+        )
+        entry = als.http_entry(
+            downstream_remote=(self.PRODUCTPAGE, 42000),
+            downstream_local=("10.1.0.20", 15008),
+            upstream_remote=(self.REVIEWS, 9080),
+            upstream_local=("10.1.0.20", 51000),
+            cluster="inbound-vip|9080|http|reviews.default.svc.cluster.local",
+        )
+        calls = chain.resolve(normalize_http(entry, "v3"), proxy)
+        assert self.sides(calls) == [
+            ("server", "productpage", "waypoint", True),
+            ("client", "waypoint", "reviews", True),
+        ]
+
+    def test_unknown_caller_is_outside_and_unknown_proxy_unresolved(self, chain: AnalyzerChain) -> None:
+        entry = als.http_entry(
+            downstream_remote=("203.0.113.9", 42000),
+            downstream_local=(self.REVIEWS, 9080),
+            upstream_remote=(self.REVIEWS, 9080),
+            cluster="inbound|9080||",
+        )
+        calls = chain.resolve(
+            normalize_http(entry, "v3"), self.proxy("sidecar", self.REVIEWS, "reviews-v1-x")
+        )
+        assert [(c.source, c.from_outside) for c in calls] == [(None, True)]
+        stats = Stats()
+        stranger = self.proxy("sidecar", "10.1.0.99", "gone-1")
+        calls = AnalyzerChain([K8sMeshAnalyzer(KubeIndex(DEFAULT_RULE))], ProxyAnalyzer(), stats).resolve(
+            normalize_http(entry, "v3"), stranger
+        )
+        assert [c.resolved for c in calls] == [False]
+        assert stats.entries_unresolved.values == {("unknown_pod_ip",): 1}
 
 
 class TestConfig:

@@ -13,6 +13,8 @@ from support import als, kube_api, servicegraph
 from support.kube_api import FakeKubeApi
 from support.otlp_receiver import GrpcOtlpReceiver
 
+from als2otel.demo import bookinfo
+
 USER = ("203.0.113.5", 51000)
 GATEWAY = "10.4.0.2"
 PODS = {  # name: (ip, app, version, namespace)
@@ -241,3 +243,88 @@ async def _synced(bridge: Any) -> bool:
             return False
         await asyncio.sleep(0.05)
     return True
+
+
+async def test_real_envoys_resolved_by_ip(make_bridge: Any, otlp: GrpcOtlpReceiver, tmp_path: Path) -> None:
+    """Bookinfo on real Envoys with no metadata exchange: k8s-mesh names every hop from the IPs the
+    API server knows, and the edges count exactly what the apps themselves counted."""
+    kube = FakeKubeApi().start()
+    bridge = None
+    mesh = None
+    try:
+        kube.put(kube_api.node("node-1", "10.0.0.5"))
+        gateway_labels = {"app": "istio-ingressgateway", "istio": "ingressgateway"}
+        kube.put(
+            kube_api.pod(
+                "istio-system",
+                bookinfo.GATEWAY_POD,
+                bookinfo.GATEWAY_IP,
+                gateway_labels,
+                replicaset=bookinfo.GATEWAY_POD.rsplit("-", 1)[0],
+            )
+        )
+        kube.put(kube_api.service("istio-system", "istio-ingressgateway", {"app": "istio-ingressgateway"}))
+        kube.put(
+            kube_api.endpoint_slice(
+                "istio-system", "istio-ingressgateway", [(bookinfo.GATEWAY_POD, bookinfo.GATEWAY_IP, True)]
+            )
+        )
+        for pod in bookinfo.PODS:
+            labels = {"app": pod.app, "version": pod.version}
+            kube.put(kube_api.pod("default", pod.name, pod.ip, labels, replicaset=pod.name.rsplit("-", 1)[0]))
+        for service in bookinfo.SERVICES:
+            kube.put(kube_api.service("default", service, {"app": service}))
+            members = [(p.name, p.ip, True) for p in bookinfo.PODS if p.app == service]
+            kube.put(kube_api.endpoint_slice("default", service, members))
+        config = bridge_config(
+            otlp.endpoint,
+            analyzers=["k8s-mesh"],
+            k8s={
+                "kubeconfig": str(kube.kubeconfig(tmp_path)),
+                "service_name_rule": "${service.metadata.name}-${pod.metadata.labels.version}",
+            },
+        )
+        bridge = await make_bridge(config)
+        assert await _synced(bridge)
+        mesh = bookinfo.Bookinfo(
+            ("127.0.0.1", bridge.receiver.port), tmp_path / "envoy", rate=20, exchange_metadata=False
+        )
+        await asyncio.to_thread(mesh.start)
+        await asyncio.sleep(4)
+        await asyncio.to_thread(mesh.stop_load)
+
+        apps = {f"{app.pod.app}-{app.pod.version}": app for app in mesh.apps}
+        expected = Counter(
+            {
+                ("user", "istio-ingressgateway"): mesh.sent,
+                ("istio-ingressgateway", "productpage-v1"): apps["productpage-v1"].received,
+                ("productpage-v1", "details-v1"): apps["details-v1"].received,
+                ("productpage-v1", "reviews-v1"): apps["reviews-v1"].received,
+                ("productpage-v1", "reviews-v2"): apps["reviews-v2"].received,
+                ("productpage-v1", "reviews-v3"): apps["reviews-v3"].received,
+                ("reviews-v2", "ratings-v1"): apps["reviews-v2"].made["ratings"],
+                ("reviews-v3", "ratings-v1"): apps["reviews-v3"].made["ratings"],
+            }
+        )
+        assert mesh.sent >= 20 and mesh.failed == 0
+        assert apps["productpage-v1"].made["reviews"] == sum(
+            apps[f"reviews-{v}"].received for v in ("v1", "v2", "v3")
+        )
+        total = 2 * sum(expected.values()) - mesh.sent  # the user has no client span
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(otlp.received.spans()) < total:
+            await asyncio.sleep(0.1)
+        spans = otlp.received.spans()
+        assert servicegraph.edges(spans) == expected
+        assert len(spans) == total
+        assert bridge.stats.entries_unresolved.values == {}
+        resources = {r["service.name"]: r for r, _ in spans}
+        assert resources["reviews-v3"]["k8s.pod.name"] == next(
+            p.name for p in bookinfo.PODS if (p.app, p.version) == ("reviews", "v3")
+        )
+    finally:
+        if mesh is not None:
+            await asyncio.to_thread(mesh.stop)
+        if bridge is not None:
+            await bridge.stop()
+        kube.stop()

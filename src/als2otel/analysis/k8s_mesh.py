@@ -32,10 +32,23 @@ class K8sMeshAnalyzer:
     def _at(self, address: tuple[str, int] | None) -> Workload | None:
         return self._index.workload_for_ip(address[0]) if address is not None else None
 
+    def _own(self, entry: Entry, proxy: Proxy, direction: Direction) -> Workload | None:
+        """This proxy's pod: by the node id's IP, else any of INSTANCE_IPS (a dual-stack pod or a
+        waypoint lists them all), else the side of the entry that is its own address."""
+        lookup = self._index.workload_for_ip
+        own = lookup(proxy.ip) if proxy.ip else None
+        if own is None:
+            for ip in proxy.instance_ips:
+                own = lookup(ip)
+                if own is not None:
+                    return own
+            own = self._at(
+                entry.downstream_remote if direction is Direction.OUTBOUND else entry.downstream_local
+            )
+        return own
+
     def analyze(self, entry: Entry, proxy: Proxy, direction: Direction) -> Resolution:
-        # This proxy's pod: by its node id's IP, else the side of the entry that is its own address.
-        local = entry.downstream_remote if direction is Direction.OUTBOUND else entry.downstream_local
-        own = (self._index.workload_for_ip(proxy.ip) if proxy.ip else None) or self._at(local)
+        own = self._own(entry, proxy, direction)
         if own is None:
             return Resolution([], "unknown_pod_ip")
         calls: list[Call] = []

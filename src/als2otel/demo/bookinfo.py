@@ -18,6 +18,7 @@ import logging
 import random
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -49,6 +50,7 @@ class Pod:
 
 
 GATEWAY_IP = "127.0.10.1"
+GATEWAY_POD = "istio-ingressgateway-7f8c9d6b5-gw001"
 PODS = (
     Pod("productpage", "v1", "127.0.10.2", ("details", "reviews")),
     Pod("details", "v1", "127.0.10.3"),
@@ -81,7 +83,8 @@ def _route(service: str) -> Route:
     )
 
 
-def proxy_specs(als: tuple[str, int]) -> list[ProxySpec]:
+def proxy_specs(als: tuple[str, int], exchange_metadata: bool = True) -> list[ProxySpec]:
+    """The gateway and one sidecar per pod; without ``exchange_metadata`` only IPs tell who called."""
     labels = {
         "app": "istio-ingressgateway",
         "istio": "ingressgateway",
@@ -90,7 +93,7 @@ def proxy_specs(als: tuple[str, int]) -> list[ProxySpec]:
     gateway = ProxySpec(
         role="router",
         ip=GATEWAY_IP,
-        pod="istio-ingressgateway-7f8c9d6b5-gw001",
+        pod=GATEWAY_POD,
         namespace="istio-system",
         labels=labels,
         workload="istio-ingressgateway",
@@ -104,7 +107,7 @@ def proxy_specs(als: tuple[str, int]) -> list[ProxySpec]:
             )
         ],
         als_address=als,
-        exchange_metadata=True,
+        exchange_metadata=exchange_metadata,
     )
     specs = [gateway]
     for pod in PODS:
@@ -126,7 +129,7 @@ def proxy_specs(als: tuple[str, int]) -> list[ProxySpec]:
                 outbound_port=OUTBOUND_PORT if pod.calls else None,
                 routes=[_route(s) for s in pod.calls],
                 als_address=als,
-                exchange_metadata=True,
+                exchange_metadata=exchange_metadata,
             )
         )
     return specs
@@ -150,6 +153,10 @@ class _App:
 
     def __init__(self, pod: Pod, rng: random.Random) -> None:
         self.pod = pod
+        self.received = 0  # requests this app answered
+        self.made: Counter[str] = Counter()  # calls it made, per service
+        lock = threading.Lock()
+        app = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -158,6 +165,10 @@ class _App:
                 forwarded = {k: v for k in FORWARDED if (v := self.headers.get(k))}
                 for service in pod.calls:
                     _call_through_sidecar(pod, service, f"/{service}/0", forwarded)
+                    with lock:
+                        app.made[service] += 1
+                with lock:
+                    app.received += 1
                 time.sleep(rng.uniform(0.002, 0.02))
                 status = 503 if rng.random() < pod.error_rate else 200
                 body = f"{pod.app} {pod.version}\n".encode()
@@ -185,10 +196,17 @@ class _App:
 class Bookinfo:
     """The apps, their Envoys and a load loop; ``stop`` ends every process it started."""
 
-    def __init__(self, als: tuple[str, int], workdir: Path, rate: float = 8.0, seed: int = 1) -> None:
+    def __init__(
+        self,
+        als: tuple[str, int],
+        workdir: Path,
+        rate: float = 8.0,
+        seed: int = 1,
+        exchange_metadata: bool = True,
+    ) -> None:
         self._rng = random.Random(seed)
         self.apps = [_App(pod, self._rng) for pod in PODS]
-        self.envoys = [EnvoyProcess(spec, workdir) for spec in proxy_specs(als)]
+        self.envoys = [EnvoyProcess(spec, workdir) for spec in proxy_specs(als, exchange_metadata)]
         self._rate = rate
         self._stop = threading.Event()
         self._load = threading.Thread(target=self._load_loop, name="load", daemon=True)
@@ -233,10 +251,14 @@ class Bookinfo:
             next_at += interval
             self._stop.wait(max(0.0, next_at - time.monotonic()))
 
-    def stop(self) -> None:
+    def stop_load(self) -> None:
+        """No new user requests; returns once the last one has been answered."""
         self._stop.set()
         if self._load.is_alive():
             self._load.join(timeout=10)
+
+    def stop(self) -> None:
+        self.stop_load()
         for envoy in self.envoys:
             envoy.stop()
         for app in self.apps:
