@@ -118,7 +118,6 @@ class Entry:
     protocol: Protocol
     start_ns: int
     duration_ns: int = -1
-    last_rx_ns: int = -1
     first_upstream_tx_ns: int = -1
     last_upstream_rx_ns: int = -1
     last_downstream_tx_ns: int = -1

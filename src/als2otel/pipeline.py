@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 
 from .analysis import AnalyzerChain
+from .model import Side
 from .receiver import EntryBatch, InvalidEntry, normalize_http, normalize_tcp
 from .receiver.normalize import IntermediateEntry
 from .stats import LogLimiter, Stats
@@ -83,6 +84,7 @@ class Pipeline:
         resolve = self._chain.resolve
         add = self._translator.add
         spans = self.spans
+        client = server = 0
         for raw in batch.entries:
             try:
                 entry = normalize(raw, batch.api_version)
@@ -96,11 +98,18 @@ class Pipeline:
             try:
                 for call in resolve(entry, proxy):
                     add(call, spans)
-                    stats.calls.inc(call.side.value)
+                    if call.side is Side.CLIENT:
+                        client += 1
+                    else:
+                        server += 1
             except Exception:  # one entry must never end the stream or the process
                 stats.entries_unresolved.inc("analysis_error")
                 self._limiter.warning("analysis_error", "analysis failed on an entry from %s", proxy.node_id)
                 log.debug("analysis failed", exc_info=True)
+        if client:
+            stats.calls.inc(Side.CLIENT.value, by=client)
+        if server:
+            stats.calls.inc(Side.SERVER.value, by=server)
         if spans.count >= SPAN_FLUSH_COUNT:
             self._on_spans(spans)
 

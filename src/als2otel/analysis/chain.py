@@ -65,6 +65,26 @@ class AnalyzerChain:
         if direction is Direction.UNKNOWN:
             self._stats.entries_unresolved.inc("unknown_direction")
             return []
+        if direction is Direction.GATEWAY:
+            return self._resolve_both(entry, proxy, direction)
+        # A sidecar's entry has one side: the first resolved call for it wins.
+        side = SIDES[direction][0]
+        provisional = None
+        reason = ""
+        for analyzer in self._analyzers:
+            calls, why = analyzer.analyze(entry, proxy, direction)
+            for call in calls:
+                if call.side is side:
+                    if call.resolved:
+                        return [call]
+                    if provisional is None:
+                        provisional = call
+            reason = reason or why
+        # Counted even when a provisional call still goes out: some end of it is unknown.
+        self._stats.entries_unresolved.inc(reason or "no_analyzer_resolved")
+        return [provisional] if provisional is not None else []
+
+    def _resolve_both(self, entry: Entry, proxy: Proxy, direction: Direction) -> list[Call]:
         wanted = SIDES[direction]
         best: dict[Side, Call] = {}
         reason = ""
@@ -78,6 +98,5 @@ class AnalyzerChain:
             if all(side in best and best[side].resolved for side in wanted):
                 break
         if any(side not in best or not best[side].resolved for side in wanted):
-            # Counted even when a provisional call still goes out: some end of it is unknown.
             self._stats.entries_unresolved.inc(reason or "no_analyzer_resolved")
         return [best[side] for side in wanted if side in best]

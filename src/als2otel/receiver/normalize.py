@@ -83,13 +83,6 @@ def _address(addr: core_pb2.Address, which_field: str) -> SocketAddr | None:
     raise InvalidEntry("address_kind", f"{which_field} is a {kind}, not an IP socket address")
 
 
-def _duration_ns(common: accesslog_pb2.AccessLogCommon, name: str) -> int:
-    if not common.HasField(name):
-        return -1
-    d = getattr(common, name)
-    return int(d.seconds * 1_000_000_000 + d.nanos)
-
-
 def _response_flags(common: accesslog_pb2.AccessLogCommon) -> tuple[str, ...]:
     if not common.HasField("response_flags"):
         return ()
@@ -100,29 +93,63 @@ def _response_flags(common: accesslog_pb2.AccessLogCommon) -> tuple[str, ...]:
 
 
 def _common(entry: Entry, common: accesslog_pb2.AccessLogCommon) -> None:
+    # Written out field by field: this runs for every entry, and each access to a
+    # sub-message builds a Python object. The usual address (an IP socket) is read
+    # inline; anything else (unset, internal, pipe) goes through _address.
     if common.intermediate_log_entry or common.access_log_type not in _FINAL_TYPES:
         raise IntermediateEntry
-    entry.downstream_remote = _address(common.downstream_remote_address, "downstream_remote_address")
-    entry.downstream_direct_remote = _address(
-        common.downstream_direct_remote_address, "downstream_direct_remote_address"
+    addr = common.downstream_remote_address
+    socket = addr.socket_address
+    ip = socket.address
+    entry.downstream_remote = (
+        SocketAddr(ip, socket.port_value) if ip else _address(addr, "downstream_remote_address")
     )
-    entry.downstream_local = _address(common.downstream_local_address, "downstream_local_address")
-    entry.upstream_remote = _address(common.upstream_remote_address, "upstream_remote_address")
-    entry.upstream_local = _address(common.upstream_local_address, "upstream_local_address")
+    addr = common.downstream_direct_remote_address
+    socket = addr.socket_address
+    ip = socket.address
+    entry.downstream_direct_remote = (
+        SocketAddr(ip, socket.port_value) if ip else _address(addr, "downstream_direct_remote_address")
+    )
+    addr = common.downstream_local_address
+    socket = addr.socket_address
+    ip = socket.address
+    entry.downstream_local = (
+        SocketAddr(ip, socket.port_value) if ip else _address(addr, "downstream_local_address")
+    )
+    addr = common.upstream_remote_address
+    socket = addr.socket_address
+    ip = socket.address
+    entry.upstream_remote = (
+        SocketAddr(ip, socket.port_value) if ip else _address(addr, "upstream_remote_address")
+    )
+    addr = common.upstream_local_address
+    socket = addr.socket_address
+    ip = socket.address
+    entry.upstream_local = (
+        SocketAddr(ip, socket.port_value) if ip else _address(addr, "upstream_local_address")
+    )
+    has = common.HasField
+    if has("duration"):
+        d = common.duration
+        entry.duration_ns = d.seconds * 1_000_000_000 + d.nanos
+    if has("time_to_first_upstream_tx_byte"):
+        d = common.time_to_first_upstream_tx_byte
+        entry.first_upstream_tx_ns = d.seconds * 1_000_000_000 + d.nanos
+    if has("time_to_last_upstream_rx_byte"):
+        d = common.time_to_last_upstream_rx_byte
+        entry.last_upstream_rx_ns = d.seconds * 1_000_000_000 + d.nanos
+    if has("time_to_last_downstream_tx_byte"):
+        d = common.time_to_last_downstream_tx_byte
+        entry.last_downstream_tx_ns = d.seconds * 1_000_000_000 + d.nanos
     entry.upstream_cluster = common.upstream_cluster
     entry.route_name = common.route_name
     entry.upstream_failure = common.upstream_transport_failure_reason
-    entry.duration_ns = _duration_ns(common, "duration")
-    entry.last_rx_ns = _duration_ns(common, "time_to_last_rx_byte")
-    entry.first_upstream_tx_ns = _duration_ns(common, "time_to_first_upstream_tx_byte")
-    entry.last_upstream_rx_ns = _duration_ns(common, "time_to_last_upstream_rx_byte")
-    entry.last_downstream_tx_ns = _duration_ns(common, "time_to_last_downstream_tx_byte")
-    if common.HasField("response_flags"):
+    if has("response_flags"):
         entry.response_flags = _response_flags(common)
     filter_state = common.filter_state_objects
     if filter_state:
         entry.filter_state = filter_state
-    if common.HasField("tls_properties"):
+    if has("tls_properties"):
         for san in common.tls_properties.peer_certificate_properties.subject_alt_name:
             if san.uri:
                 entry.mtls = True

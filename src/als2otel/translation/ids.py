@@ -27,8 +27,6 @@ from typing import NamedTuple
 
 from ..model import Entry, SocketAddr
 
-_HEX = frozenset("0123456789abcdef")
-
 
 class TraceContext(NamedTuple):
     trace_id: bytes
@@ -36,20 +34,31 @@ class TraceContext(NamedTuple):
 
 
 def _hex_bytes(text: str, length: int) -> bytes | None:
-    text = text.strip().lower()
-    if len(text) != 2 * length or not _HEX.issuperset(text):
+    """``length`` bytes from exactly ``2 * length`` hex digits, not all zero; else None."""
+    if len(text) != 2 * length:
+        text = text.strip()
+        if len(text) != 2 * length:
+            return None
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
         return None
-    value = bytes.fromhex(text)
-    return value if any(value) else None
+    # fromhex skips spaces between pairs: fewer bytes then means the text was not all digits.
+    return value if len(value) == length and any(value) else None
 
 
 def _digest(*parts: str | bytes, size: int) -> bytes:
-    h = hashlib.blake2b(digest_size=size)
-    for part in parts:
-        h.update(part.encode() if isinstance(part, str) else part)
-        h.update(b"\x1f")
-    value = h.digest()
-    return value if any(value) else b"\x01" * size
+    """BLAKE2b of the parts, each followed by a 0x1f separator."""
+    data = b"\x1f".join(part.encode() if isinstance(part, str) else part for part in parts) + b"\x1f"
+    return _checked(hashlib.blake2b(data, digest_size=size).digest())
+
+
+def _checked(value: bytes) -> bytes:
+    """An all-zero id is invalid in OTLP."""
+    return value if any(value) else b"\x01" * len(value)
+
+
+_blake2b = hashlib.blake2b
 
 
 def trace_context(entry: Entry, connection: str) -> TraceContext:
@@ -92,15 +101,15 @@ def hop_key(entry: Entry, connection: str) -> str:
 
 
 def client_span_id(trace_id: bytes, hop: str, repeat: int = 0) -> bytes:
-    if repeat:
-        return _digest(trace_id, "client", hop, str(repeat), size=8)
-    return _digest(trace_id, "client", hop, size=8)
+    """``_digest(trace_id, "client", hop[, repeat])``, spelled out: it runs for every span."""
+    data = trace_id + b"\x1fclient\x1f" + hop.encode() + (b"\x1f%d\x1f" % repeat if repeat else b"\x1f")
+    return _checked(_blake2b(data, digest_size=8).digest())
 
 
 def server_span_id(trace_id: bytes, proxy: str, repeat: int = 0) -> bytes:
-    if repeat:
-        return _digest(trace_id, "server", proxy, str(repeat), size=8)
-    return _digest(trace_id, "server", proxy, size=8)
+    """``_digest(trace_id, "server", proxy[, repeat])``, spelled out."""
+    data = trace_id + b"\x1fserver\x1f" + proxy.encode() + (b"\x1f%d\x1f" % repeat if repeat else b"\x1f")
+    return _checked(_blake2b(data, digest_size=8).digest())
 
 
 MAX_REMEMBERED = 65_536

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..model import USER, Call, Protocol, Side, Workload
 from . import semconv
-from .metrics import HTTP_DURATION_BUCKETS, Kind, MetricDef, MetricStore
+from .metrics import HTTP_DURATION_BUCKETS, Attributes, Kind, MetricDef, MetricStore, Series
 
 UNKNOWN = "unknown"
 
@@ -132,7 +132,12 @@ ISTIO_TCP_RECEIVED = MetricDef(
 
 
 class MetricRecorder:
-    """Records one call side into the configured sets of a :class:`MetricStore`."""
+    """Records one call side into the configured sets of a :class:`MetricStore`.
+
+    Calls of one shape (service, method, status, peer, ...) land in the same
+    series: each set keeps its series by a flat key of that shape, so a call
+    costs one dict lookup per set once its series exist.
+    """
 
     def __init__(
         self, store: MetricStore, sets: list[str] | tuple[str, ...] = ("http", "servicegraph")
@@ -141,6 +146,8 @@ class MetricRecorder:
         self._http = "http" in sets
         self._servicegraph = "servicegraph" in sets
         self._istio = "istio" in sets
+        self._http_series: dict[tuple[object, ...], Series] = {}
+        self._graph_series: dict[tuple[object, ...], tuple[Series, Series | None, Series | None]] = {}
 
     def record(self, call: Call, owner: Workload, seconds: float, error: str) -> None:
         if self._http and call.entry.protocol is not Protocol.TCP:
@@ -152,47 +159,56 @@ class MetricRecorder:
 
     def _record_http(self, call: Call, owner: Workload, seconds: float, error: str) -> None:
         entry = call.entry
-        attrs: list[tuple[str, str]] = [("http.request.method", entry.method or "_OTHER")]
-        if entry.response_code:
-            attrs.append(("http.response.status_code", str(entry.response_code)))
-        if entry.http_version:
-            attrs.append(("network.protocol.version", entry.http_version))
-        if call.side is Side.CLIENT:
-            server = call.destination.service_name if call.destination else ""
-            attrs.append(
-                ("server.address", server or semconv.split_authority(entry.authority, entry.scheme)[0])
-            )
-            metric = HTTP_CLIENT_DURATION
-        else:
-            metric = HTTP_SERVER_DURATION
-        if entry.scheme:
-            attrs.append(("url.scheme", entry.scheme))
-        if error:
-            attrs.append(("error.type", error))
-        self.store.record(metric, owner, tuple(attrs), seconds)
+        client = call.side is Side.CLIENT
+        server = (call.destination.service_name if call.destination else "") if client else ""
+        key = (
+            client,
+            owner,
+            entry.method,
+            entry.response_code,
+            entry.http_version,
+            server,
+            entry.authority if client and not server else "",
+            entry.scheme,
+            error,
+        )
+        series = self._http_series.get(key)
+        if series is None:
+            series = self.store.series_for(*_http_series_key(call, owner, error))
+            if series is None:
+                return
+            self._http_series[key] = series
+        series.record(seconds)
 
     def _record_servicegraph(self, call: Call, seconds: float) -> None:
         source, destination = call.source, call.destination
         client = USER if call.from_outside else (source.service_name if source else UNKNOWN)
         server = destination.service_name if destination else UNKNOWN
         virtual = call.from_outside or destination is None or destination.external
-        labels = (
-            ("client", client),
-            ("server", server),
-            ("connection_type", "virtual_node" if virtual else ""),
-        )
-        store = self.store
-        if call.side is Side.SERVER:
-            store.record(SG_SERVER, None, labels, seconds)
-            counts_edge = True
-        else:
-            store.record(SG_CLIENT, None, labels, seconds)
-            counts_edge = destination is None or destination.external
-        if counts_edge:
-            store.add(SG_REQUESTS, None, labels)
+        key = (call.side, client, server, virtual)
+        found = self._graph_series.get(key)
+        if found is None:
+            labels = (
+                ("client", client),
+                ("server", server),
+                ("connection_type", "virtual_node" if virtual else ""),
+            )
+            store = self.store
+            duration = store.series_for(SG_SERVER if call.side is Side.SERVER else SG_CLIENT, None, labels)
+            # The server side counts the edge; the client side only for a destination with no proxy.
+            counts_edge = call.side is Side.SERVER or destination is None or destination.external
+            requests = store.series_for(SG_REQUESTS, None, labels) if counts_edge else None
+            failed = store.series_for(SG_FAILED, None, labels) if counts_edge else None
+            if duration is None or (counts_edge and (requests is None or failed is None)):
+                return
+            found = self._graph_series[key] = (duration, requests, failed)
+        duration, requests, failed = found
+        duration.record(seconds)
+        if requests is not None:
+            requests.value += 1
             # The connector fails an edge when either span is an error: the client's view is the stricter.
-            if semconv.error_type(call.entry, Side.CLIENT):
-                store.add(SG_FAILED, None, labels)
+            if failed is not None and semconv.error_type(call.entry, Side.CLIENT):
+                failed.value += 1
 
     def _record_istio(self, call: Call, seconds: float) -> None:
         entry = call.entry
@@ -203,6 +219,27 @@ class MetricRecorder:
             return
         self.store.add(ISTIO_REQUESTS, None, labels)
         self.store.record(ISTIO_DURATION, None, labels, seconds * 1000.0)
+
+
+def _http_series_key(call: Call, owner: Workload, error: str) -> tuple[MetricDef, Workload, Attributes]:
+    """The http set's series for a call side: metric, resource and data-point attributes."""
+    entry = call.entry
+    attrs: list[tuple[str, str]] = [("http.request.method", entry.method or "_OTHER")]
+    if entry.response_code:
+        attrs.append(("http.response.status_code", str(entry.response_code)))
+    if entry.http_version:
+        attrs.append(("network.protocol.version", entry.http_version))
+    if call.side is Side.CLIENT:
+        server = call.destination.service_name if call.destination else ""
+        attrs.append(("server.address", server or semconv.split_authority(entry.authority, entry.scheme)[0]))
+        metric = HTTP_CLIENT_DURATION
+    else:
+        metric = HTTP_SERVER_DURATION
+    if entry.scheme:
+        attrs.append(("url.scheme", entry.scheme))
+    if error:
+        attrs.append(("error.type", error))
+    return metric, owner, tuple(attrs)
 
 
 def _workload_labels(prefix: str, w: Workload | None, principal: str) -> list[tuple[str, str]]:

@@ -83,6 +83,11 @@ class Series:
     value: float = 0.0  # sums
     histogram: Histogram | None = None
 
+    def record(self, value: float) -> None:
+        """One histogram observation."""
+        if self.histogram is not None:
+            self.histogram.record(self.metric.buckets, value)
+
 
 SeriesKey = tuple[MetricDef, Workload | None, Attributes]
 
@@ -94,7 +99,10 @@ class MetricStore:
     max_series: int = DEFAULT_MAX_SERIES
     series: dict[SeriesKey, Series] = field(default_factory=dict)
 
-    def _get(self, metric: MetricDef, resource: Workload | None, attributes: Attributes) -> Series | None:
+    def series_for(
+        self, metric: MetricDef, resource: Workload | None, attributes: Attributes
+    ) -> Series | None:
+        """The series, created on first use; None (and counted) once the store is full."""
         key = (metric, resource, attributes)
         found = self.series.get(key)
         if found is None:
@@ -112,16 +120,16 @@ class MetricStore:
         attributes: Attributes,
         value: float = 1.0,
     ) -> None:
-        series = self._get(metric, resource, attributes)
+        series = self.series_for(metric, resource, attributes)
         if series is not None:
             series.value += value
 
     def record(
         self, metric: MetricDef, resource: Workload | None, attributes: Attributes, value: float
     ) -> None:
-        series = self._get(metric, resource, attributes)
-        if series is not None and series.histogram is not None:
-            series.histogram.record(metric.buckets, value)
+        series = self.series_for(metric, resource, attributes)
+        if series is not None:
+            series.record(value)
 
     def to_otlp(
         self, now_ns: int, self_resource: Workload

@@ -121,9 +121,7 @@ class Translator:
         encoded_name = self._names.get(name)
         if encoded_name is None:
             encoded_name = self._names[name] = wire.span_name(name)
-        attributes = self._common_block(call, error) + b"".join(
-            wire.attribute(k, v) for k, v in unique_attributes(call)
-        )
+        attributes = self._common_block(call, error) + unique_attributes(call)
         batch.add(
             owner,
             wire.span(
@@ -196,28 +194,43 @@ def common_attributes(call: Call, error: str) -> list[tuple[str, str | int]]:
     return out
 
 
-def unique_attributes(call: Call) -> list[tuple[str, str | int]]:
-    """A span's attributes that differ per call: URL, ports, request id, byte counts."""
+_URL_FULL = wire.key("url.full")
+_URL_PATH = wire.key("url.path")
+_URL_QUERY = wire.key("url.query")
+_CLIENT_ADDRESS = wire.key("client.address")
+_PEER_PORT = wire.key("network.peer.port")
+_REQUEST_ID = wire.key("envoy.request_id")
+_BYTES_RECEIVED = wire.key("envoy.bytes_received")
+_BYTES_SENT = wire.key("envoy.bytes_sent")
+
+
+def unique_attributes(call: Call) -> bytes:
+    """A span's encoded attributes that differ per call: URL, ports, request id, byte counts."""
     entry = call.entry
     client = call.side is Side.CLIENT
-    out: list[tuple[str, str | int]] = []
+    out: list[bytes] = []
     if entry.protocol is Protocol.TCP:
-        out += (("envoy.bytes_received", entry.received_bytes), ("envoy.bytes_sent", entry.sent_bytes))
+        out += (
+            wire.int_attribute(_BYTES_RECEIVED, entry.received_bytes),
+            wire.int_attribute(_BYTES_SENT, entry.sent_bytes),
+        )
     elif client:
-        out.append(("url.full", f"{entry.scheme or 'http'}://{entry.authority}{entry.path}"))
+        out.append(
+            wire.string_attribute(_URL_FULL, f"{entry.scheme or 'http'}://{entry.authority}{entry.path}")
+        )
     else:
         path, _, query = entry.path.partition("?")
-        out.append(("url.path", path))
+        out.append(wire.string_attribute(_URL_PATH, path))
         if query:
-            out.append(("url.query", query))
+            out.append(wire.string_attribute(_URL_QUERY, query))
     if not client and entry.downstream_remote is not None:
-        out.append(("client.address", entry.downstream_remote.ip))
+        out.append(wire.string_attribute(_CLIENT_ADDRESS, entry.downstream_remote.ip))
     peer = entry.upstream_remote if client else entry.caller_address
     if peer is not None:
-        out.append(("network.peer.port", peer.port))
+        out.append(wire.int_attribute(_PEER_PORT, peer.port))
     if entry.request_id:
-        out.append(("envoy.request_id", entry.request_id))
-    return out
+        out.append(wire.string_attribute(_REQUEST_ID, entry.request_id))
+    return b"".join(out)
 
 
 def _http_attributes(entry: Entry, client: bool, out: list[tuple[str, str | int]]) -> None:

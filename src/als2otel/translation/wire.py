@@ -47,25 +47,56 @@ def length_delimited(tag: bytes, payload: bytes) -> bytes:
     return tag + varint(len(payload)) + payload
 
 
-_KEY_PREFIXES: dict[str, bytes] = {}
+def key(name: str) -> bytes:
+    """A ``KeyValue``'s key (field 1), encoded once for :func:`string_attribute` and :func:`int_attribute`."""
+    return length_delimited(TAG_1_LEN, name.encode())
 
 
-def key_value(key: str, value: str | int) -> bytes:
-    """One ``KeyValue`` message: key = 1, value = 2 (AnyValue string = 1, int = 3)."""
-    prefix = _KEY_PREFIXES.get(key)
-    if prefix is None:  # a fixed, small set of attribute names
-        prefix = _KEY_PREFIXES[key] = length_delimited(TAG_1_LEN, key.encode())
+_KEYS: dict[str, bytes] = {}
+
+
+def _any_value(value: str | int) -> bytes:
+    """An ``AnyValue``: string = 1, int = 3 (negative ints as two's complement)."""
     if isinstance(value, int):
-        any_value = b"\x18" + varint(value if value >= 0 else value & 0xFFFFFFFFFFFFFFFF)
-    else:
-        text = value.encode()
-        any_value = TAG_1_LEN + varint(len(text)) + text
-    return prefix + TAG_2_LEN + varint(len(any_value)) + any_value
+        return b"\x18" + varint(value if value >= 0 else value & 0xFFFFFFFFFFFFFFFF)
+    text = value.encode()
+    return TAG_1_LEN + varint(len(text)) + text
 
 
-def attribute(key: str, value: str | int) -> bytes:
+def key_value(name: str, value: str | int) -> bytes:
+    """One ``KeyValue`` message: key = 1, value = 2."""
+    encoded = _KEYS.get(name)
+    if encoded is None:  # a fixed, small set of attribute names
+        encoded = _KEYS[name] = key(name)
+    any_value = _any_value(value)
+    return encoded + TAG_2_LEN + varint(len(any_value)) + any_value
+
+
+def attribute(name: str, value: str | int) -> bytes:
     """A span's ``attributes`` field (9) holding one KeyValue."""
-    kv = key_value(key, value)
+    kv = key_value(name, value)
+    return SPAN_ATTRIBUTE + varint(len(kv)) + kv
+
+
+def string_attribute(encoded_key: bytes, value: str) -> bytes:
+    """:func:`attribute` for a string, with the key from :func:`key`: the per-call attributes' path."""
+    text = value.encode()
+    n = len(text)
+    size = len(encoded_key) + n + 4  # the KeyValue when every length fits one byte
+    if size < 128:
+        return b"".join(
+            (SPAN_ATTRIBUTE, _SMALL_VARINTS[size], encoded_key, b"\x12", _SMALL_VARINTS[n + 2], b"\x0a",
+             _SMALL_VARINTS[n], text)
+        )  # fmt: skip
+    any_value = TAG_1_LEN + varint(n) + text
+    kv = encoded_key + TAG_2_LEN + varint(len(any_value)) + any_value
+    return SPAN_ATTRIBUTE + varint(len(kv)) + kv
+
+
+def int_attribute(encoded_key: bytes, value: int) -> bytes:
+    """:func:`attribute` for an int, with the key from :func:`key`."""
+    any_value = b"\x18" + varint(value if value >= 0 else value & 0xFFFFFFFFFFFFFFFF)
+    kv = encoded_key + TAG_2_LEN + varint(len(any_value)) + any_value
     return SPAN_ATTRIBUTE + varint(len(kv)) + kv
 
 
