@@ -39,6 +39,8 @@ test: lint system-deps
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/instructions.py
+	$(BIN)/python bench/instructions.py --peers
 
 clean:
 	rm -rf $(VENV) build *.egg-info

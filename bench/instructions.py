@@ -1,0 +1,101 @@
+"""Instructions per entry through the pipeline, counted by valgrind: steady where timings are not.
+
+Wall-clock throughput on a shared virtual machine varies by +-30% from run to
+run; the number of instructions executed does not. This runs the bridge's
+processing (parse, normalise, resolve, spans, metrics) in one process over
+freshly parsed ALS messages, under ``valgrind --tool=callgrind``, twice: once
+with one pass and once with ``1 + passes``; the difference divided by the extra
+entries is the cost of one entry, without start-up. gRPC and the OTLP send are
+not in it (bench/pipeline.py measures those).
+
+Usage: python bench/instructions.py [--entries N] [--passes K] [--peers] [--python EXE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_passes(entries: int, passes: int, peers: bool) -> None:
+    """The measured work: ``1 + passes`` passes over ``entries`` entries (the first warms caches)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "bench"))
+    from pipeline import build_messages
+
+    from als2otel import config as cfg
+    from als2otel.app import Bridge
+    from als2otel.receiver import identify
+    from als2otel.receiver._proto import als_pb2
+    from als2otel.receiver.server import EntryBatch
+
+    messages = build_messages(entries, 1, peers)[0]
+    config = cfg.parse(
+        {"analyzers": ["mx-mesh"] if peers else [], "exporters": {"otlp": {"enabled": False}}}, {}
+    )
+
+    async def main() -> None:
+        bridge = Bridge(config)
+        bridge.translator._traces = True  # spans are built as with an exporter, then dropped
+        pipeline = bridge.pipeline
+        proxy = identify(als_pb2.StreamAccessLogsMessage.FromString(messages[0]).identifier)
+        for _ in range(1 + passes):
+            for raw in messages:
+                entries_ = als_pb2.StreamAccessLogsMessage.FromString(raw).http_logs.log_entry
+                pipeline.process(EntryBatch(proxy, "v3", "http", entries_))
+            pipeline.spans.take()
+
+    asyncio.run(main())
+
+
+def count(python: str, entries: int, passes: int, peers: bool) -> int:
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        python,
+        __file__,
+        "--run",
+        "--entries",
+        str(entries),
+        "--passes",
+        str(passes),
+    ] + (["--peers"] if peers else [])
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stderr
+    match = re.search(r"Collected : (\d+)", out)
+    if match is None:
+        raise SystemExit(f"no instruction count from valgrind:\n{out[-2000:]}")
+    return int(match.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--entries", type=int, default=1000)
+    parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--peers", action="store_true", help="entries carry Istio peer metadata; mx-mesh on")
+    parser.add_argument("--python", default=sys.executable)
+    parser.add_argument("--run", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run:
+        run_passes(args.entries, args.passes, args.peers)
+        return
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
+    base = count(args.python, args.entries, 0, args.peers)
+    total = count(args.python, args.entries, args.passes, args.peers)
+    per_entry = (total - base) / (args.entries * args.passes)
+    mode = "mx-mesh" if args.peers else "no analyzer"
+    print(f"{mode}: {per_entry:,.0f} instructions per entry ({args.python})")
+
+
+if __name__ == "__main__":
+    main()
