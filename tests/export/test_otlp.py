@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import subprocess
+from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import bridge_config
 from support import als
 from support.net import free_port
@@ -43,6 +47,16 @@ def client_paths(received: Received) -> set[str]:
     return {attributes(span.attributes)["url.full"].rsplit("/", 1)[1] for _, span in received.spans()}
 
 
+@pytest.fixture
+def tls_cert(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed key and certificate for localhost, made with openssl."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    command += ["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"]
+    subprocess.run([*command, "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return key, cert
+
+
 class TestTransports:
     async def test_grpc(self, make_bridge: Any, otlp: GrpcOtlpReceiver) -> None:
         """OTLP/gRPC carries spans and metrics, with the configured headers."""
@@ -58,6 +72,23 @@ class TestTransports:
         resource, span = otlp.received.spans()[0]
         assert resource["service.name"] == "productpage"
         assert attributes(span.attributes)["peer.service"] == "reviews"
+
+    async def test_grpc_over_tls(
+        self, make_bridge: Any, tls_cert: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``insecure: false`` speaks TLS, trusting the CA in OTEL_EXPORTER_OTLP_CERTIFICATE."""
+        key, cert = tls_cert
+        receiver = GrpcOtlpReceiver(tls=(key.read_bytes(), cert.read_bytes())).start()
+        try:
+            monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(cert))
+            config = bridge_config(f"localhost:{receiver.port}")
+            otlp = dataclasses.replace(config.exporters.otlp, insecure=False)
+            config = dataclasses.replace(config, exporters=dataclasses.replace(config.exporters, otlp=otlp))
+            bridge = await make_bridge(config)
+            await send_calls(bridge, 0, 10)
+            assert await eventually(lambda: len(receiver.received.spans()) == 10)
+        finally:
+            receiver.stop()
 
     async def test_http_protobuf(self, make_bridge: Any) -> None:
         """OTLP/HTTP posts protobuf to /v1/traces and /v1/metrics, gzip-compressed, with headers."""

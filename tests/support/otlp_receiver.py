@@ -94,16 +94,22 @@ class _Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
 class GrpcOtlpReceiver:
     """OTLP/gRPC on a port; ``stop`` and ``start`` again on the same port simulate an outage."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, tls: tuple[bytes, bytes] | None = None) -> None:
+        """``tls``: (PEM key, PEM certificate) to serve over TLS instead of plaintext."""
         self.received = Received()
         self.port = port
+        self._tls = tls
         self._server: grpc.Server | None = None
 
     def start(self) -> GrpcOtlpReceiver:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Trace(self.received), server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_Metrics(self.received), server)
-        self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
+        if self._tls is not None:
+            credentials = grpc.ssl_server_credentials([self._tls])
+            self.port = server.add_secure_port(f"127.0.0.1:{self.port}", credentials)
+        else:
+            self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
         server.start()
         self._server = server
         return self
