@@ -27,8 +27,6 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from ..config import OtlpConfig
 from ..stats import LogLimiter, Stats
@@ -69,14 +67,26 @@ def _quiet_sdk_loggers() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
+_GRPC_SERVICES = {
+    "traces": "opentelemetry.proto.collector.trace.v1.TraceService",
+    "metrics": "opentelemetry.proto.collector.metrics.v1.MetricsService",
+}
+
+
+class _RawExportStub:
+    """The OTLP service stub, handed requests already serialized: they are sent as they are."""
+
+    def __init__(self, channel: grpc.Channel, service: str) -> None:
+        self.Export = channel.unary_unary(f"/{service}/Export")  # no (de)serializer: bytes in and out
+
+
 class _GrpcTransport:
     def __init__(self, signal: str, config: OtlpConfig) -> None:
-
         base = GrpcSpanExporter if signal == "traces" else GrpcMetricExporter
-        self._message = ExportTraceServiceRequest if signal == "traces" else ExportMetricsServiceRequest
+        service = _GRPC_SERVICES[signal]
 
         class PassThrough(base):  # type: ignore[misc, valid-type]
-            """The SDK exporter, handed requests that are already OTLP."""
+            """The SDK exporter (channel, TLS, headers, compression, retries), sending our bytes."""
 
             def _translate_data(self, data: Any) -> Any:
                 return data
@@ -88,7 +98,7 @@ class _GrpcTransport:
         secure = endpoint.startswith("https://") or (not config.insecure and "://" not in endpoint)
         if "://" not in endpoint:
             endpoint = f"{'https' if secure else 'http'}://{endpoint}"
-        self._exporter = PassThrough(
+        exporter = PassThrough(
             endpoint=endpoint,
             insecure=not secure,
             headers=dict(config.headers),
@@ -97,9 +107,13 @@ class _GrpcTransport:
             if config.compression == "gzip"
             else grpc.Compression.NoCompression,
         )
+        # The exporter builds its client from ``_stub`` again when it reconnects.
+        exporter._stub = lambda channel: _RawExportStub(channel, service)
+        exporter._client = exporter._stub(exporter._channel)
+        self._exporter = exporter
 
     def send(self, payload: bytes) -> bool:
-        result = self._exporter._export(self._message.FromString(payload))
+        result = self._exporter._export(payload)
         return bool(result.name == "SUCCESS")
 
     def close(self) -> None:
