@@ -96,10 +96,6 @@ def connection_key(client: SocketAddr | None, server: SocketAddr | None) -> str:
     )
 
 
-def hop_key(entry: Entry, connection: str) -> str:
-    return f"{connection}|{entry.method}|{entry.path}"
-
-
 def client_span_id(trace_id: bytes, hop: str, repeat: int = 0) -> bytes:
     """``_digest(trace_id, "client", hop[, repeat])``, spelled out: it runs for every span."""
     data = trace_id + b"\x1fclient\x1f" + hop.encode() + (b"\x1f%d\x1f" % repeat if repeat else b"\x1f")

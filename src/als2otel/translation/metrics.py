@@ -67,13 +67,6 @@ class Histogram:
     minimum: float = float("inf")
     maximum: float = float("-inf")
 
-    def record(self, bounds: tuple[float, ...], value: float) -> None:
-        self.counts[bisect_left(bounds, value)] += 1
-        self.total += value
-        self.count += 1
-        self.minimum = min(self.minimum, value)
-        self.maximum = max(self.maximum, value)
-
 
 @dataclass(slots=True)
 class Series:
@@ -84,9 +77,14 @@ class Series:
     histogram: Histogram | None = None
 
     def record(self, value: float) -> None:
-        """One histogram observation."""
-        if self.histogram is not None:
-            self.histogram.record(self.metric.buckets, value)
+        """One histogram observation: the bucket its value falls in, sum, count, min and max."""
+        h = self.histogram
+        if h is not None:
+            h.counts[bisect_left(self.metric.buckets, value)] += 1
+            h.total += value
+            h.count += 1
+            h.minimum = min(h.minimum, value)
+            h.maximum = max(h.maximum, value)
 
 
 SeriesKey = tuple[MetricDef, Workload | None, Attributes]

@@ -99,9 +99,9 @@ class Translator:
             connection = ids.connection_key(entry.caller_address, entry.downstream_local)
         context = ids.trace_context(entry, connection)
         trace_id = context.trace_id
-        if not ids.sampled(trace_id, self._ratio):
+        if self._ratio < 1.0 and not ids.sampled(trace_id, self._ratio):
             return
-        hop = ids.hop_key(entry, connection)
+        hop = f"{connection}|{entry.method}|{entry.path}"  # one request on one connection
         node = call.proxy.node_id
         repeats = self._repeats
         if side is Side.CLIENT:
