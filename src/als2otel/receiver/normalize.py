@@ -92,6 +92,9 @@ def _response_flags(common: accesslog_pb2.AccessLogCommon) -> tuple[str, ...]:
     return tuple(code for name, code in RESPONSE_FLAG_CODES if name in present)
 
 
+_new_tuple = tuple.__new__  # SocketAddr without the Python-level __new__ a NamedTuple adds
+
+
 def _common(entry: Entry, common: accesslog_pb2.AccessLogCommon) -> None:
     # Written out field by field: this runs for every entry, and each access to a
     # sub-message builds a Python object. The usual address (an IP socket) is read
@@ -102,31 +105,33 @@ def _common(entry: Entry, common: accesslog_pb2.AccessLogCommon) -> None:
     socket = addr.socket_address
     ip = socket.address
     entry.downstream_remote = (
-        SocketAddr(ip, socket.port_value) if ip else _address(addr, "downstream_remote_address")
+        _new_tuple(SocketAddr, (ip, socket.port_value)) if ip else _address(addr, "downstream_remote_address")
     )
     addr = common.downstream_direct_remote_address
     socket = addr.socket_address
     ip = socket.address
     entry.downstream_direct_remote = (
-        SocketAddr(ip, socket.port_value) if ip else _address(addr, "downstream_direct_remote_address")
+        _new_tuple(SocketAddr, (ip, socket.port_value))
+        if ip
+        else _address(addr, "downstream_direct_remote_address")
     )
     addr = common.downstream_local_address
     socket = addr.socket_address
     ip = socket.address
     entry.downstream_local = (
-        SocketAddr(ip, socket.port_value) if ip else _address(addr, "downstream_local_address")
+        _new_tuple(SocketAddr, (ip, socket.port_value)) if ip else _address(addr, "downstream_local_address")
     )
     addr = common.upstream_remote_address
     socket = addr.socket_address
     ip = socket.address
     entry.upstream_remote = (
-        SocketAddr(ip, socket.port_value) if ip else _address(addr, "upstream_remote_address")
+        _new_tuple(SocketAddr, (ip, socket.port_value)) if ip else _address(addr, "upstream_remote_address")
     )
     addr = common.upstream_local_address
     socket = addr.socket_address
     ip = socket.address
     entry.upstream_local = (
-        SocketAddr(ip, socket.port_value) if ip else _address(addr, "upstream_local_address")
+        _new_tuple(SocketAddr, (ip, socket.port_value)) if ip else _address(addr, "upstream_local_address")
     )
     has = common.HasField
     if has("duration"):
