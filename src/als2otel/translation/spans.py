@@ -202,6 +202,7 @@ _PEER_PORT = wire.key("network.peer.port")
 _REQUEST_ID = wire.key("envoy.request_id")
 _BYTES_RECEIVED = wire.key("envoy.bytes_received")
 _BYTES_SENT = wire.key("envoy.bytes_sent")
+_PORTS: dict[int, bytes] = {}  # network.peer.port, encoded
 
 
 def unique_attributes(call: Call) -> bytes:
@@ -227,7 +228,10 @@ def unique_attributes(call: Call) -> bytes:
         out.append(wire.string_attribute(_CLIENT_ADDRESS, entry.downstream_remote.ip))
     peer = entry.upstream_remote if client else entry.caller_address
     if peer is not None:
-        out.append(wire.int_attribute(_PEER_PORT, peer.port))
+        port = _PORTS.get(peer.port)
+        if port is None:  # at most one per port number
+            port = _PORTS[peer.port] = wire.int_attribute(_PEER_PORT, peer.port)
+        out.append(port)
     if entry.request_id:
         out.append(wire.string_attribute(_REQUEST_ID, entry.request_id))
     return b"".join(out)
