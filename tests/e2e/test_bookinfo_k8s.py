@@ -32,10 +32,11 @@ def ip_of(app: str, version: str = "v1") -> str:
     return next(ip for ip, a, v, _ in PODS.values() if a == app and (v == version or not v))
 
 
-def populate(kube: FakeKubeApi) -> None:
+def populate(kube: FakeKubeApi, pods: dict[str, tuple[str, str, str, str]] = PODS) -> None:
+    """``pods``: name -> (ip, app, version, namespace); one Service per app selects its pods."""
     kube.put(kube_api.node("node-1", "10.0.0.5"))
     services: dict[tuple[str, str], list[tuple[str, str, bool]]] = {}
-    for name, (ip, app, version, namespace) in PODS.items():
+    for name, (ip, app, version, namespace) in pods.items():
         labels = {"app": app, **({"version": version} if version else {})}
         kube.put(kube_api.pod(namespace, name, ip, labels, replicaset=name.rsplit("-", 1)[0]))
         services.setdefault((namespace, app), []).append((name, ip, True))
@@ -126,22 +127,30 @@ def streams(requests: int) -> list[list[Any]]:
     return out
 
 
+async def version_rule_bridge(
+    make_bridge: Any, otlp: GrpcOtlpReceiver, kube: FakeKubeApi, tmp_path: Path
+) -> Any:
+    """A bridge resolving with k8s-mesh alone and the seed article's version rule, its cache listed."""
+    config = bridge_config(
+        otlp.endpoint,
+        analyzers=["k8s-mesh"],
+        k8s={
+            "kubeconfig": str(kube.kubeconfig(tmp_path)),
+            "service_name_rule": "${service.metadata.name}-${pod.metadata.labels.version}",
+        },
+    )
+    bridge = await make_bridge(config)
+    assert await _synced(bridge)
+    return bridge
+
+
 async def test_bookinfo_with_version_rule(make_bridge: Any, otlp: GrpcOtlpReceiver, tmp_path: Path) -> None:
     """Exactly the bookinfo edges and counts; the rule names reviews-v1, reviews-v2, reviews-v3."""
     kube = FakeKubeApi().start()
     bridge = None
     try:
         populate(kube)
-        config = bridge_config(
-            otlp.endpoint,
-            analyzers=["k8s-mesh"],
-            k8s={
-                "kubeconfig": str(kube.kubeconfig(tmp_path)),
-                "service_name_rule": "${service.metadata.name}-${pod.metadata.labels.version}",
-            },
-        )
-        bridge = await make_bridge(config)
-        assert await _synced(bridge)
+        bridge = await version_rule_bridge(make_bridge, otlp, kube, tmp_path)
         requests = 30
         errors = await asyncio.gather(
             *(als.send(f"127.0.0.1:{bridge.receiver.port}", s) for s in streams(requests))
@@ -252,40 +261,10 @@ async def test_real_envoys_resolved_by_ip(make_bridge: Any, otlp: GrpcOtlpReceiv
     bridge = None
     mesh = None
     try:
-        kube.put(kube_api.node("node-1", "10.0.0.5"))
-        gateway_labels = {"app": "istio-ingressgateway", "istio": "ingressgateway"}
-        kube.put(
-            kube_api.pod(
-                "istio-system",
-                bookinfo.GATEWAY_POD,
-                bookinfo.GATEWAY_IP,
-                gateway_labels,
-                replicaset=bookinfo.GATEWAY_POD.rsplit("-", 1)[0],
-            )
-        )
-        kube.put(kube_api.service("istio-system", "istio-ingressgateway", {"app": "istio-ingressgateway"}))
-        kube.put(
-            kube_api.endpoint_slice(
-                "istio-system", "istio-ingressgateway", [(bookinfo.GATEWAY_POD, bookinfo.GATEWAY_IP, True)]
-            )
-        )
-        for pod in bookinfo.PODS:
-            labels = {"app": pod.app, "version": pod.version}
-            kube.put(kube_api.pod("default", pod.name, pod.ip, labels, replicaset=pod.name.rsplit("-", 1)[0]))
-        for service in bookinfo.SERVICES:
-            kube.put(kube_api.service("default", service, {"app": service}))
-            members = [(p.name, p.ip, True) for p in bookinfo.PODS if p.app == service]
-            kube.put(kube_api.endpoint_slice("default", service, members))
-        config = bridge_config(
-            otlp.endpoint,
-            analyzers=["k8s-mesh"],
-            k8s={
-                "kubeconfig": str(kube.kubeconfig(tmp_path)),
-                "service_name_rule": "${service.metadata.name}-${pod.metadata.labels.version}",
-            },
-        )
-        bridge = await make_bridge(config)
-        assert await _synced(bridge)
+        pods = {bookinfo.GATEWAY_POD: (bookinfo.GATEWAY_IP, "istio-ingressgateway", "", "istio-system")}
+        pods |= {pod.name: (pod.ip, pod.app, pod.version, "default") for pod in bookinfo.PODS}
+        populate(kube, pods)
+        bridge = await version_rule_bridge(make_bridge, otlp, kube, tmp_path)
         mesh = bookinfo.Bookinfo(
             ("127.0.0.1", bridge.receiver.port), tmp_path / "envoy", rate=20, exchange_metadata=False
         )
