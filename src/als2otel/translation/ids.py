@@ -96,15 +96,14 @@ def connection_key(client: SocketAddr | None, server: SocketAddr | None) -> str:
     )
 
 
-def client_span_id(trace_id: bytes, hop: str, repeat: int = 0) -> bytes:
-    """``_digest(trace_id, "client", hop[, repeat])``, spelled out: it runs for every span."""
-    data = trace_id + b"\x1fclient\x1f" + hop.encode() + (b"\x1f%d\x1f" % repeat if repeat else b"\x1f")
-    return _checked(_blake2b(data, digest_size=8).digest())
+def span_id(trace_id: bytes, kind: bytes, key: str, repeat: int = 0) -> bytes:
+    """``_digest(trace_id, kind, key[, repeat])``, spelled out: it runs twice for every span.
 
-
-def server_span_id(trace_id: bytes, proxy: str, repeat: int = 0) -> bytes:
-    """``_digest(trace_id, "server", proxy[, repeat])``, spelled out."""
-    data = trace_id + b"\x1fserver\x1f" + proxy.encode() + (b"\x1f%d\x1f" % repeat if repeat else b"\x1f")
+    ``kind`` b"client" with the hop, or b"server" with the proxy's node id.
+    """
+    data = (
+        trace_id + b"\x1f" + kind + b"\x1f" + key.encode() + (b"\x1f%d\x1f" % repeat if repeat else b"\x1f")
+    )
     return _checked(_blake2b(data, digest_size=8).digest())
 
 

@@ -105,18 +105,18 @@ class Translator:
         node = call.proxy.node_id
         repeats = self._repeats
         if side is Side.CLIENT:
-            span_id = ids.client_span_id(trace_id, hop, repeats.add(trace_id, "client", hop))
+            span_id = ids.span_id(trace_id, b"client", hop, repeats.add(trace_id, "client", hop))
             # Under the app's own span when it propagated one, else under this proxy's server side.
             app_span = context.parent_span_id if not call.proxy.role.is_gateway else b""
-            parent = app_span or ids.server_span_id(
-                trace_id, node, repeats.ended_before(trace_id, "server", node, start)
+            parent = app_span or ids.span_id(
+                trace_id, b"server", node, repeats.ended_before(trace_id, "server", node, start)
             )
         else:
-            span_id = ids.server_span_id(trace_id, node, repeats.add(trace_id, "server", node, end))
+            span_id = ids.span_id(trace_id, b"server", node, repeats.add(trace_id, "server", node, end))
             if call.from_outside:
                 parent = context.parent_span_id
             else:
-                parent = ids.client_span_id(trace_id, hop, repeats.add(trace_id, "hop", hop))
+                parent = ids.span_id(trace_id, b"client", hop, repeats.add(trace_id, "hop", hop))
         name = semconv.span_name(entry)
         encoded_name = self._names.get(name)
         if encoded_name is None:
