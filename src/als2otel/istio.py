@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any
+from typing import Any, get_args
 
 from .model import Role, Workload
 
@@ -18,13 +18,13 @@ CANONICAL_REVISION = "service.istio.io/canonical-revision"
 APP_NAME = "app.kubernetes.io/name"
 APP_VERSION = "app.kubernetes.io/version"
 
-_ROLES = {r.value: r for r in Role if r is not Role.UNKNOWN}
+_ROLES: dict[str, Role] = {role: role for role in get_args(Role) if role != "unknown"}
 
 
 def parse_node_id(node_id: str) -> tuple[Role, str, str, str]:
     """Role, IP, pod (or VM) name and namespace from ``sidecar~IP~pod.ns~ns.svc.cluster.local``."""
     parts = node_id.split("~")
-    role = _ROLES.get(parts[0], Role.UNKNOWN)
+    role = _ROLES.get(parts[0], "unknown")
     if len(parts) < 3:
         return role, "", "", ""
     pod, _, namespace = parts[2].rpartition(".")

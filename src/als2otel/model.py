@@ -9,50 +9,29 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 USER = "user"
 """The servicegraph's name for callers outside the mesh."""
 
 
-class Protocol(StrEnum):
-    HTTP = "http"
-    GRPC = "grpc"
-    TCP = "tcp"
+# Plain strings, not Enums: CPython 3.11 routes every Enum class-attribute access
+# and every hash of a member through Python-level code, and these are read and
+# hashed several times per entry. mypy checks the literals.
+Protocol = Literal["http", "grpc", "tcp"]
 
+Role = Literal["sidecar", "router", "ingress", "waypoint", "unknown"]
+"""What kind of proxy sent the entry, from the node id's first field."""
 
-class Role(StrEnum):
-    """What kind of proxy sent the entry, from the node id's first field."""
+GATEWAY_ROLES: frozenset[Role] = frozenset({"router", "ingress", "waypoint"})
 
-    SIDECAR = "sidecar"
-    ROUTER = "router"
-    INGRESS = "ingress"
-    WAYPOINT = "waypoint"
-    UNKNOWN = "unknown"
+Direction = Literal["inbound", "outbound", "gateway", "unknown"]
+"""Which way an entry's request went through its proxy: ``inbound`` (a sidecar
+handing a request to its own workload), ``outbound`` (a sidecar's workload
+calling out), ``gateway`` (a gateway or waypoint: both a server and a client)."""
 
-    @property
-    def is_gateway(self) -> bool:
-        return self in _GATEWAY_ROLES
-
-
-_GATEWAY_ROLES = frozenset({Role.ROUTER, Role.INGRESS, Role.WAYPOINT})
-
-
-class Direction(StrEnum):
-    """Which way an entry's request went through its proxy."""
-
-    INBOUND = "inbound"  # a sidecar handing a request to its own workload
-    OUTBOUND = "outbound"  # a sidecar's workload calling out
-    GATEWAY = "gateway"  # a gateway or waypoint: both a server and a client
-    UNKNOWN = "unknown"
-
-
-class Side(StrEnum):
-    """Which end of a call the reporting proxy stands at."""
-
-    CLIENT = "client"
-    SERVER = "server"
+Side = Literal["client", "server"]
+"""Which end of a call the reporting proxy stands at."""
 
 
 class SocketAddr(NamedTuple):
@@ -104,6 +83,10 @@ class Proxy:
     namespace: str = ""
     workload: Workload | None = None  # its own workload, when the node says
     instance_ips: tuple[str, ...] = ()
+    is_gateway: bool = field(init=False, default=False)  # router, ingress or waypoint
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_gateway", self.role in GATEWAY_ROLES)
 
 
 @dataclass(slots=True)

@@ -14,7 +14,6 @@ from collections import deque
 from collections.abc import Callable
 
 from .analysis import AnalyzerChain
-from .model import Side
 from .receiver import EntryBatch, InvalidEntry, normalize_http, normalize_tcp
 from .receiver.normalize import IntermediateEntry
 from .stats import LogLimiter, Stats
@@ -98,7 +97,7 @@ class Pipeline:
             try:
                 for call in resolve(entry, proxy):
                     add(call, spans)
-                    if call.side is Side.CLIENT:
+                    if call.side == "client":
                         client += 1
                     else:
                         server += 1
@@ -107,9 +106,9 @@ class Pipeline:
                 self._limiter.warning("analysis_error", "analysis failed on an entry from %s", proxy.node_id)
                 log.debug("analysis failed", exc_info=True)
         if client:
-            stats.calls.inc(Side.CLIENT.value, by=client)
+            stats.calls.inc("client", by=client)
         if server:
-            stats.calls.inc(Side.SERVER.value, by=server)
+            stats.calls.inc("server", by=server)
         if spans.count >= SPAN_FLUSH_COUNT:
             self._on_spans(spans)
 

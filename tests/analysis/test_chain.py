@@ -5,7 +5,7 @@ from __future__ import annotations
 from support import als
 
 from als2otel.analysis import AnalyzerChain, ProxyAnalyzer, Resolution, direction_of
-from als2otel.model import Call, Direction, Entry, Proxy, Role, Side, Workload
+from als2otel.model import Call, Direction, Entry, Proxy, Workload
 from als2otel.receiver import identify, normalize_http
 from als2otel.stats import Stats
 
@@ -44,7 +44,7 @@ def entry(cluster: str, authority: str = "", upstream: tuple[str, int] | None = 
 class TestIdentity:
     def test_sidecar_identity(self) -> None:
         """Role, IP and own workload come from the node id and Istio's node metadata."""
-        assert SIDECAR.role is Role.SIDECAR
+        assert SIDECAR.role == "sidecar"
         assert SIDECAR.ip == "10.1.0.4"
         assert SIDECAR.workload == Workload(
             service_name="productpage",
@@ -71,28 +71,25 @@ class TestIdentity:
         ident = als.identifier("front-envoy-1")
         ident.node.cluster = "front-proxy"
         proxy = identify(ident)
-        assert proxy.role is Role.UNKNOWN
+        assert proxy.role == "unknown"
         assert proxy.workload == Workload(service_name="front-proxy")
-        assert direction_of(entry("backend"), proxy) is Direction.GATEWAY
+        assert direction_of(entry("backend"), proxy) == "gateway"
 
     def test_roles(self) -> None:
         """router~, ingress~ and waypoint~ are gateways."""
         for prefix in ("router", "ingress", "waypoint"):
-            assert identify(als.identifier(f"{prefix}~10.0.0.1~gw-1.ns~ns.svc.cluster.local")).role.is_gateway
+            assert identify(als.identifier(f"{prefix}~10.0.0.1~gw-1.ns~ns.svc.cluster.local")).is_gateway
 
 
 class TestDirection:
     def test_directions(self) -> None:
         """inbound|/outbound| clusters give the direction; passthrough is outbound."""
-        assert direction_of(entry("inbound|9080||"), SIDECAR) is Direction.INBOUND
-        assert (
-            direction_of(entry("outbound|9080||reviews.default.svc.cluster.local"), SIDECAR)
-            is Direction.OUTBOUND
-        )
-        assert direction_of(entry("PassthroughCluster"), SIDECAR) is Direction.OUTBOUND
-        assert direction_of(entry("InboundPassthroughCluster"), SIDECAR) is Direction.INBOUND
-        assert direction_of(entry("my-own-cluster"), SIDECAR) is Direction.UNKNOWN
-        assert direction_of(entry("anything"), GATEWAY) is Direction.GATEWAY
+        assert direction_of(entry("inbound|9080||"), SIDECAR) == "inbound"
+        assert direction_of(entry("outbound|9080||reviews.default.svc.cluster.local"), SIDECAR) == "outbound"
+        assert direction_of(entry("PassthroughCluster"), SIDECAR) == "outbound"
+        assert direction_of(entry("InboundPassthroughCluster"), SIDECAR) == "inbound"
+        assert direction_of(entry("my-own-cluster"), SIDECAR) == "unknown"
+        assert direction_of(entry("anything"), GATEWAY) == "gateway"
 
 
 class TestProxyAnalyzer:
@@ -103,7 +100,7 @@ class TestProxyAnalyzer:
     def test_outbound_is_a_client_call_to_the_cluster_service(self) -> None:
         """A sidecar's outbound entry becomes a client call named from the upstream cluster."""
         (call,), _ = self.resolve(entry("outbound|9080|v1|reviews.default.svc.cluster.local"))
-        assert call.side is Side.CLIENT
+        assert call.side == "client"
         assert call.source == SIDECAR.workload
         assert call.destination == Workload(service_name="reviews", namespace="default")
 
@@ -121,9 +118,9 @@ class TestProxyAnalyzer:
         server, client = self.resolve(entry("outbound|9080||productpage.default.svc.cluster.local"), GATEWAY)[
             0
         ]
-        assert (server.side, server.from_outside, server.source) == (Side.SERVER, True, None)
+        assert (server.side, server.from_outside, server.source) == ("server", True, None)
         assert server.destination is not None and server.destination.service_name == "istio-ingressgateway"
-        assert client.side is Side.CLIENT and client.destination is not None
+        assert client.side == "client" and client.destination is not None
         assert client.destination.service_name == "productpage"
 
     def test_unknown_direction_is_counted(self) -> None:
@@ -142,7 +139,7 @@ class TestChain:
             name = "resolving"
 
             def analyze(self, e: Entry, proxy: Proxy, direction: Direction) -> Resolution:
-                return Resolution([Call(Side.CLIENT, e, proxy, proxy.workload, better)])
+                return Resolution([Call("client", e, proxy, proxy.workload, better)])
 
         class Silent:
             name = "silent"
@@ -165,6 +162,6 @@ class TestChain:
                 return Resolution([], "no_peer_metadata")
 
         stats = Stats()
-        proxy = Proxy(node_id="sidecar~1.2.3.4~x.y~y.svc.cluster.local", role=Role.SIDECAR)
+        proxy = Proxy(node_id="sidecar~1.2.3.4~x.y~y.svc.cluster.local", role="sidecar")
         assert AnalyzerChain([Silent()], ProxyAnalyzer(), stats).resolve(entry("inbound|80||"), proxy) == []
         assert stats.entries_unresolved.get("no_peer_metadata") == 1

@@ -209,7 +209,7 @@ class TestAnalyzer:
         def name(w: Any) -> str:
             return w.service_name if w is not None else "-"
 
-        return [(c.side.value, name(c.source), name(c.destination), c.resolved) for c in calls]
+        return [(c.side, name(c.source), name(c.destination), c.resolved) for c in calls]
 
     def test_inbound_caller_from_the_direct_address(self, chain: AnalyzerChain) -> None:
         """X-Forwarded-For rewrote the remote address; the direct one names the caller."""

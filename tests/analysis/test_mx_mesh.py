@@ -79,7 +79,7 @@ def summary(calls: list[Call], stats: Stats) -> dict[str, Any]:
     return {
         "calls": [
             {
-                "side": c.side.value,
+                "side": c.side,
                 "source": workload(c.source),
                 "destination": workload(c.destination),
                 "from_outside": c.from_outside,

@@ -23,7 +23,7 @@ def as_dict(entry: Entry) -> dict[str, Any]:
         value = getattr(entry, key)
         out[key] = dict(value) if value is not None else None
     out["filter_state"] = sorted(out["filter_state"]) if out["filter_state"] else None
-    out["protocol"] = entry.protocol.value
+    out["protocol"] = entry.protocol
     for key in (
         "downstream_remote",
         "downstream_direct_remote",
@@ -84,7 +84,7 @@ class TestHttp:
         raw.request.path = "/hipstershop.CartService/GetCart"
         raw.response.response_trailers["grpc-status"] = "14"
         entry = normalize_http(raw, "v3")
-        assert entry.protocol.value == "grpc"
+        assert entry.protocol == "grpc"
         assert entry.grpc_status == 14
 
     def test_no_response(self) -> None:

@@ -13,13 +13,13 @@ from __future__ import annotations
 from typing import NamedTuple, Protocol
 
 from .. import istio
-from ..model import Call, Direction, Entry, Proxy, Role, Side
+from ..model import Call, Direction, Entry, Proxy, Side
 from ..stats import Stats
 
 SIDES = {
-    Direction.INBOUND: (Side.SERVER,),
-    Direction.OUTBOUND: (Side.CLIENT,),
-    Direction.GATEWAY: (Side.SERVER, Side.CLIENT),
+    "inbound": ("server",),
+    "outbound": ("client",),
+    "gateway": ("server", "client"),
 }
 
 
@@ -38,17 +38,17 @@ class Analyzer(Protocol):
 
 def direction_of(entry: Entry, proxy: Proxy) -> Direction:
     """Which way the entry's request passed its proxy."""
-    if proxy.role.is_gateway:
-        return Direction.GATEWAY
+    if proxy.is_gateway:
+        return "gateway"
     kind = istio.cluster_direction(entry.upstream_cluster)
     if kind == "inbound":
-        return Direction.INBOUND
+        return "inbound"
     if kind:
-        return Direction.OUTBOUND
-    if proxy.role is Role.UNKNOWN:
+        return "outbound"
+    if proxy.role == "unknown":
         # A plain Envoy (front proxy, not Istio's): a server to its clients, a client upstream.
-        return Direction.GATEWAY
-    return Direction.UNKNOWN
+        return "gateway"
+    return "unknown"
 
 
 class AnalyzerChain:
@@ -62,10 +62,10 @@ class AnalyzerChain:
 
     def resolve(self, entry: Entry, proxy: Proxy) -> list[Call]:
         direction = direction_of(entry, proxy)
-        if direction is Direction.UNKNOWN:
+        if direction == "unknown":
             self._stats.entries_unresolved.inc("unknown_direction")
             return []
-        if direction is Direction.GATEWAY:
+        if direction == "gateway":
             return self._resolve_both(entry, proxy, direction)
         # A sidecar's entry has one side: the first resolved call for it wins.
         side = SIDES[direction][0]

@@ -17,7 +17,7 @@ Lookups are in-memory dict reads on the index the watch cache keeps live.
 
 from __future__ import annotations
 
-from ..model import Call, Direction, Entry, Proxy, Side, Workload
+from ..model import Call, Direction, Entry, Proxy, Workload
 from .chain import Resolution
 from .k8s import KubeIndex
 from .proxy import destination_by_name
@@ -42,9 +42,7 @@ class K8sMeshAnalyzer:
                 own = lookup(ip)
                 if own is not None:
                     return own
-            own = self._at(
-                entry.downstream_remote if direction is Direction.OUTBOUND else entry.downstream_local
-            )
+            own = self._at(entry.downstream_remote if direction == "outbound" else entry.downstream_local)
         return own
 
     def analyze(self, entry: Entry, proxy: Proxy, direction: Direction) -> Resolution:
@@ -53,22 +51,22 @@ class K8sMeshAnalyzer:
             return Resolution([], "unknown_pod_ip")
         calls: list[Call] = []
         reason = ""
-        if direction in (Direction.INBOUND, Direction.GATEWAY):
+        if direction in ("inbound", "gateway"):
             caller = self._at(entry.caller_address)
             if caller is not None:
-                calls.append(Call(Side.SERVER, entry, proxy, source=caller, destination=own))
+                calls.append(Call("server", entry, proxy, source=caller, destination=own))
             else:
                 # No pod holds the caller's address: it called from outside the cluster.
-                calls.append(Call(Side.SERVER, entry, proxy, source=None, destination=own, from_outside=True))
-        if direction in (Direction.OUTBOUND, Direction.GATEWAY):
+                calls.append(Call("server", entry, proxy, source=None, destination=own, from_outside=True))
+        if direction in ("outbound", "gateway"):
             destination = self._at(entry.upstream_remote)
             if destination is not None:
-                calls.append(Call(Side.CLIENT, entry, proxy, source=own, destination=destination))
+                calls.append(Call("client", entry, proxy, source=own, destination=destination))
             else:
                 named = destination_by_name(entry)
                 if named is not None and named.external:
                     # Outside the mesh, as the cluster or authority names it: that is the answer.
-                    calls.append(Call(Side.CLIENT, entry, proxy, source=own, destination=named))
+                    calls.append(Call("client", entry, proxy, source=own, destination=named))
                 else:
                     reason = reason or "unknown_destination_ip"
         return Resolution(calls, reason)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..model import Call, Direction, Entry, Proxy, Side, Workload
+from ..model import Call, Direction, Entry, Proxy, Workload
 from .chain import Resolution
 from .peers import PeerDecoder, PeerError
 
@@ -41,7 +41,7 @@ class MxMeshAnalyzer:
             return Resolution([], "unknown_proxy_workload")
         calls: list[Call] = []
         reason = ""
-        if direction in (Direction.INBOUND, Direction.GATEWAY):
+        if direction in ("inbound", "gateway"):
             try:
                 peer = self._peer(entry.filter_state, DOWNSTREAM_KEYS, entry.request_headers)
             except PeerError as exc:
@@ -50,18 +50,18 @@ class MxMeshAnalyzer:
                 # A gateway logs the request as it forwarded it, with its own metadata added.
                 peer = None
             if peer is not None:
-                calls.append(Call(Side.SERVER, entry, proxy, source=peer, destination=own))
-            elif direction is Direction.GATEWAY and not reason:
-                calls.append(Call(Side.SERVER, entry, proxy, source=None, destination=own, from_outside=True))
+                calls.append(Call("server", entry, proxy, source=peer, destination=own))
+            elif direction == "gateway" and not reason:
+                calls.append(Call("server", entry, proxy, source=None, destination=own, from_outside=True))
             else:
                 reason = reason or "no_peer_metadata"
-        if direction in (Direction.OUTBOUND, Direction.GATEWAY):
+        if direction in ("outbound", "gateway"):
             try:
                 peer = self._peer(entry.filter_state, UPSTREAM_KEYS, entry.response_headers)
             except PeerError as exc:
                 peer, reason = None, reason or exc.reason
             if peer is not None:
-                calls.append(Call(Side.CLIENT, entry, proxy, source=own, destination=peer))
+                calls.append(Call("client", entry, proxy, source=own, destination=peer))
             else:
                 reason = reason or "no_peer_metadata"
         return Resolution(calls, reason)

@@ -10,7 +10,7 @@ provisional: mx-mesh and k8s-mesh, where they resolve, take precedence.
 from __future__ import annotations
 
 from .. import istio
-from ..model import Call, Direction, Entry, Proxy, Side, Workload
+from ..model import Call, Direction, Entry, Proxy, Workload
 from .chain import Resolution
 
 
@@ -33,21 +33,21 @@ class ProxyAnalyzer:
         if own is None:
             return Resolution([], "unknown_proxy_workload")
         calls = []
-        if direction in (Direction.INBOUND, Direction.GATEWAY):
+        if direction in ("inbound", "gateway"):
             calls.append(
                 Call(
-                    Side.SERVER,
+                    "server",
                     entry,
                     proxy,
                     source=None,
                     destination=own,
-                    from_outside=direction is Direction.GATEWAY,
+                    from_outside=direction == "gateway",
                     resolved=False,
                 )
             )
-        if direction in (Direction.OUTBOUND, Direction.GATEWAY):
+        if direction in ("outbound", "gateway"):
             destination = destination_by_name(entry)
             if destination is None:
                 return Resolution(calls, "unknown_destination")
-            calls.append(Call(Side.CLIENT, entry, proxy, source=own, destination=destination, resolved=False))
+            calls.append(Call("client", entry, proxy, source=own, destination=destination, resolved=False))
         return Resolution(calls)

@@ -172,9 +172,7 @@ def _start_ns(common: accesslog_pb2.AccessLogCommon) -> int:
 def _begin(raw: Any, protocol: Protocol, api_version: str) -> Entry:
     """An Entry with everything AccessLogCommon holds, HTTP or TCP alike."""
     if not raw.HasField("common_properties"):
-        raise InvalidEntry(
-            "missing_common_properties", f"{protocol.value.upper()} entry has no common_properties"
-        )
+        raise InvalidEntry("missing_common_properties", f"{protocol.upper()} entry has no common_properties")
     common = raw.common_properties
     entry = Entry(api_version, protocol, _start_ns(common))
     _common(entry, common)
@@ -183,7 +181,7 @@ def _begin(raw: Any, protocol: Protocol, api_version: str) -> Entry:
 
 def normalize_http(raw: accesslog_pb2.HTTPAccessLogEntry, api_version: str) -> Entry:
     """One HTTP entry; raises :class:`InvalidEntry` or :class:`IntermediateEntry`."""
-    entry = _begin(raw, Protocol.HTTP, api_version)
+    entry = _begin(raw, "http", api_version)
     version = raw.protocol_version
     entry.http_version = _HTTP_VERSIONS[version] if 0 <= version < len(_HTTP_VERSIONS) else ""
     request = raw.request
@@ -211,7 +209,7 @@ def normalize_http(raw: accesslog_pb2.HTTPAccessLogEntry, api_version: str) -> E
         grpc_status = trailers.get("grpc-status") or response_headers.get("grpc-status")
     content_type = request_headers.get("content-type", "") if request_headers else ""
     if content_type.startswith("application/grpc") or grpc_status is not None:
-        entry.protocol = Protocol.GRPC
+        entry.protocol = "grpc"
         if grpc_status is not None and grpc_status.isdigit():
             entry.grpc_status = int(grpc_status)
     return entry
@@ -219,7 +217,7 @@ def normalize_http(raw: accesslog_pb2.HTTPAccessLogEntry, api_version: str) -> E
 
 def normalize_tcp(raw: accesslog_pb2.TCPAccessLogEntry, api_version: str) -> Entry:
     """One TCP entry; raises :class:`InvalidEntry` or :class:`IntermediateEntry`."""
-    entry = _begin(raw, Protocol.TCP, api_version)
+    entry = _begin(raw, "tcp", api_version)
     conn = raw.connection_properties
     entry.received_bytes = conn.received_bytes
     entry.sent_bytes = conn.sent_bytes

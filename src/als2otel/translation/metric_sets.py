@@ -9,7 +9,7 @@ own to report (a host outside the mesh), as the connector's virtual nodes do.
 
 from __future__ import annotations
 
-from ..model import USER, Call, Protocol, Side, Workload
+from ..model import USER, Call, Workload
 from . import semconv
 from .metrics import HTTP_DURATION_BUCKETS, Attributes, Kind, MetricDef, MetricStore, Series
 
@@ -150,7 +150,7 @@ class MetricRecorder:
         self._graph_series: dict[tuple[object, ...], tuple[Series, Series | None, Series | None]] = {}
 
     def record(self, call: Call, owner: Workload, seconds: float, error: str) -> None:
-        if self._http and call.entry.protocol is not Protocol.TCP:
+        if self._http and call.entry.protocol != "tcp":
             self._record_http(call, owner, seconds, error)
         if self._servicegraph:
             self._record_servicegraph(call, seconds)
@@ -159,7 +159,7 @@ class MetricRecorder:
 
     def _record_http(self, call: Call, owner: Workload, seconds: float, error: str) -> None:
         entry = call.entry
-        client = call.side is Side.CLIENT
+        client = call.side == "client"
         server = (call.destination.service_name if call.destination else "") if client else ""
         key = (
             client,
@@ -194,9 +194,9 @@ class MetricRecorder:
                 ("connection_type", "virtual_node" if virtual else ""),
             )
             store = self.store
-            duration = store.series_for(SG_SERVER if call.side is Side.SERVER else SG_CLIENT, None, labels)
+            duration = store.series_for(SG_SERVER if call.side == "server" else SG_CLIENT, None, labels)
             # The server side counts the edge; the client side only for a destination with no proxy.
-            counts_edge = call.side is Side.SERVER or destination is None or destination.external
+            counts_edge = call.side == "server" or destination is None or destination.external
             requests = store.series_for(SG_REQUESTS, None, labels) if counts_edge else None
             failed = store.series_for(SG_FAILED, None, labels) if counts_edge else None
             if duration is None or (counts_edge and (requests is None or failed is None)):
@@ -207,13 +207,13 @@ class MetricRecorder:
         if requests is not None:
             requests.value += 1
             # The connector fails an edge when either span is an error: the client's view is the stricter.
-            if failed is not None and semconv.error_type(call.entry, Side.CLIENT):
+            if failed is not None and semconv.error_type(call.entry, "client"):
                 failed.value += 1
 
     def _record_istio(self, call: Call, seconds: float) -> None:
         entry = call.entry
         labels = istio_labels(call)
-        if entry.protocol is Protocol.TCP:
+        if entry.protocol == "tcp":
             self.store.add(ISTIO_TCP_SENT, None, labels, entry.sent_bytes)
             self.store.add(ISTIO_TCP_RECEIVED, None, labels, entry.received_bytes)
             return
@@ -229,7 +229,7 @@ def _http_series_key(call: Call, owner: Workload, error: str) -> tuple[MetricDef
         attrs.append(("http.response.status_code", str(entry.response_code)))
     if entry.http_version:
         attrs.append(("network.protocol.version", entry.http_version))
-    if call.side is Side.CLIENT:
+    if call.side == "client":
         server = call.destination.service_name if call.destination else ""
         attrs.append(("server.address", server or semconv.split_authority(entry.authority, entry.scheme)[0]))
         metric = HTTP_CLIENT_DURATION
@@ -273,8 +273,8 @@ def istio_labels(call: Call) -> tuple[tuple[str, str], ...]:
     """Every label Kiali reads, as data-point attributes; "unknown" where nothing says."""
     entry = call.entry
     source, destination = call.source, call.destination
-    source_principal = entry.peer_principal if call.side is Side.SERVER else ""
-    labels = [("reporter", "source" if call.side is Side.CLIENT else "destination")]
+    source_principal = entry.peer_principal if call.side == "server" else ""
+    labels = [("reporter", "source" if call.side == "client" else "destination")]
     labels += _workload_labels("source", source, source_principal)
     labels += _workload_labels("destination", destination, "")
     if destination is not None and destination.external:
@@ -296,7 +296,7 @@ def istio_labels(call: Call) -> tuple[tuple[str, str], ...]:
             (k, UNKNOWN)
             for k in ("destination_service", "destination_service_name", "destination_service_namespace")
         ]
-    protocol = entry.protocol.value
+    protocol = entry.protocol
     labels += [
         ("request_protocol", protocol),
         ("response_code", str(entry.response_code) if protocol != "tcp" else "0"),
@@ -304,7 +304,7 @@ def istio_labels(call: Call) -> tuple[tuple[str, str], ...]:
         ("response_flags", ",".join(entry.response_flags) or "-"),
         (
             "connection_security_policy",
-            "mutual_tls" if entry.mtls else ("none" if call.side is Side.SERVER else UNKNOWN),
+            "mutual_tls" if entry.mtls else ("none" if call.side == "server" else UNKNOWN),
         ),
     ]
     return tuple(labels)

@@ -5,7 +5,7 @@ Pure functions of an :class:`Entry`, shared by spans and metrics so both agree.
 
 from __future__ import annotations
 
-from ..model import Entry, Protocol, Side
+from ..model import Entry, Side
 
 # Envoy response flags that mean the request failed without a real response.
 FAILURE_FLAGS = frozenset(
@@ -67,15 +67,15 @@ def failure_flag(entry: Entry) -> str:
 
 def error_type(entry: Entry, side: Side) -> str:
     """``error.type`` for the side, or '' when the call succeeded from that side's view."""
-    if entry.protocol is Protocol.GRPC and entry.grpc_status >= 0:
+    if entry.protocol == "grpc" and entry.grpc_status >= 0:
         status = entry.grpc_status
-        if status != 0 and (side is Side.CLIENT or status in GRPC_SERVER_ERRORS):
+        if status != 0 and (side == "client" or status in GRPC_SERVER_ERRORS):
             return grpc_status_name(status)
     code = entry.response_code
-    if entry.protocol is not Protocol.TCP and code >= (400 if side is Side.CLIENT else 500):
+    if entry.protocol != "tcp" and code >= (400 if side == "client" else 500):
         return str(code)
     flag = failure_flag(entry)
-    if flag and (code == 0 or code >= 400 or entry.protocol is Protocol.TCP):
+    if flag and (code == 0 or code >= 400 or entry.protocol == "tcp"):
         return flag
     return ""
 
@@ -92,9 +92,9 @@ def grpc_method(path: str) -> str:
 
 def span_name(entry: Entry) -> str:
     """Never built from a raw path: the method (HTTP), ``pkg.Service/Method`` (gRPC), ``TCP``."""
-    if entry.protocol is Protocol.GRPC:
+    if entry.protocol == "grpc":
         return grpc_method(entry.path) or "gRPC"
-    if entry.protocol is Protocol.TCP:
+    if entry.protocol == "tcp":
         return "TCP"
     return entry.method or "HTTP"
 
@@ -125,7 +125,7 @@ def timing(entry: Entry, side: Side) -> tuple[int, int]:
     for a gateway lies inside its server side.
     """
     start = entry.start_ns
-    if side is Side.CLIENT and entry.first_upstream_tx_ns >= 0 and entry.last_upstream_rx_ns >= 0:
+    if side == "client" and entry.first_upstream_tx_ns >= 0 and entry.last_upstream_rx_ns >= 0:
         return start + entry.first_upstream_tx_ns, start + entry.last_upstream_rx_ns
     for end in (entry.last_downstream_tx_ns, entry.duration_ns, entry.last_upstream_rx_ns):
         if end >= 0:

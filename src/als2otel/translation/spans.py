@@ -10,15 +10,15 @@ from __future__ import annotations
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from .. import __version__
-from ..model import Call, Entry, Protocol, Side, Workload
+from ..model import Call, Entry, Workload
 from . import ids, semconv, wire
 from .metric_sets import MetricRecorder
 from .resources import resource_attributes
 from .topology import Topology
 
 SPAN_KIND = {
-    Side.CLIENT: trace_pb2.Span.SPAN_KIND_CLIENT,
-    Side.SERVER: trace_pb2.Span.SPAN_KIND_SERVER,
+    "client": trace_pb2.Span.SPAN_KIND_CLIENT,
+    "server": trace_pb2.Span.SPAN_KIND_SERVER,
 }
 
 
@@ -78,7 +78,7 @@ class Translator:
         side = call.side
         start, end = semconv.timing(entry, side)
         error = semconv.error_type(entry, side)
-        owner = call.source if side is Side.CLIENT else call.destination
+        owner = call.source if side == "client" else call.destination
         if owner is None:
             return
         if self._metrics is not None:
@@ -93,7 +93,7 @@ class Translator:
     ) -> None:
         entry = call.entry
         side = call.side
-        if side is Side.CLIENT:
+        if side == "client":
             connection = ids.connection_key(entry.upstream_local, entry.upstream_remote)
         else:
             connection = ids.connection_key(entry.caller_address, entry.downstream_local)
@@ -104,10 +104,10 @@ class Translator:
         hop = f"{connection}|{entry.method}|{entry.path}"  # one request on one connection
         node = call.proxy.node_id
         repeats = self._repeats
-        if side is Side.CLIENT:
+        if side == "client":
             span_id = ids.span_id(trace_id, b"client", hop, repeats.add(trace_id, "client", hop))
             # Under the app's own span when it propagated one, else under this proxy's server side.
-            app_span = context.parent_span_id if not call.proxy.role.is_gateway else b""
+            app_span = context.parent_span_id if not call.proxy.is_gateway else b""
             parent = app_span or ids.span_id(
                 trace_id, b"server", node, repeats.ended_before(trace_id, "server", node, start)
             )
@@ -132,7 +132,7 @@ class Translator:
     def _common_block(self, call: Call, error: str) -> bytes:
         """The encoded attributes that repeat from call to call, computed once per distinct set."""
         entry = call.entry
-        client = call.side is Side.CLIENT
+        client = call.side == "client"
         peer = entry.upstream_remote if client else entry.caller_address
         key = (
             call.side,
@@ -143,7 +143,7 @@ class Translator:
             entry.authority,
             entry.scheme,
             entry.grpc_status,
-            entry.path if entry.protocol is Protocol.GRPC else "",
+            entry.path if entry.protocol == "grpc" else "",
             peer_name(call.destination) if client else "",
             peer.ip if peer is not None else "",
             error,
@@ -173,8 +173,8 @@ def common_attributes(call: Call, error: str) -> list[tuple[str, str | int]]:
     """
     entry = call.entry
     out: list[tuple[str, str | int]] = []
-    client = call.side is Side.CLIENT
-    if entry.protocol is Protocol.TCP:
+    client = call.side == "client"
+    if entry.protocol == "tcp":
         out.append(("network.transport", "tcp"))
     else:
         _http_attributes(entry, client, out)
@@ -208,9 +208,9 @@ _PORTS: dict[int, bytes] = {}  # network.peer.port, encoded
 def unique_attributes(call: Call) -> bytes:
     """A span's encoded attributes that differ per call: URL, ports, request id, byte counts."""
     entry = call.entry
-    client = call.side is Side.CLIENT
+    client = call.side == "client"
     out: list[bytes] = []
-    if entry.protocol is Protocol.TCP:
+    if entry.protocol == "tcp":
         out += (
             wire.int_attribute(_BYTES_RECEIVED, entry.received_bytes),
             wire.int_attribute(_BYTES_SENT, entry.sent_bytes),
@@ -240,7 +240,7 @@ def unique_attributes(call: Call) -> bytes:
 def _http_attributes(entry: Entry, client: bool, out: list[tuple[str, str | int]]) -> None:
     add = out.append
     host, port = semconv.split_authority(entry.authority, entry.scheme)
-    if entry.protocol is Protocol.GRPC:
+    if entry.protocol == "grpc":
         add(("rpc.system.name", "grpc"))
         method = semconv.grpc_method(entry.path)
         if method:

@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..model import USER, Call, Side, Workload
+from ..model import USER, Call, Workload
 from . import semconv
 
 BUCKET_SECONDS = 10
@@ -80,11 +80,11 @@ class Topology:
 
     def record(self, call: Call, seconds: float, now_s: float) -> None:
         destination = call.destination
-        if call.side is Side.CLIENT and not (destination is None or destination.external):
+        if call.side == "client" and not (destination is None or destination.external):
             return  # the server side counts this request
         source = node_for(call.source, call.from_outside)
         target = node_for(destination, False)
-        key = (source.id, target.id, call.entry.protocol.value)
+        key = (source.id, target.id, call.entry.protocol)
         edge = self._edges.get(key)
         if edge is None:
             if len(self._edges) >= MAX_EDGES:
@@ -102,7 +102,7 @@ class Topology:
                 buckets.popleft()
         bucket = buckets[-1]
         bucket.requests += 1
-        if semconv.error_type(call.entry, Side.CLIENT):
+        if semconv.error_type(call.entry, "client"):
             bucket.errors += 1
         bucket.latency[_latency_bucket(seconds * 1000.0)] += 1
 
