@@ -23,14 +23,11 @@
 from __future__ import annotations
 
 import hashlib
-from typing import NamedTuple
 
 from ..model import Entry, SocketAddr
 
-
-class TraceContext(NamedTuple):
-    trace_id: bytes
-    parent_span_id: bytes  # b"" when the request carried no span of its own
+TraceContext = tuple[bytes, bytes]
+"""(trace id, parent span id); the parent is b"" when the request carried no span of its own."""
 
 
 def _hex_bytes(text: str, length: int) -> bytes | None:
@@ -70,27 +67,29 @@ def trace_context(entry: Entry, connection: str) -> TraceContext:
             if len(parts) >= 4:
                 trace_id, span_id = _hex_bytes(parts[1], 16), _hex_bytes(parts[2], 8)
                 if trace_id and span_id:
-                    return TraceContext(trace_id, span_id)
+                    return trace_id, span_id
         b3_trace = headers.get("x-b3-traceid")
         if b3_trace:
             trace_id = _hex_bytes(b3_trace.rjust(32, "0"), 16)
             if trace_id:
-                return TraceContext(trace_id, _hex_bytes(headers.get("x-b3-spanid", ""), 8) or b"")
+                return trace_id, _hex_bytes(headers.get("x-b3-spanid", ""), 8) or b""
         b3 = headers.get("b3")
         if b3 and "-" in b3:
             parts = b3.split("-")
             trace_id = _hex_bytes(parts[0].rjust(32, "0"), 16)
             if trace_id:
-                return TraceContext(trace_id, _hex_bytes(parts[1], 8) or b"")
+                return trace_id, _hex_bytes(parts[1], 8) or b""
     request_id = entry.request_id
     if request_id:
         trace_id = _hex_bytes(request_id.replace("-", ""), 16) or _digest(request_id, size=16)
-        return TraceContext(trace_id, b"")
+        return trace_id, b""
     # Both ends see the connection; not the time (each side's clock and start differ).
-    return TraceContext(_digest("connection", connection, size=16), b"")
+    return _digest("connection", connection, size=16), b""
 
 
 def connection_key(client: SocketAddr | None, server: SocketAddr | None) -> str:
+    if client is not None and server is not None:
+        return f"{client[0]}:{client[1]}>{server[0]}:{server[1]}"
     return f"{client.ip if client else ''}:{client.port if client else 0}>" + (
         f"{server.ip}:{server.port}" if server else ""
     )
@@ -101,10 +100,11 @@ def span_id(trace_id: bytes, kind: bytes, key: str, repeat: int = 0) -> bytes:
 
     ``kind`` b"client" with the hop, or b"server" with the proxy's node id.
     """
-    data = (
-        trace_id + b"\x1f" + kind + b"\x1f" + key.encode() + (b"\x1f%d\x1f" % repeat if repeat else b"\x1f")
+    data = b"".join(
+        (trace_id, b"\x1f", kind, b"\x1f", key.encode(), b"\x1f%d\x1f" % repeat if repeat else b"\x1f")
     )
-    return _checked(_blake2b(data, digest_size=8).digest())
+    digest = _blake2b(data, digest_size=8).digest()
+    return digest if any(digest) else b"\x01" * 8
 
 
 MAX_REMEMBERED = 65_536
@@ -126,11 +126,10 @@ class Repeats:
         self._old: dict[tuple[bytes, str, str], list[int]] = {}
 
     def _ends(self, key: tuple[bytes, str, str]) -> list[int] | None:
-        ends = self._new.get(key)
-        if ends is None:
-            ends = self._old.get(key)
-            if ends is not None:
-                self._remember(key, ends)
+        """The key's list, moved into the new generation if it was in the old one."""
+        ends = self._old.get(key)
+        if ends is not None:
+            self._remember(key, ends)
         return ends
 
     def _remember(self, key: tuple[bytes, str, str], ends: list[int]) -> None:
@@ -140,16 +139,18 @@ class Repeats:
 
     def add(self, trace_id: bytes, kind: str, key: str, end: int = 0) -> int:
         """How many earlier entries had this trace and key; records this one (ending at ``end``)."""
-        ends = self._ends((trace_id, kind, key))
+        full_key = (trace_id, kind, key)
+        ends = self._new.get(full_key) or self._ends(full_key)
         if ends is None:
-            self._remember((trace_id, kind, key), [end])
+            self._remember(full_key, [end])
             return 0
         ends.append(end)
         return len(ends) - 1
 
     def ended_before(self, trace_id: bytes, kind: str, key: str, start: int) -> int:
         """How many recorded entries with this trace and key ended before ``start``."""
-        ends = self._ends((trace_id, kind, key))
+        full_key = (trace_id, kind, key)
+        ends = self._new.get(full_key) or self._ends(full_key)
         return sum(1 for end in ends if end < start) if ends else 0
 
 

@@ -16,10 +16,8 @@ from .metric_sets import MetricRecorder
 from .resources import resource_attributes
 from .topology import Topology
 
-SPAN_KIND = {
-    "client": trace_pb2.Span.SPAN_KIND_CLIENT,
-    "server": trace_pb2.Span.SPAN_KIND_SERVER,
-}
+_CLIENT_KIND = wire.span_kind(trace_pb2.Span.SPAN_KIND_CLIENT)
+_SERVER_KIND = wire.span_kind(trace_pb2.Span.SPAN_KIND_SERVER)
 
 
 class SpanBatch:
@@ -70,7 +68,7 @@ class Translator:
         self._traces = traces
         self._ratio = sampling_ratio
         self._common_blocks: dict[tuple[object, ...], bytes] = {}
-        self._names: dict[str, bytes] = {}
+        self._names: dict[str, bytes] = {}  # encoded span names by HTTP method
         self._repeats = ids.Repeats()
 
     def add(self, call: Call, batch: SpanBatch) -> None:
@@ -92,42 +90,46 @@ class Translator:
         self, call: Call, owner: Workload, batch: SpanBatch, start: int, end: int, error: str
     ) -> None:
         entry = call.entry
-        side = call.side
-        if side == "client":
+        client = call.side == "client"
+        if client:
             connection = ids.connection_key(entry.upstream_local, entry.upstream_remote)
         else:
-            connection = ids.connection_key(entry.caller_address, entry.downstream_local)
-        context = ids.trace_context(entry, connection)
-        trace_id = context.trace_id
+            caller = entry.downstream_direct_remote or entry.downstream_remote
+            connection = ids.connection_key(caller, entry.downstream_local)
+        trace_id, app_span = ids.trace_context(entry, connection)
         if self._ratio < 1.0 and not ids.sampled(trace_id, self._ratio):
             return
         hop = f"{connection}|{entry.method}|{entry.path}"  # one request on one connection
         node = call.proxy.node_id
         repeats = self._repeats
-        if side == "client":
+        if client:
             span_id = ids.span_id(trace_id, b"client", hop, repeats.add(trace_id, "client", hop))
             # Under the app's own span when it propagated one, else under this proxy's server side.
-            app_span = context.parent_span_id if not call.proxy.is_gateway else b""
-            parent = app_span or ids.span_id(
-                trace_id, b"server", node, repeats.ended_before(trace_id, "server", node, start)
-            )
+            if not app_span or call.proxy.is_gateway:
+                app_span = ids.span_id(
+                    trace_id, b"server", node, repeats.ended_before(trace_id, "server", node, start)
+                )
+            parent = app_span
+            kind = _CLIENT_KIND
         else:
             span_id = ids.span_id(trace_id, b"server", node, repeats.add(trace_id, "server", node, end))
             if call.from_outside:
-                parent = context.parent_span_id
+                parent = app_span
             else:
                 parent = ids.span_id(trace_id, b"client", hop, repeats.add(trace_id, "hop", hop))
-        name = semconv.span_name(entry)
-        encoded_name = self._names.get(name)
-        if encoded_name is None:
-            encoded_name = self._names[name] = wire.span_name(name)
+            kind = _SERVER_KIND
+        name = self._names.get(entry.method) if entry.protocol == "http" else None
+        if name is None:
+            name = self._span_name(entry)
         attributes = self._common_block(call, error) + unique_attributes(call)
-        batch.add(
-            owner,
-            wire.span(
-                trace_id, span_id, parent, encoded_name, SPAN_KIND[side], start, end, attributes, error
-            ),
-        )
+        batch.add(owner, wire.span(trace_id, span_id, parent, name, kind, start, end, attributes, error))
+
+    def _span_name(self, entry: Entry) -> bytes:
+        """The encoded span name, kept per HTTP method (other names are encoded each time)."""
+        name = wire.span_name(semconv.span_name(entry))
+        if entry.protocol == "http" and len(self._names) < MAX_CACHED_BLOCKS:
+            self._names[entry.method] = name
+        return name
 
     def _common_block(self, call: Call, error: str) -> bytes:
         """The encoded attributes that repeat from call to call, computed once per distinct set."""

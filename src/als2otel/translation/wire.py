@@ -12,8 +12,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
-_PACK_FIXED64 = struct.Struct("<Q").pack
-
 # Common field tags (field number << 3 | wire type).
 TAG_1_LEN = b"\x0a"
 TAG_2_LEN = b"\x12"
@@ -22,8 +20,6 @@ SPAN_SPAN_ID = b"\x12\x08"  # field 2, 8 bytes
 SPAN_PARENT_ID = b"\x22\x08"  # field 4, 8 bytes
 SPAN_NAME = b"\x2a"  # field 5
 SPAN_KIND = b"\x30"  # field 6, varint
-SPAN_START = b"\x39"  # field 7, fixed64
-SPAN_END = b"\x41"  # field 8, fixed64
 SPAN_ATTRIBUTE = b"\x4a"  # field 9
 SPAN_STATUS = b"\x7a"  # field 15
 STATUS_MESSAGE = b"\x12"  # Status.message = 2
@@ -100,37 +96,37 @@ def int_attribute(encoded_key: bytes, value: int) -> bytes:
     return SPAN_ATTRIBUTE + varint(len(kv)) + kv
 
 
+_PACK_TIMES = struct.Struct("<BQBQ").pack  # start = 7 and end = 8, both fixed64
+
+
+def span_kind(kind: int) -> bytes:
+    """The encoded ``kind`` field (6) for :func:`span`."""
+    return SPAN_KIND + _SMALL_VARINTS[kind]
+
+
 def span(
     trace_id: bytes,
     span_id: bytes,
     parent_span_id: bytes,
     name: bytes,
-    kind: int,
+    kind: bytes,
     start_ns: int,
     end_ns: int,
     attributes: bytes,
     error: str,
 ) -> bytes:
-    parts = [SPAN_TRACE_ID, trace_id, SPAN_SPAN_ID, span_id]
+    """One ``Span``; ``name`` from :func:`span_name`, ``kind`` from :func:`span_kind`."""
+    times = _PACK_TIMES(0x39, start_ns, 0x41, end_ns)
     if parent_span_id:
-        parts += (SPAN_PARENT_ID, parent_span_id)
-    parts += (
-        name,
-        SPAN_KIND,
-        _SMALL_VARINTS[kind],
-        SPAN_START,
-        _PACK_FIXED64(start_ns),
-        SPAN_END,
-        _PACK_FIXED64(end_ns),
-        attributes,
-    )
+        ids = (SPAN_TRACE_ID, trace_id, SPAN_SPAN_ID, span_id, SPAN_PARENT_ID, parent_span_id)
+        encoded = b"".join((*ids, name, kind, times, attributes))
+    else:
+        encoded = b"".join((SPAN_TRACE_ID, trace_id, SPAN_SPAN_ID, span_id, name, kind, times, attributes))
     if error:
-        parts.append(
-            length_delimited(
-                SPAN_STATUS, length_delimited(STATUS_MESSAGE, error.encode()) + STATUS_CODE_ERROR
-            )
+        encoded += length_delimited(
+            SPAN_STATUS, length_delimited(STATUS_MESSAGE, error.encode()) + STATUS_CODE_ERROR
         )
-    return b"".join(parts)
+    return encoded
 
 
 def span_name(name: str) -> bytes:
