@@ -3,12 +3,14 @@
 Wall-clock throughput on a shared virtual machine varies by +-30% from run to
 run; the number of instructions executed does not. This runs the bridge's
 processing (parse, normalise, resolve, spans, metrics) in one process over
-freshly parsed ALS messages, under ``valgrind --tool=callgrind``, twice: once
-with one pass and once with ``1 + passes``; the difference divided by the extra
-entries is the cost of one entry, without start-up. gRPC and the OTLP send are
-not in it (bench/pipeline.py measures those).
+freshly parsed ALS messages, under ``valgrind --tool=callgrind``, twice: both
+runs prepare ``1 + passes`` sets of entries (each set its own requests, traces
+and connections) and process one of them, or all; the difference divided by
+the extra entries is the cost of one entry, without start-up. gRPC and the OTLP
+send are not in it (bench/pipeline.py measures those).
 
 Usage: python bench/instructions.py [--entries N] [--passes K] [--peers] [--python EXE]
+                                    [--requests-per-connection R]
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_passes(entries: int, passes: int, peers: bool) -> None:
-    """The measured work: ``1 + passes`` passes over ``entries`` entries (the first warms caches)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    sys.path.insert(0, str(ROOT / "bench"))
+def run_passes(entries: int, passes: int, measured: int, peers: bool, per_connection: int) -> None:
+    """``1 + measured`` of ``1 + passes`` prepared passes over ``entries`` entries (the first warms caches).
+
+    Both runs prepare the same messages, so their difference is only the processing.
+    """
+    sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests"), str(ROOT / "bench")]  # this checkout's code
     from pipeline import build_messages
 
     from als2otel import config as cfg
@@ -36,7 +40,12 @@ def run_passes(entries: int, passes: int, peers: bool) -> None:
     from als2otel.receiver._proto import als_pb2
     from als2otel.receiver.server import EntryBatch
 
-    messages = build_messages(entries, 1, peers)[0]
+    # Every pass reads entries of its own (ports, request ids, trace ids differ), so
+    # caches keyed by per-request values never see a repeat they would not see live.
+    passes_messages = [
+        build_messages(entries, 1, peers, per_connection, offset=entries * k)[0] for k in range(1 + passes)
+    ]
+    messages = passes_messages[0]
     config = cfg.parse(
         {"analyzers": ["mx-mesh"] if peers else [], "exporters": {"otlp": {"enabled": False}}}, {}
     )
@@ -46,8 +55,8 @@ def run_passes(entries: int, passes: int, peers: bool) -> None:
         bridge.translator._traces = True  # spans are built as with an exporter, then dropped
         pipeline = bridge.pipeline
         proxy = identify(als_pb2.StreamAccessLogsMessage.FromString(messages[0]).identifier)
-        for _ in range(1 + passes):
-            for raw in messages:
+        for messages_ in passes_messages[: 1 + measured]:
+            for raw in messages_:
                 entries_ = als_pb2.StreamAccessLogsMessage.FromString(raw).http_logs.log_entry
                 pipeline.process(EntryBatch(proxy, "v3", "http", entries_))
             pipeline.spans.take()
@@ -55,7 +64,7 @@ def run_passes(entries: int, passes: int, peers: bool) -> None:
     asyncio.run(main())
 
 
-def count(python: str, entries: int, passes: int, peers: bool) -> int:
+def count(python: str, entries: int, passes: int, measured: int, peers: bool, per_connection: int) -> int:
     command = [
         "valgrind",
         "--tool=callgrind",
@@ -67,6 +76,10 @@ def count(python: str, entries: int, passes: int, peers: bool) -> int:
         str(entries),
         "--passes",
         str(passes),
+        "--measured",
+        str(measured),
+        "--requests-per-connection",
+        str(per_connection),
     ] + (["--peers"] if peers else [])
     out = subprocess.run(command, capture_output=True, text=True, check=True).stderr
     match = re.search(r"Collected : (\d+)", out)
@@ -83,18 +96,26 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--peers", action="store_true", help="entries carry Istio peer metadata; mx-mesh on")
     parser.add_argument("--python", default=sys.executable)
+    parser.add_argument(
+        "--requests-per-connection", type=int, default=10, help="1: every request on a new connection"
+    )
     parser.add_argument("--run", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--measured", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
-        run_passes(args.entries, args.passes, args.peers)
+        run_passes(args.entries, args.passes, args.measured, args.peers, args.requests_per_connection)
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
-    base = count(args.python, args.entries, 0, args.peers)
-    total = count(args.python, args.entries, args.passes, args.peers)
+    per_connection = args.requests_per_connection
+    base = count(args.python, args.entries, args.passes, 0, args.peers, per_connection)
+    total = count(args.python, args.entries, args.passes, args.passes, args.peers, per_connection)
     per_entry = (total - base) / (args.entries * args.passes)
     mode = "mx-mesh" if args.peers else "no analyzer"
-    print(f"{mode}: {per_entry:,.0f} instructions per entry ({args.python})")
+    print(
+        f"{mode}, {per_connection} requests per connection: {per_entry:,.0f} instructions per entry"
+        f" ({args.python})"
+    )
 
 
 if __name__ == "__main__":

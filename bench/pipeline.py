@@ -41,8 +41,15 @@ def pin(core: int) -> None:
         os.sched_setaffinity(0, {core})
 
 
-def build_messages(total: int, streams: int, with_peers: bool) -> list[list[bytes]]:
-    """Pre-serialized messages per stream; the first of each carries the identifier."""
+def build_messages(
+    total: int, streams: int, with_peers: bool, per_connection: int = 10, offset: int = 0
+) -> list[list[bytes]]:
+    """Pre-serialized messages per stream; the first of each carries the identifier.
+
+    Entry ``i`` (counted from ``offset``) has request and trace ids of its own; every
+    ``per_connection`` entries share a connection (the client-side ports), as
+    keep-alive connections and Envoy's connection pools carry many requests.
+    """
     from support import als
 
     sources = [
@@ -82,10 +89,10 @@ def build_messages(total: int, streams: int, with_peers: bool) -> list[list[byte
         for start in range(0, per_stream, BATCH):
             entries = [
                 als.http_entry(
-                    downstream_remote=("10.1.0.4", 40000 + i % 20000),
+                    downstream_remote=("10.1.0.4", 40000 + i // per_connection % 20000),
                     downstream_local=("10.96.0.9", 9080),
                     upstream_remote=("10.1.0.9", 9080),
-                    upstream_local=("10.1.0.4", 10000 + i % 50000),
+                    upstream_local=("10.1.0.4", 10000 + i // per_connection % 50000),
                     cluster="outbound|9080||reviews.default.svc.cluster.local",
                     path=f"/reviews/{i % 7}",
                     authority="reviews:9080",
@@ -95,14 +102,14 @@ def build_messages(total: int, streams: int, with_peers: bool) -> list[list[byte
                     headers={"traceparent": f"00-{s:08x}{i:024x}-{i + 1:016x}-01"} if i % 3 == 0 else None,
                     filter_state=peer_state,
                 )
-                for i in range(start, min(start + BATCH, per_stream))
+                for i in range(offset + start, offset + min(start + BATCH, per_stream))
             ]
             messages.append(als.http_message(entries, ident if start == 0 else None).SerializeToString())
         out.append(messages)
     return out
 
 
-def sender(target: str, spec: tuple[int, int, bool], ready: Any, go: Any) -> None:
+def sender(target: str, spec: tuple[int, int, bool, int], ready: Any, go: Any) -> None:
     pin(1)
     messages = build_messages(*spec)
     import grpc
@@ -142,7 +149,7 @@ def otlp_receiver(port_queue: Any, counts: Any) -> None:
         counts.value = spans
 
 
-def run_bare(total: int, spec: tuple[int, int, bool], result: Any) -> None:
+def run_bare(total: int, spec: tuple[int, int, bool, int], result: Any) -> None:
     pin(0)
     import grpc
 
@@ -191,7 +198,7 @@ def run_bare(total: int, spec: tuple[int, int, bool], result: Any) -> None:
     result.put(out)
 
 
-def run_pipeline(total: int, spec: tuple[int, int, bool], analyzers: list[str], result: Any) -> None:
+def run_pipeline(total: int, spec: tuple[int, int, bool, int], analyzers: list[str], result: Any) -> None:
     pin(0)
     from als2otel import config as cfg
     from als2otel.app import Bridge
@@ -257,11 +264,14 @@ def main() -> None:
     )
     parser.add_argument("--entries", type=int, default=200_000)
     parser.add_argument("--streams", type=int, default=4)
+    parser.add_argument(
+        "--requests-per-connection", type=int, default=10, help="1: every request on a new connection"
+    )
     parser.add_argument("--modes", default="bare,pipeline,pipeline+mx-mesh")
     args = parser.parse_args()
     total = args.entries - args.entries % (args.streams * BATCH)
-    plain = (total, args.streams, False)
-    with_peers = (total, args.streams, True)
+    plain = (total, args.streams, False, args.requests_per_connection)
+    with_peers = (total, args.streams, True, args.requests_per_connection)
     results = {}
     for mode in args.modes.split(","):
         queue: Any = SPAWN.Queue()
@@ -294,7 +304,13 @@ def main() -> None:
         )
     print(
         json.dumps(
-            {"entries": total, "streams": args.streams, "python": sys.version.split()[0], "results": results},
+            {
+                "entries": total,
+                "streams": args.streams,
+                "requests_per_connection": args.requests_per_connection,
+                "python": sys.version.split()[0],
+                "results": results,
+            },
             indent=1,
         )
     )

@@ -128,7 +128,7 @@ class Entry:
     grpc_status: int = -1
     request_headers: Mapping[str, str] | None = None
     response_headers: Mapping[str, str] | None = None
-    # bytes received from and sent to the downstream
+    # TCP only: bytes received from and sent to the downstream
     received_bytes: int = 0
     sent_bytes: int = 0
 

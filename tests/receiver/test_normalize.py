@@ -11,7 +11,7 @@ from support.golden import assert_golden
 
 from als2otel.model import Entry
 from als2otel.receiver import InvalidEntry, normalize_http, normalize_tcp
-from als2otel.receiver._proto import accesslog_pb2
+from als2otel.receiver._proto import accesslog_pb2, core_pb2
 from als2otel.receiver.normalize import IntermediateEntry
 
 RID = "6e1c8a54-1b7f-4f8e-9d43-1f4e5d6c7b8a"
@@ -165,7 +165,9 @@ class TestInvalid:
     def test_pipe_address(self) -> None:
         """A Unix pipe is not an address the analysis can place."""
         raw = als.http_entry(downstream_remote=("10.0.0.1", 1), downstream_local=("10.0.0.2", 2))
-        raw.common_properties.downstream_remote_address.pipe.path = "/var/run/x.sock"
+        raw.common_properties.downstream_remote_address = core_pb2.Address(
+            pipe=core_pb2.Pipe(path="/var/run/x.sock")
+        ).SerializeToString()
         with pytest.raises(InvalidEntry) as caught:
             normalize_http(raw, "v3")
         assert caught.value.reason == "address_kind"
@@ -173,6 +175,41 @@ class TestInvalid:
     def test_internal_address_with_endpoint_id(self) -> None:
         """An Envoy internal address whose endpoint_id is ip:port is read as that address."""
         raw = als.http_entry(downstream_remote=("10.0.0.1", 1), downstream_local=("10.0.0.2", 2))
-        raw.common_properties.upstream_remote_address.envoy_internal_address.server_listener_name = "connect"
-        raw.common_properties.upstream_remote_address.envoy_internal_address.endpoint_id = "10.0.0.9:8080"
+        internal = core_pb2.EnvoyInternalAddress(server_listener_name="connect", endpoint_id="10.0.0.9:8080")
+        raw.common_properties.upstream_remote_address = core_pb2.Address(
+            envoy_internal_address=internal
+        ).SerializeToString()
         assert normalize_http(raw, "v3").upstream_remote == ("10.0.0.9", 8080)
+
+
+class TestAddresses:
+    """Addresses arrive as encoded ``Address`` bytes, read directly in the usual layout and cached."""
+
+    @pytest.mark.parametrize("ip", ["10.1.0.4", "fd00:10:244::1a", "::1"])
+    @pytest.mark.parametrize("port", [0, 1, 127, 128, 16383, 16384, 65535])
+    @pytest.mark.parametrize("protocol", [core_pb2.SocketAddress.TCP, core_pb2.SocketAddress.UDP])
+    def test_read_as_the_generated_message_reads_them(self, ip: str, port: int, protocol: int) -> None:
+        socket = core_pb2.SocketAddress(address=ip, port_value=port, protocol=protocol)  # type: ignore[arg-type]
+        raw = als.http_entry(downstream_remote=("10.0.0.1", 1), downstream_local=("10.0.0.2", 2))
+        raw.common_properties.upstream_remote_address = core_pb2.Address(
+            socket_address=socket
+        ).SerializeToString()
+        for _ in range(2):  # decoded, then from the cache
+            assert normalize_http(raw, "v3").upstream_remote == (ip, port)
+
+    def test_named_port_is_no_port(self) -> None:
+        """A named port (never in access logs) is not misread as a number."""
+        socket = core_pb2.SocketAddress(address="10.0.0.9", named_port="http")
+        raw = als.http_entry(downstream_remote=("10.0.0.1", 1), downstream_local=("10.0.0.2", 2))
+        raw.common_properties.upstream_remote_address = core_pb2.Address(
+            socket_address=socket
+        ).SerializeToString()
+        assert normalize_http(raw, "v3").upstream_remote == ("10.0.0.9", 0)
+
+    @pytest.mark.parametrize("encoded", [b"\x0a\x09\x12\x03abc", b"\x0a\x0c\x12\x0810.0.0.", b"\xff\xff\xff"])
+    def test_malformed_address_is_an_invalid_entry(self, encoded: bytes) -> None:
+        raw = als.http_entry(downstream_remote=("10.0.0.1", 1), downstream_local=("10.0.0.2", 2))
+        raw.common_properties.upstream_local_address = encoded
+        with pytest.raises(InvalidEntry) as caught:
+            normalize_http(raw, "v3")
+        assert caught.value.reason == "malformed_address"

@@ -10,7 +10,7 @@ from conftest import bridge_config
 from support import als
 
 from als2otel.app import Bridge
-from als2otel.receiver._proto import als_pb2
+from als2otel.receiver._proto import als_pb2, core_pb2
 
 NODE = "sidecar~10.1.0.4~productpage-v1-6b746f74dc-9stfq.default~default.svc.cluster.local"
 META = als.sidecar_metadata("productpage-v1-6b746f74dc-9stfq", "default", "productpage")
@@ -142,7 +142,9 @@ class TestBadInput:
         """A pipe address and a missing start time are counted; the entries around them still count."""
         bridge = await make_bridge(bridge_config(None))
         pipe = outbound(1)
-        pipe.common_properties.upstream_remote_address.pipe.path = "/tmp/x.sock"
+        pipe.common_properties.upstream_remote_address = core_pb2.Address(
+            pipe=core_pb2.Pipe(path="/tmp/x.sock")
+        ).SerializeToString()
         no_start = outbound(2)
         no_start.common_properties.ClearField("start_time")
         messages = [

@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
-from als2otel.receiver._proto import accesslog_pb2, als_pb2
+from als2otel.receiver._proto import accesslog_pb2, als_pb2, core_pb2
 
 V3_METHOD = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
 V2_METHOD = "/envoy.service.accesslog.v2.AccessLogService/StreamAccessLogs"
@@ -16,9 +16,11 @@ V2_METHOD = "/envoy.service.accesslog.v2.AccessLogService/StreamAccessLogs"
 START_S = 1_760_000_000
 
 
-def address(target: Any, ip: str, port: int) -> None:
-    target.socket_address.address = ip
-    target.socket_address.port_value = port
+def address(ip: str, port: int) -> bytes:
+    """An encoded ``Address`` (AccessLogCommon declares its addresses as bytes)."""
+    return core_pb2.Address(
+        socket_address=core_pb2.SocketAddress(address=ip, port_value=port)
+    ).SerializeToString()
 
 
 def identifier(
@@ -72,14 +74,14 @@ def http_entry(
     c = entry.common_properties
     c.start_time.seconds = START_S + start_ms // 1000
     c.start_time.nanos = (start_ms % 1000) * 1_000_000
-    address(c.downstream_remote_address, *downstream_remote)
-    address(c.downstream_local_address, *downstream_local)
+    c.downstream_remote_address = address(*downstream_remote)
+    c.downstream_local_address = address(*downstream_local)
     if downstream_direct_remote:
-        address(c.downstream_direct_remote_address, *downstream_direct_remote)
+        c.downstream_direct_remote_address = address(*downstream_direct_remote)
     if upstream_remote:
-        address(c.upstream_remote_address, *upstream_remote)
+        c.upstream_remote_address = address(*upstream_remote)
     if upstream_local:
-        address(c.upstream_local_address, *upstream_local)
+        c.upstream_local_address = address(*upstream_local)
     c.upstream_cluster = cluster
     c.time_to_last_rx_byte.nanos = 100_000
     c.time_to_first_upstream_tx_byte.nanos = 200_000
@@ -122,12 +124,12 @@ def tcp_entry(
     c = entry.common_properties
     c.start_time.seconds = START_S + start_ms // 1000
     c.start_time.nanos = (start_ms % 1000) * 1_000_000
-    address(c.downstream_remote_address, *downstream_remote)
-    address(c.downstream_local_address, *downstream_local)
+    c.downstream_remote_address = address(*downstream_remote)
+    c.downstream_local_address = address(*downstream_local)
     if upstream_remote:
-        address(c.upstream_remote_address, *upstream_remote)
+        c.upstream_remote_address = address(*upstream_remote)
     if upstream_local:
-        address(c.upstream_local_address, *upstream_local)
+        c.upstream_local_address = address(*upstream_local)
     c.upstream_cluster = cluster
     c.duration.FromMilliseconds(duration_ms)
     c.access_log_type = access_log_type

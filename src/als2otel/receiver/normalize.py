@@ -1,12 +1,13 @@
 """Envoy's HTTP and TCP access-log entries (v2 or v3: the same bytes) into :class:`Entry`.
 
-The hot path: each function reads the ~20 fields the analysis needs once, with
-sub-messages held in locals.
+The hot path: each function reads the ~20 fields the analysis needs once.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from google.protobuf.message import DecodeError
 
 from ..model import Entry, Protocol, SocketAddr
 from ._proto import accesslog_pb2, core_pb2
@@ -67,20 +68,88 @@ class IntermediateEntry(Exception):
     """A periodic or start-of-stream entry: not a call of its own."""
 
 
-def _address(addr: core_pb2.Address, which_field: str) -> SocketAddr | None:
-    socket = addr.socket_address
-    ip = socket.address
-    if ip:  # the usual case, without asking which oneof is set
-        return SocketAddr(ip, socket.port_value)
-    kind = addr.WhichOneof("address")
-    if kind is None or kind == "socket_address":
+MAX_CACHED_ADDRESSES = 16_384
+"""Distinct encoded addresses kept decoded; the cache starts over when full."""
+
+_ADDRESSES: dict[bytes, SocketAddr] = {}
+
+
+def _address(encoded: bytes, which_field: str) -> SocketAddr | None:
+    """The socket address an encoded ``Address`` holds, decoded once per distinct value.
+
+    Callers look in ``_ADDRESSES`` first; an unset field (b"") is None.
+    """
+    if not encoded:
         return None
+    found = _ip_socket(encoded) or _any_address(encoded, which_field)
+    if found is not None:
+        if len(_ADDRESSES) >= MAX_CACHED_ADDRESSES:
+            _ADDRESSES.clear()
+        _ADDRESSES[encoded] = found
+    return found
+
+
+def _ip_socket(encoded: bytes) -> SocketAddr | None:
+    """The usual encoding read directly: ``Address{socket_address{address, port_value}}``.
+
+    None for anything else (UDP, other kinds, named ports, unusual layouts),
+    which :func:`_any_address` then decodes with the generated message.
+    """
+    try:
+        n = encoded[3]  # the IP's length, after socket_address (1) and address (2) tags
+        if encoded[0] != 0x0A or encoded[2] != 0x12 or encoded[1] != len(encoded) - 2:
+            return None
+        ip = encoded[4 : 4 + n].decode()
+    except (IndexError, UnicodeDecodeError):
+        return None
+    port_field = encoded[4 + n :]
+    port = _PORT_FIELDS.get(port_field)
+    if port is None:
+        port = _port_field(port_field)
+    return _new_tuple(SocketAddr, (ip, port)) if ip and port is not None else None
+
+
+_PORT_FIELDS: dict[bytes, int] = {}
+"""Encoded ``port_value`` fields (tag 3 and a varint) and their ports, each decoded once."""
+
+
+def _port_field(field: bytes) -> int | None:
+    """The port a ``port_value`` field of one to three bytes encodes (at most 65,536 kept); else None."""
+    if not 2 <= len(field) <= 4 or field[0] != 0x18:
+        return None
+    port = shift = 0
+    for i, byte in enumerate(field[1:], 1):
+        port |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            if i != len(field) - 1 or port > 0xFFFF:
+                return None
+            _PORT_FIELDS[field] = port
+            return port
+    return None
+
+
+_new_tuple = tuple.__new__  # SocketAddr without the Python-level __new__ a NamedTuple adds
+
+
+def _any_address(encoded: bytes, which_field: str) -> SocketAddr | None:
+    try:
+        addr = core_pb2.Address.FromString(encoded)
+    except DecodeError:
+        raise InvalidEntry("malformed_address", f"{which_field} is not an Address") from None
+    kind = addr.WhichOneof("address")
+    if kind == "socket_address":
+        socket = addr.socket_address
+        return SocketAddr(socket.address, socket.port_value) if socket.address else None
     if kind == "envoy_internal_address":
         # Istio's internal listeners put the real "ip:port" in endpoint_id.
         ip, sep, port = addr.envoy_internal_address.endpoint_id.rpartition(":")
         if sep and port.isdigit() and ip:
             return SocketAddr(ip.strip("[]"), int(port))
-    raise InvalidEntry("address_kind", f"{which_field} is a {kind}, not an IP socket address")
+        raise InvalidEntry("address_kind", f"{which_field} is an internal address without an endpoint")
+    if kind is not None:
+        raise InvalidEntry("address_kind", f"{which_field} is a {kind}, not an IP socket address")
+    return None
 
 
 def _response_flags(common: accesslog_pb2.AccessLogCommon) -> tuple[str, ...]:
@@ -92,90 +161,70 @@ def _response_flags(common: accesslog_pb2.AccessLogCommon) -> tuple[str, ...]:
     return tuple(code for name, code in RESPONSE_FLAG_CODES if name in present)
 
 
-_new_tuple = tuple.__new__  # SocketAddr without the Python-level __new__ a NamedTuple adds
+def _begin(raw: Any, protocol: Protocol, api_version: str) -> Entry:
+    """An Entry with everything AccessLogCommon holds, HTTP or TCP alike.
 
-
-def _common(entry: Entry, common: accesslog_pb2.AccessLogCommon) -> None:
-    # Written out field by field: this runs for every entry, and each access to a
-    # sub-message builds a Python object. The usual address (an IP socket) is read
-    # inline; anything else (unset, internal, pipe) goes through _address.
+    The hot path: each field is read once, sub-messages held in locals, since
+    every access to a sub-message builds a Python object. A duration that is
+    unset (or zero) reads as not recorded (-1).
+    """
+    common = raw.common_properties
     if common.intermediate_log_entry or common.access_log_type not in _FINAL_TYPES:
         raise IntermediateEntry
-    addr = common.downstream_remote_address
-    socket = addr.socket_address
-    ip = socket.address
-    entry.downstream_remote = (
-        _new_tuple(SocketAddr, (ip, socket.port_value)) if ip else _address(addr, "downstream_remote_address")
-    )
-    addr = common.downstream_direct_remote_address
-    socket = addr.socket_address
-    ip = socket.address
-    entry.downstream_direct_remote = (
-        _new_tuple(SocketAddr, (ip, socket.port_value))
-        if ip
-        else _address(addr, "downstream_direct_remote_address")
-    )
-    addr = common.downstream_local_address
-    socket = addr.socket_address
-    ip = socket.address
-    entry.downstream_local = (
-        _new_tuple(SocketAddr, (ip, socket.port_value)) if ip else _address(addr, "downstream_local_address")
-    )
-    addr = common.upstream_remote_address
-    socket = addr.socket_address
-    ip = socket.address
-    entry.upstream_remote = (
-        _new_tuple(SocketAddr, (ip, socket.port_value)) if ip else _address(addr, "upstream_remote_address")
-    )
-    addr = common.upstream_local_address
-    socket = addr.socket_address
-    ip = socket.address
-    entry.upstream_local = (
-        _new_tuple(SocketAddr, (ip, socket.port_value)) if ip else _address(addr, "upstream_local_address")
-    )
+    ts = common.start_time
+    start_ns = ts.seconds * 1_000_000_000 + ts.nanos
+    if not start_ns:
+        if not raw.HasField("common_properties"):
+            raise InvalidEntry(
+                "missing_common_properties", f"{protocol.upper()} entry has no common_properties"
+            )
+        if not common.HasField("start_time"):
+            raise InvalidEntry("missing_start_time", "entry has no start_time")
+    cached = _ADDRESSES.get
+    encoded = common.downstream_remote_address
+    downstream_remote = cached(encoded) or _address(encoded, "downstream_remote_address")
+    encoded = common.downstream_direct_remote_address
+    downstream_direct_remote = cached(encoded) or _address(encoded, "downstream_direct_remote_address")
+    encoded = common.downstream_local_address
+    downstream_local = cached(encoded) or _address(encoded, "downstream_local_address")
+    encoded = common.upstream_remote_address
+    upstream_remote = cached(encoded) or _address(encoded, "upstream_remote_address")
+    encoded = common.upstream_local_address
+    upstream_local = cached(encoded) or _address(encoded, "upstream_local_address")
+    d = common.duration
+    duration_ns = d.seconds * 1_000_000_000 + d.nanos or -1
+    d = common.time_to_first_upstream_tx_byte
+    first_upstream_tx_ns = d.seconds * 1_000_000_000 + d.nanos or -1
+    d = common.time_to_last_upstream_rx_byte
+    last_upstream_rx_ns = d.seconds * 1_000_000_000 + d.nanos or -1
+    d = common.time_to_last_downstream_tx_byte
+    last_downstream_tx_ns = d.seconds * 1_000_000_000 + d.nanos or -1
     has = common.HasField
-    if has("duration"):
-        d = common.duration
-        entry.duration_ns = d.seconds * 1_000_000_000 + d.nanos
-    if has("time_to_first_upstream_tx_byte"):
-        d = common.time_to_first_upstream_tx_byte
-        entry.first_upstream_tx_ns = d.seconds * 1_000_000_000 + d.nanos
-    if has("time_to_last_upstream_rx_byte"):
-        d = common.time_to_last_upstream_rx_byte
-        entry.last_upstream_rx_ns = d.seconds * 1_000_000_000 + d.nanos
-    if has("time_to_last_downstream_tx_byte"):
-        d = common.time_to_last_downstream_tx_byte
-        entry.last_downstream_tx_ns = d.seconds * 1_000_000_000 + d.nanos
-    entry.upstream_cluster = common.upstream_cluster
-    entry.route_name = common.route_name
-    entry.upstream_failure = common.upstream_transport_failure_reason
-    if has("response_flags"):
-        entry.response_flags = _response_flags(common)
-    filter_state = common.filter_state_objects
-    if filter_state:
-        entry.filter_state = filter_state
+    entry = Entry(
+        api_version,
+        protocol,
+        start_ns,
+        duration_ns=duration_ns,
+        first_upstream_tx_ns=first_upstream_tx_ns,
+        last_upstream_rx_ns=last_upstream_rx_ns,
+        last_downstream_tx_ns=last_downstream_tx_ns,
+        downstream_remote=downstream_remote,
+        downstream_direct_remote=downstream_direct_remote,
+        downstream_local=downstream_local,
+        upstream_remote=upstream_remote,
+        upstream_local=upstream_local,
+        upstream_cluster=common.upstream_cluster,
+        route_name=common.route_name,
+        response_flags=_response_flags(common) if has("response_flags") else (),
+        upstream_failure=common.upstream_transport_failure_reason,
+        filter_state=common.filter_state_objects or None,
+    )
     if has("tls_properties"):
         for san in common.tls_properties.peer_certificate_properties.subject_alt_name:
             if san.uri:
                 entry.mtls = True
                 entry.peer_principal = san.uri
                 break
-
-
-def _start_ns(common: accesslog_pb2.AccessLogCommon) -> int:
-    if not common.HasField("start_time"):
-        raise InvalidEntry("missing_start_time", "entry has no start_time")
-    ts = common.start_time
-    return int(ts.seconds * 1_000_000_000 + ts.nanos)
-
-
-def _begin(raw: Any, protocol: Protocol, api_version: str) -> Entry:
-    """An Entry with everything AccessLogCommon holds, HTTP or TCP alike."""
-    if not raw.HasField("common_properties"):
-        raise InvalidEntry("missing_common_properties", f"{protocol.upper()} entry has no common_properties")
-    common = raw.common_properties
-    entry = Entry(api_version, protocol, _start_ns(common))
-    _common(entry, common)
     return entry
 
 
@@ -192,14 +241,11 @@ def normalize_http(raw: accesslog_pb2.HTTPAccessLogEntry, api_version: str) -> E
     entry.path = request.path
     entry.user_agent = request.user_agent
     entry.request_id = request.request_id
-    entry.received_bytes = request.request_headers_bytes + request.request_body_bytes
     request_headers = request.request_headers
     if request_headers:
         entry.request_headers = request_headers
     response = raw.response
-    if response.HasField("response_code"):
-        entry.response_code = response.response_code.value
-    entry.sent_bytes = response.response_headers_bytes + response.response_body_bytes
+    entry.response_code = response.response_code.value
     response_headers = response.response_headers
     trailers = response.response_trailers
     if response_headers:
