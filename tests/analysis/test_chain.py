@@ -139,13 +139,13 @@ class TestChain:
             name = "resolving"
 
             def analyze(self, e: Entry, proxy: Proxy, direction: Direction) -> Resolution:
-                return Resolution([Call("client", e, proxy, proxy.workload, better)])
+                return [Call("client", e, proxy, proxy.workload, better)], ""
 
         class Silent:
             name = "silent"
 
             def analyze(self, e: Entry, proxy: Proxy, direction: Direction) -> Resolution:
-                return Resolution([], "nothing_here")
+                return [], "nothing_here"
 
         e = entry("outbound|9080||reviews.default.svc.cluster.local")
         chain = AnalyzerChain([Silent(), Resolving()], ProxyAnalyzer(), Stats())
@@ -159,7 +159,7 @@ class TestChain:
             name = "silent"
 
             def analyze(self, e: Entry, proxy: Proxy, direction: Direction) -> Resolution:
-                return Resolution([], "no_peer_metadata")
+                return [], "no_peer_metadata"
 
         stats = Stats()
         proxy = Proxy(node_id="sidecar~1.2.3.4~x.y~y.svc.cluster.local", role="sidecar")

@@ -10,7 +10,7 @@ nothing but the reporting proxy's own identity, always runs last.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 from .. import istio
 from ..model import Call, Direction, Entry, Proxy, Side
@@ -23,11 +23,8 @@ SIDES = {
 }
 
 
-class Resolution(NamedTuple):
-    """What one analyzer made of an entry: calls, or why there are none."""
-
-    calls: list[Call]
-    reason: str = ""
+Resolution = tuple[list[Call], str]
+"""What one analyzer made of an entry: its calls, and why there are none (or fewer) when so ("" else)."""
 
 
 class Analyzer(Protocol):

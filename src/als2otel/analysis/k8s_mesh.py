@@ -48,25 +48,25 @@ class K8sMeshAnalyzer:
     def analyze(self, entry: Entry, proxy: Proxy, direction: Direction) -> Resolution:
         own = self._own(entry, proxy, direction)
         if own is None:
-            return Resolution([], "unknown_pod_ip")
-        calls: list[Call] = []
+            return [], "unknown_pod_ip"
+        calls: list[Call] = []  # Call(side, entry, proxy, source, destination[, from_outside]): positional
         reason = ""
         if direction in ("inbound", "gateway"):
             caller = self._at(entry.caller_address)
             if caller is not None:
-                calls.append(Call("server", entry, proxy, source=caller, destination=own))
+                calls.append(Call("server", entry, proxy, caller, own))
             else:
                 # No pod holds the caller's address: it called from outside the cluster.
-                calls.append(Call("server", entry, proxy, source=None, destination=own, from_outside=True))
+                calls.append(Call("server", entry, proxy, None, own, True))
         if direction in ("outbound", "gateway"):
             destination = self._at(entry.upstream_remote)
             if destination is not None:
-                calls.append(Call("client", entry, proxy, source=own, destination=destination))
+                calls.append(Call("client", entry, proxy, own, destination))
             else:
                 named = destination_by_name(entry)
                 if named is not None and named.external:
                     # Outside the mesh, as the cluster or authority names it: that is the answer.
-                    calls.append(Call("client", entry, proxy, source=own, destination=named))
+                    calls.append(Call("client", entry, proxy, own, named))
                 else:
                     reason = reason or "unknown_destination_ip"
-        return Resolution(calls, reason)
+        return calls, reason

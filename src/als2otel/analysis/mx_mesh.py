@@ -38,8 +38,8 @@ class MxMeshAnalyzer:
     def analyze(self, entry: Entry, proxy: Proxy, direction: Direction) -> Resolution:
         own = proxy.workload
         if own is None:
-            return Resolution([], "unknown_proxy_workload")
-        calls: list[Call] = []
+            return [], "unknown_proxy_workload"
+        calls: list[Call] = []  # Call(side, entry, proxy, source, destination[, from_outside]): positional
         reason = ""
         if direction in ("inbound", "gateway"):
             try:
@@ -50,9 +50,9 @@ class MxMeshAnalyzer:
                 # A gateway logs the request as it forwarded it, with its own metadata added.
                 peer = None
             if peer is not None:
-                calls.append(Call("server", entry, proxy, source=peer, destination=own))
+                calls.append(Call("server", entry, proxy, peer, own))
             elif direction == "gateway" and not reason:
-                calls.append(Call("server", entry, proxy, source=None, destination=own, from_outside=True))
+                calls.append(Call("server", entry, proxy, None, own, True))
             else:
                 reason = reason or "no_peer_metadata"
         if direction in ("outbound", "gateway"):
@@ -61,10 +61,10 @@ class MxMeshAnalyzer:
             except PeerError as exc:
                 peer, reason = None, reason or exc.reason
             if peer is not None:
-                calls.append(Call("client", entry, proxy, source=own, destination=peer))
+                calls.append(Call("client", entry, proxy, own, peer))
             else:
                 reason = reason or "no_peer_metadata"
-        return Resolution(calls, reason)
+        return calls, reason
 
     def _peer(
         self, filter_state: Mapping[str, Any] | None, keys: tuple[str, ...], headers: Mapping[str, str] | None

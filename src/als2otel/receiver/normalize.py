@@ -180,45 +180,36 @@ def _begin(raw: Any, protocol: Protocol, api_version: str) -> Entry:
             )
         if not common.HasField("start_time"):
             raise InvalidEntry("missing_start_time", "entry has no start_time")
+    # Fields set one by one: keyword arguments to a 30-field __init__ cost more than the stores.
+    entry = Entry(api_version, protocol, start_ns)
     cached = _ADDRESSES.get
     encoded = common.downstream_remote_address
-    downstream_remote = cached(encoded) or _address(encoded, "downstream_remote_address")
+    entry.downstream_remote = cached(encoded) or _address(encoded, "downstream_remote_address")
     encoded = common.downstream_direct_remote_address
-    downstream_direct_remote = cached(encoded) or _address(encoded, "downstream_direct_remote_address")
+    entry.downstream_direct_remote = cached(encoded) or _address(encoded, "downstream_direct_remote_address")
     encoded = common.downstream_local_address
-    downstream_local = cached(encoded) or _address(encoded, "downstream_local_address")
+    entry.downstream_local = cached(encoded) or _address(encoded, "downstream_local_address")
     encoded = common.upstream_remote_address
-    upstream_remote = cached(encoded) or _address(encoded, "upstream_remote_address")
+    entry.upstream_remote = cached(encoded) or _address(encoded, "upstream_remote_address")
     encoded = common.upstream_local_address
-    upstream_local = cached(encoded) or _address(encoded, "upstream_local_address")
+    entry.upstream_local = cached(encoded) or _address(encoded, "upstream_local_address")
     d = common.duration
-    duration_ns = d.seconds * 1_000_000_000 + d.nanos or -1
+    entry.duration_ns = d.seconds * 1_000_000_000 + d.nanos or -1
     d = common.time_to_first_upstream_tx_byte
-    first_upstream_tx_ns = d.seconds * 1_000_000_000 + d.nanos or -1
+    entry.first_upstream_tx_ns = d.seconds * 1_000_000_000 + d.nanos or -1
     d = common.time_to_last_upstream_rx_byte
-    last_upstream_rx_ns = d.seconds * 1_000_000_000 + d.nanos or -1
+    entry.last_upstream_rx_ns = d.seconds * 1_000_000_000 + d.nanos or -1
     d = common.time_to_last_downstream_tx_byte
-    last_downstream_tx_ns = d.seconds * 1_000_000_000 + d.nanos or -1
+    entry.last_downstream_tx_ns = d.seconds * 1_000_000_000 + d.nanos or -1
+    entry.upstream_cluster = common.upstream_cluster
+    entry.route_name = common.route_name
+    entry.upstream_failure = common.upstream_transport_failure_reason
     has = common.HasField
-    entry = Entry(
-        api_version,
-        protocol,
-        start_ns,
-        duration_ns=duration_ns,
-        first_upstream_tx_ns=first_upstream_tx_ns,
-        last_upstream_rx_ns=last_upstream_rx_ns,
-        last_downstream_tx_ns=last_downstream_tx_ns,
-        downstream_remote=downstream_remote,
-        downstream_direct_remote=downstream_direct_remote,
-        downstream_local=downstream_local,
-        upstream_remote=upstream_remote,
-        upstream_local=upstream_local,
-        upstream_cluster=common.upstream_cluster,
-        route_name=common.route_name,
-        response_flags=_response_flags(common) if has("response_flags") else (),
-        upstream_failure=common.upstream_transport_failure_reason,
-        filter_state=common.filter_state_objects or None,
-    )
+    if has("response_flags"):
+        entry.response_flags = _response_flags(common)
+    filter_state = common.filter_state_objects
+    if filter_state:
+        entry.filter_state = filter_state
     if has("tls_properties"):
         for san in common.tls_properties.peer_certificate_properties.subject_alt_name:
             if san.uri:
