@@ -21,8 +21,11 @@ _FINAL_TYPES = frozenset(
     }
 )
 
-_METHODS = ("", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
-_HTTP_VERSIONS = ("", "1.0", "1.1", "2", "3")
+# RequestMethod and HTTPVersion enum values -> names; unknown values read as "".
+_METHODS = dict(
+    enumerate(("", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
+)
+_HTTP_VERSIONS = dict(enumerate(("", "1.0", "1.1", "2", "3")))
 
 # ResponseFlags field -> Envoy's short code (%RESPONSE_FLAGS%), in field order.
 RESPONSE_FLAG_CODES = (
@@ -222,11 +225,9 @@ def _begin(raw: Any, protocol: Protocol, api_version: str) -> Entry:
 def normalize_http(raw: accesslog_pb2.HTTPAccessLogEntry, api_version: str) -> Entry:
     """One HTTP entry; raises :class:`InvalidEntry` or :class:`IntermediateEntry`."""
     entry = _begin(raw, "http", api_version)
-    version = raw.protocol_version
-    entry.http_version = _HTTP_VERSIONS[version] if 0 <= version < len(_HTTP_VERSIONS) else ""
+    entry.http_version = _HTTP_VERSIONS.get(raw.protocol_version, "")
     request = raw.request
-    method = request.request_method
-    entry.method = _METHODS[method] if 0 <= method < len(_METHODS) else ""
+    entry.method = _METHODS.get(request.request_method, "")
     entry.scheme = request.scheme
     entry.authority = request.authority
     entry.path = request.path

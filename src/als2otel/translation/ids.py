@@ -55,7 +55,7 @@ def _checked(value: bytes) -> bytes:
     return value if any(value) else b"\x01" * len(value)
 
 
-_blake2b = hashlib.blake2b
+_SPAN_HASH = hashlib.blake2b(digest_size=8)  # copied per id: cheaper than a new one with its parameters
 
 
 def trace_context(entry: Entry, connection: str) -> TraceContext:
@@ -103,7 +103,9 @@ def span_id(trace_id: bytes, kind: bytes, key: str, repeat: int = 0) -> bytes:
     data = b"".join(
         (trace_id, b"\x1f", kind, b"\x1f", key.encode(), b"\x1f%d\x1f" % repeat if repeat else b"\x1f")
     )
-    digest = _blake2b(data, digest_size=8).digest()
+    hasher = _SPAN_HASH.copy()
+    hasher.update(data)
+    digest = hasher.digest()
     return digest if any(digest) else b"\x01" * 8
 
 

@@ -61,6 +61,7 @@ class MetricDef:
 
 @dataclass(slots=True)
 class Histogram:
+    buckets: tuple[float, ...]  # upper bounds; counts has one more, for +Inf
     counts: list[int]
     total: float = 0.0
     count: int = 0
@@ -80,11 +81,14 @@ class Series:
         """One histogram observation: the bucket its value falls in, sum, count, min and max."""
         h = self.histogram
         if h is not None:
-            h.counts[bisect_left(self.metric.buckets, value)] += 1
+            h.counts[bisect_left(h.buckets, value)] += 1
             h.total += value
             h.count += 1
-            h.minimum = min(h.minimum, value)
-            h.maximum = max(h.maximum, value)
+            # Compared inline: min() and max() are calls, and this runs for every observation.
+            if value < h.minimum:  # noqa: PLR1730
+                h.minimum = value
+            if value > h.maximum:  # noqa: PLR1730
+                h.maximum = value
 
 
 SeriesKey = tuple[MetricDef, Workload | None, Attributes]
@@ -107,7 +111,11 @@ class MetricStore:
             if len(self.series) >= self.max_series:
                 self.stats.dropped.inc("metrics", "series_limit")
                 return None
-            histogram = Histogram([0] * (len(metric.buckets) + 1)) if metric.kind is Kind.HISTOGRAM else None
+            histogram = (
+                Histogram(metric.buckets, [0] * (len(metric.buckets) + 1))
+                if metric.kind is Kind.HISTOGRAM
+                else None
+            )
             found = self.series[key] = Series(metric, resource, attributes, histogram=histogram)
         return found
 
