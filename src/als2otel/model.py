@@ -100,10 +100,9 @@ class Entry:
     api_version: str
     protocol: Protocol
     start_ns: int
-    duration_ns: int = -1
+    downstream_end_ns: int = -1  # last byte sent downstream, else the entry's whole duration
     first_upstream_tx_ns: int = -1
     last_upstream_rx_ns: int = -1
-    last_downstream_tx_ns: int = -1
     downstream_remote: SocketAddr | None = None
     downstream_direct_remote: SocketAddr | None = None
     downstream_local: SocketAddr | None = None
@@ -112,7 +111,6 @@ class Entry:
     upstream_cluster: str = ""
     route_name: str = ""
     response_flags: tuple[str, ...] = ()
-    upstream_failure: str = ""
     mtls: bool = False
     peer_principal: str = ""
     filter_state: Mapping[str, Any] | None = None

@@ -196,17 +196,18 @@ def _begin(raw: Any, protocol: Protocol, api_version: str) -> Entry:
     entry.upstream_remote = cached(encoded) or _address(encoded, "upstream_remote_address")
     encoded = common.upstream_local_address
     entry.upstream_local = cached(encoded) or _address(encoded, "upstream_local_address")
-    d = common.duration
-    entry.duration_ns = d.seconds * 1_000_000_000 + d.nanos or -1
     d = common.time_to_first_upstream_tx_byte
     entry.first_upstream_tx_ns = d.seconds * 1_000_000_000 + d.nanos or -1
     d = common.time_to_last_upstream_rx_byte
     entry.last_upstream_rx_ns = d.seconds * 1_000_000_000 + d.nanos or -1
     d = common.time_to_last_downstream_tx_byte
-    entry.last_downstream_tx_ns = d.seconds * 1_000_000_000 + d.nanos or -1
+    end = d.seconds * 1_000_000_000 + d.nanos
+    if not end:  # TCP entries, and HTTP ones that never answered, have only the duration
+        d = common.duration
+        end = d.seconds * 1_000_000_000 + d.nanos
+    entry.downstream_end_ns = end or -1
     entry.upstream_cluster = common.upstream_cluster
     entry.route_name = common.route_name
-    entry.upstream_failure = common.upstream_transport_failure_reason
     has = common.HasField
     if has("response_flags"):
         entry.response_flags = _response_flags(common)

@@ -87,12 +87,24 @@ def trace_context(entry: Entry, connection: str) -> TraceContext:
     return _digest("connection", connection, size=16), b""
 
 
+MAX_CACHED_CONNECTIONS = 16_384
+"""Connections whose key is kept as text; the cache starts over when full."""
+
+_CONNECTIONS: dict[tuple[SocketAddr | None, SocketAddr | None], str] = {}
+
+
 def connection_key(client: SocketAddr | None, server: SocketAddr | None) -> str:
-    if client is not None and server is not None:
-        return f"{client[0]}:{client[1]}>{server[0]}:{server[1]}"
-    return f"{client.ip if client else ''}:{client.port if client else 0}>" + (
-        f"{server.ip}:{server.port}" if server else ""
-    )
+    """``client_ip:port>server_ip:port``, formatted once per connection (its requests share it)."""
+    addresses = (client, server)
+    key = _CONNECTIONS.get(addresses)
+    if key is None:
+        key = f"{client.ip if client else ''}:{client.port if client else 0}>" + (
+            f"{server.ip}:{server.port}" if server else ""
+        )
+        if len(_CONNECTIONS) >= MAX_CACHED_CONNECTIONS:
+            _CONNECTIONS.clear()
+        _CONNECTIONS[addresses] = key
+    return key
 
 
 def span_id(trace_id: bytes, kind: bytes, key: str, repeat: int = 0) -> bytes:

@@ -127,7 +127,7 @@ def timing(entry: Entry, side: Side) -> tuple[int, int]:
     start = entry.start_ns
     if side == "client" and entry.first_upstream_tx_ns >= 0 and entry.last_upstream_rx_ns >= 0:
         return start + entry.first_upstream_tx_ns, start + entry.last_upstream_rx_ns
-    for end in (entry.last_downstream_tx_ns, entry.duration_ns, entry.last_upstream_rx_ns):
+    for end in (entry.downstream_end_ns, entry.last_upstream_rx_ns):
         if end >= 0:
             return start, start + end
     return start, start
