@@ -39,11 +39,11 @@ class SocketAddr(NamedTuple):
     port: int
 
 
-@dataclass(frozen=True, slots=True)
-class Workload:
+class Workload(NamedTuple):
     """A service identity: what becomes an OpenTelemetry resource.
 
     ``external`` marks a destination outside the mesh, known only by host name.
+    A value: workloads key span batches and metric series by their fields.
     """
 
     service_name: str
@@ -57,18 +57,6 @@ class Workload:
     canonical_revision: str = ""
     deployment: str = ""  # k8s.deployment.name, when the owner chain says
     external: bool = False
-    _hash: int = field(default=0, init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        # Workloads key every span batch and metric series: hash once, not per lookup.
-        object.__setattr__(
-            self,
-            "_hash",
-            hash((self.service_name, self.namespace, self.version, self.instance, self.cluster)),
-        )
-
-    def __hash__(self) -> int:
-        return self._hash
 
 
 @dataclass(frozen=True, slots=True)

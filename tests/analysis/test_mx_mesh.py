@@ -74,7 +74,7 @@ def inbound(filter_state: dict[str, Any] | None = None, **kwargs: Any) -> Any:
 
 def summary(calls: list[Call], stats: Stats) -> dict[str, Any]:
     def workload(w: Any) -> Any:
-        return {k: v for k, v in dataclasses.asdict(w).items() if v and k != "_hash"} if w else None
+        return {k: v for k, v in w._asdict().items() if v} if w else None
 
     return {
         "calls": [
