@@ -134,9 +134,9 @@ ISTIO_TCP_RECEIVED = MetricDef(
 class MetricRecorder:
     """Records one call side into the configured sets of a :class:`MetricStore`.
 
-    Calls of one shape (service, method, status, peer, ...) land in the same
-    series: each set keeps its series by a flat key of that shape, so a call
-    costs one dict lookup per set once its series exist.
+    Calls of one shape (sides, service, method, status, ...) land in the same
+    series: the recorder keeps, per shape, which series a call of that shape
+    updates, so a call costs one dict lookup once its series exist.
     """
 
     def __init__(
@@ -146,69 +146,79 @@ class MetricRecorder:
         self._http = "http" in sets
         self._servicegraph = "servicegraph" in sets
         self._istio = "istio" in sets
-        self._http_series: dict[tuple[object, ...], Series] = {}
-        self._graph_series: dict[tuple[object, ...], tuple[Series, Series | None, Series | None]] = {}
+        self._plans: dict[tuple[object, ...], _Plan] = {}
 
     def record(self, call: Call, owner: Workload, seconds: float, error: str) -> None:
-        if self._http and call.entry.protocol != "tcp":
-            self._record_http(call, owner, seconds, error)
-        if self._servicegraph:
-            self._record_servicegraph(call, seconds)
-        if self._istio:
-            self._record_istio(call, seconds)
-
-    def _record_http(self, call: Call, owner: Workload, seconds: float, error: str) -> None:
         entry = call.entry
-        client = call.side == "client"
-        server = (call.destination.service_name if call.destination else "") if client else ""
         key = (
-            client,
+            call.side,
             owner,
+            call.source,
+            call.destination,
+            call.from_outside,
+            entry.protocol,
             entry.method,
             entry.response_code,
             entry.http_version,
-            server,
-            entry.authority if client and not server else "",
+            entry.authority,
             entry.scheme,
+            entry.grpc_status,
+            entry.response_flags,
             error,
         )
-        series = self._http_series.get(key)
-        if series is None:
-            series = self.store.series_for(*_http_series_key(call, owner, error))
-            if series is None:
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plan(call, owner, error)
+            if plan is None:
                 return
-            self._http_series[key] = series
-        series.record(seconds)
+            if len(self._plans) >= MAX_PLANS:
+                self._plans.clear()
+            self._plans[key] = plan
+        http, duration, requests, failed = plan
+        if http is not None:
+            http.record(seconds)
+        if duration is not None:
+            duration.record(seconds)
+        if requests is not None:
+            requests.value += 1
+        if failed is not None:
+            failed.value += 1
+        if self._istio:
+            self._record_istio(call, seconds)
 
-    def _record_servicegraph(self, call: Call, seconds: float) -> None:
-        source, destination = call.source, call.destination
-        client = USER if call.from_outside else (source.service_name if source else UNKNOWN)
-        server = destination.service_name if destination else UNKNOWN
-        virtual = call.from_outside or destination is None or destination.external
-        key = (call.side, client, server, virtual)
-        found = self._graph_series.get(key)
-        if found is None:
+    def _plan(self, call: Call, owner: Workload, error: str) -> _Plan | None:
+        """The series a call of this shape updates; None once the store refuses new series."""
+        store = self.store
+        http = None
+        if self._http and call.entry.protocol != "tcp":
+            http = store.series_for(*_http_series_key(call, owner, error))
+            if http is None:
+                return None
+        duration = requests = failed = None
+        if self._servicegraph:
+            source, destination = call.source, call.destination
+            client = USER if call.from_outside else (source.service_name if source else UNKNOWN)
+            server = destination.service_name if destination else UNKNOWN
+            virtual = call.from_outside or destination is None or destination.external
             labels = (
                 ("client", client),
                 ("server", server),
                 ("connection_type", "virtual_node" if virtual else ""),
             )
-            store = self.store
             duration = store.series_for(SG_SERVER if call.side == "server" else SG_CLIENT, None, labels)
             # The server side counts the edge; the client side only for a destination with no proxy.
-            counts_edge = call.side == "server" or destination is None or destination.external
-            requests = store.series_for(SG_REQUESTS, None, labels) if counts_edge else None
-            failed = store.series_for(SG_FAILED, None, labels) if counts_edge else None
-            if duration is None or (counts_edge and (requests is None or failed is None)):
-                return
-            found = self._graph_series[key] = (duration, requests, failed)
-        duration, requests, failed = found
-        duration.record(seconds)
-        if requests is not None:
-            requests.value += 1
-            # The connector fails an edge when either span is an error: the client's view is the stricter.
-            if failed is not None and semconv.error_type(call.entry, "client"):
-                failed.value += 1
+            if call.side == "server" or destination is None or destination.external:
+                requests = store.series_for(SG_REQUESTS, None, labels)
+                # Created at 0 either way, so every edge has its failed series.
+                failed_series = store.series_for(SG_FAILED, None, labels)
+                if requests is None or failed_series is None:
+                    return None
+                # The connector fails an edge when either span is an error: the client's view is the stricter.
+                if semconv.error_type(call.entry, "client"):
+                    failed = failed_series
+            if duration is None:
+                return None
+        return http, duration, requests, failed
 
     def _record_istio(self, call: Call, seconds: float) -> None:
         entry = call.entry
@@ -219,6 +229,13 @@ class MetricRecorder:
             return
         self.store.add(ISTIO_REQUESTS, None, labels)
         self.store.record(ISTIO_DURATION, None, labels, seconds * 1000.0)
+
+
+_Plan = tuple[Series | None, Series | None, Series | None, Series | None]
+"""The series one call shape updates: http duration, servicegraph duration, edge requests, edge failures."""
+
+MAX_PLANS = 65_536
+"""Call shapes whose series are kept at hand; the table starts over when full."""
 
 
 def _http_series_key(call: Call, owner: Workload, error: str) -> tuple[MetricDef, Workload, Attributes]:
