@@ -131,12 +131,16 @@ ISTIO_TCP_RECEIVED = MetricDef(
 )
 
 
+Plan = tuple[Series | None, Series | None, Series | None, Series | None]
+"""The series one call shape updates: http duration, servicegraph duration, edge requests, edge failures."""
+
+
 class MetricRecorder:
-    """Records one call side into the configured sets of a :class:`MetricStore`.
+    """Records call sides into the configured sets of a :class:`MetricStore`.
 
     Calls of one shape (sides, service, method, status, ...) land in the same
-    series: the recorder keeps, per shape, which series a call of that shape
-    updates, so a call costs one dict lookup once its series exist.
+    series: :meth:`plan` names the series a shape updates, once, and
+    :meth:`record` updates them for each call of that shape.
     """
 
     def __init__(
@@ -145,35 +149,12 @@ class MetricRecorder:
         self.store = store
         self._http = "http" in sets
         self._servicegraph = "servicegraph" in sets
-        self._istio = "istio" in sets
-        self._plans: dict[tuple[object, ...], _Plan] = {}
+        self.istio = "istio" in sets
 
-    def record(self, call: Call, owner: Workload, seconds: float, error: str) -> None:
-        entry = call.entry
-        key = (
-            call.side,
-            owner,
-            call.source,
-            call.destination,
-            call.from_outside,
-            entry.protocol,
-            entry.method,
-            entry.response_code,
-            entry.http_version,
-            entry.authority,
-            entry.scheme,
-            entry.grpc_status,
-            entry.response_flags,
-            error,
-        )
-        plan = self._plans.get(key)
+    def record(self, plan: Plan | None, seconds: float) -> None:
+        """One call of a planned shape; None when the store refused its series (already counted)."""
         if plan is None:
-            plan = self._plan(call, owner, error)
-            if plan is None:
-                return
-            if len(self._plans) >= MAX_PLANS:
-                self._plans.clear()
-            self._plans[key] = plan
+            return
         http, duration, requests, failed = plan
         if http is not None:
             http.record(seconds)
@@ -183,10 +164,8 @@ class MetricRecorder:
             requests.value += 1
         if failed is not None:
             failed.value += 1
-        if self._istio:
-            self._record_istio(call, seconds)
 
-    def _plan(self, call: Call, owner: Workload, error: str) -> _Plan | None:
+    def plan(self, call: Call, owner: Workload, error: str) -> Plan | None:
         """The series a call of this shape updates; None once the store refuses new series."""
         store = self.store
         http = None
@@ -220,7 +199,8 @@ class MetricRecorder:
                 return None
         return http, duration, requests, failed
 
-    def _record_istio(self, call: Call, seconds: float) -> None:
+    def record_istio(self, call: Call, seconds: float) -> None:
+        """The istio set: its labels hold per-call values (principal, mTLS), so no plan."""
         entry = call.entry
         labels = istio_labels(call)
         if entry.protocol == "tcp":
@@ -229,13 +209,6 @@ class MetricRecorder:
             return
         self.store.add(ISTIO_REQUESTS, None, labels)
         self.store.record(ISTIO_DURATION, None, labels, seconds * 1000.0)
-
-
-_Plan = tuple[Series | None, Series | None, Series | None, Series | None]
-"""The series one call shape updates: http duration, servicegraph duration, edge requests, edge failures."""
-
-MAX_PLANS = 65_536
-"""Call shapes whose series are kept at hand; the table starts over when full."""
 
 
 def _http_series_key(call: Call, owner: Workload, error: str) -> tuple[MetricDef, Workload, Attributes]:

@@ -12,7 +12,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from .. import __version__
 from ..model import Call, Entry, Workload
 from . import ids, semconv, wire
-from .metric_sets import MetricRecorder
+from .metric_sets import MetricRecorder, Plan
 from .resources import resource_attributes
 from .topology import Topology
 
@@ -67,27 +67,81 @@ class Translator:
         self._topology = topology
         self._traces = traces
         self._ratio = sampling_ratio
-        self._common_blocks: dict[tuple[object, ...], bytes] = {}
-        self._names: dict[str, bytes] = {}  # encoded span names by HTTP method
+        self._shapes: dict[tuple[object, ...], _Shape] = {}
         self._repeats = ids.Repeats()
 
     def add(self, call: Call, batch: SpanBatch) -> None:
         entry = call.entry
         side = call.side
-        start, end = semconv.timing(entry, side)
-        error = semconv.error_type(entry, side)
-        owner = call.source if side == "client" else call.destination
+        client = side == "client"
+        owner = call.source if client else call.destination
         if owner is None:
             return
-        if self._metrics is not None:
-            self._metrics.record(call, owner, (end - start) / 1e9, error)
+        peer = (
+            entry.upstream_remote if client else (entry.downstream_direct_remote or entry.downstream_remote)
+        )
+        # Everything a call's error, span name, repeating attributes and metric series depend on.
+        key = (
+            side,
+            call.source,
+            call.destination,
+            call.from_outside,
+            entry.protocol,
+            entry.method,
+            entry.response_code,
+            entry.http_version,
+            entry.authority,
+            entry.scheme,
+            entry.grpc_status,
+            entry.path if entry.protocol == "grpc" else "",
+            entry.response_flags,
+            entry.upstream_cluster,
+            entry.route_name,
+            peer.ip if peer is not None else "",
+            "" if client else entry.user_agent,
+        )
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = self._shape(key, call, owner)
+        error, name, attributes, plan = shape
+        start, end = semconv.timing(entry, side)
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.record(plan, (end - start) / 1e9)
+            if metrics.istio:
+                metrics.record_istio(call, (end - start) / 1e9)
         if self._topology is not None:
             self._topology.record(call, (end - start) / 1e9, end / 1e9)
         if self._traces:
-            self._add_span(call, owner, batch, start, end, error)
+            self._add_span(call, owner, batch, start, end, error, name, attributes + unique_attributes(call))
+
+    def _shape(self, key: tuple[object, ...], call: Call, owner: Workload) -> _Shape:
+        """What calls of one shape share, worked out once: error, name, attributes, metric series."""
+        entry = call.entry
+        error = semconv.error_type(entry, call.side)
+        name = wire.span_name(semconv.span_name(entry))
+        attributes = b"".join(wire.attribute(k, v) for k, v in common_attributes(call, error))
+        plan = None
+        if self._metrics is not None:
+            plan = self._metrics.plan(call, owner, error)
+            if plan is None:
+                # The store is full: not kept, so each such call asks (and is counted) again.
+                return error, name, attributes, None
+        if len(self._shapes) >= MAX_SHAPES:
+            self._shapes.clear()
+        shape = self._shapes[key] = (error, name, attributes, plan)
+        return shape
 
     def _add_span(
-        self, call: Call, owner: Workload, batch: SpanBatch, start: int, end: int, error: str
+        self,
+        call: Call,
+        owner: Workload,
+        batch: SpanBatch,
+        start: int,
+        end: int,
+        error: str,
+        name: bytes,
+        attributes: bytes,
     ) -> None:
         entry = call.entry
         client = call.side == "client"
@@ -118,60 +172,20 @@ class Translator:
             else:
                 parent = ids.span_id(trace_id, b"client", hop, repeats.add(trace_id, "hop", hop))
             kind = _SERVER_KIND
-        name = self._names.get(entry.method) if entry.protocol == "http" else None
-        if name is None:
-            name = self._span_name(entry)
-        attributes = self._common_block(call, error) + unique_attributes(call)
         batch.add(owner, wire.span(trace_id, span_id, parent, name, kind, start, end, attributes, error))
 
-    def _span_name(self, entry: Entry) -> bytes:
-        """The encoded span name, kept per HTTP method (other names are encoded each time)."""
-        name = wire.span_name(semconv.span_name(entry))
-        if entry.protocol == "http" and len(self._names) < MAX_CACHED_BLOCKS:
-            self._names[entry.method] = name
-        return name
 
-    def _common_block(self, call: Call, error: str) -> bytes:
-        """The encoded attributes that repeat from call to call, computed once per distinct set."""
-        entry = call.entry
-        client = call.side == "client"
-        peer = entry.upstream_remote if client else entry.caller_address
-        key = (
-            call.side,
-            entry.protocol,
-            entry.method,
-            entry.response_code,
-            entry.http_version,
-            entry.authority,
-            entry.scheme,
-            entry.grpc_status,
-            entry.path if entry.protocol == "grpc" else "",
-            peer_name(call.destination) if client else "",
-            peer.ip if peer is not None else "",
-            error,
-            entry.response_flags,
-            entry.upstream_cluster,
-            entry.route_name,
-            "" if client else entry.user_agent,
-        )
-        block = self._common_blocks.get(key)
-        if block is None:
-            if len(self._common_blocks) >= MAX_CACHED_BLOCKS:
-                self._common_blocks.clear()
-            block = self._common_blocks[key] = b"".join(
-                wire.attribute(k, v) for k, v in common_attributes(call, error)
-            )
-        return block
+MAX_SHAPES = 65_536
+"""Call shapes kept worked out (:meth:`Translator._shape`); the table starts over when full."""
 
-
-MAX_CACHED_BLOCKS = 65_536
-"""Distinct sets of repeating span attributes kept encoded; the cache starts over when full."""
+_Shape = tuple[str, bytes, bytes, Plan | None]
+"""error.type (or ""), encoded span name, encoded repeating attributes, metric series."""
 
 
 def common_attributes(call: Call, error: str) -> list[tuple[str, str | int]]:
     """A span's semantic-convention attributes whose values repeat across calls.
 
-    Reads only what :meth:`Translator._common_block` keys its cache on.
+    Reads only what :meth:`Translator.add` keys its shapes on.
     """
     entry = call.entry
     out: list[tuple[str, str | int]] = []
