@@ -141,13 +141,17 @@ class Bridge:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._export_spans(self.pipeline.spans)
+        self.flush_spans()
         self._export_metrics()
         if self.exporter is not None:
             await self.exporter.shutdown(max(deadline - time.monotonic(), 0.01))
         await self.http.stop()
         if self.kube is not None:
             await asyncio.to_thread(self.kube.stop)
+
+    def flush_spans(self) -> None:
+        """Export the spans gathered so far now, not at the next flush tick."""
+        self._export_spans(self.pipeline.spans)
 
     def _export_spans(self, batch: SpanBatch) -> None:
         if batch.count and self.exporter is not None:
@@ -164,7 +168,7 @@ class Bridge:
         next_metrics = time.monotonic() + interval
         while True:
             await asyncio.sleep(TRACE_FLUSH_INTERVAL)
-            self._export_spans(self.pipeline.spans)
+            self.flush_spans()
             if time.monotonic() >= next_metrics:
                 self._export_metrics()
                 next_metrics += interval
