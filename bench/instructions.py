@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import subprocess
@@ -81,7 +82,9 @@ def count(python: str, entries: int, passes: int, measured: int, peers: bool, pe
         "--requests-per-connection",
         str(per_connection),
     ] + (["--peers"] if peers else [])
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stderr
+    # A fixed hash seed: with a random one, dict and set layouts (and so the count) vary by ~1%.
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stderr
     match = re.search(r"Collected : (\d+)", out)
     if match is None:
         raise SystemExit(f"no instruction count from valgrind:\n{out[-2000:]}")

@@ -107,18 +107,23 @@ def connection_key(client: SocketAddr | None, server: SocketAddr | None) -> str:
     return key
 
 
-def span_id(trace_id: bytes, kind: bytes, key: str, repeat: int = 0) -> bytes:
-    """``_digest(trace_id, kind, key[, repeat])``, spelled out: it runs twice for every span.
+CLIENT = b"\x1fclient\x1f"
+SERVER = b"\x1fserver\x1f"
+"""The ``kind`` of :func:`span_id`, with the separators around it."""
 
-    ``kind`` b"client" with the hop, or b"server" with the proxy's node id.
+_ZERO_ID = bytes(8)
+
+
+def span_id(trace_id: bytes, kind: bytes, key: str, repeat: int = 0) -> bytes:
+    """``_digest(trace_id, kind, key[, repeat], size=8)``, spelled out: it runs twice for every span.
+
+    ``kind`` :data:`CLIENT` with the hop, or :data:`SERVER` with the proxy's node id.
     """
-    data = b"".join(
-        (trace_id, b"\x1f", kind, b"\x1f", key.encode(), b"\x1f%d\x1f" % repeat if repeat else b"\x1f")
-    )
+    data = b"".join((trace_id, kind, key.encode(), b"\x1f%d\x1f" % repeat if repeat else b"\x1f"))
     hasher = _SPAN_HASH.copy()
     hasher.update(data)
     digest = hasher.digest()
-    return digest if any(digest) else b"\x01" * 8
+    return digest if digest != _ZERO_ID else b"\x01" * 8
 
 
 MAX_REMEMBERED = 65_536
@@ -139,33 +144,36 @@ class Repeats:
         self._new: dict[tuple[bytes, str, str], list[int]] = {}
         self._old: dict[tuple[bytes, str, str], list[int]] = {}
 
-    def _ends(self, key: tuple[bytes, str, str]) -> list[int] | None:
-        """The key's list, moved into the new generation if it was in the old one."""
-        ends = self._old.get(key)
-        if ends is not None:
-            self._remember(key, ends)
-        return ends
-
-    def _remember(self, key: tuple[bytes, str, str], ends: list[int]) -> None:
-        if len(self._new) >= self._max:
-            self._old, self._new = self._new, {}
-        self._new[key] = ends
-
     def add(self, trace_id: bytes, kind: str, key: str, end: int = 0) -> int:
         """How many earlier entries had this trace and key; records this one (ending at ``end``)."""
         full_key = (trace_id, kind, key)
-        ends = self._new.get(full_key) or self._ends(full_key)
-        if ends is None:
-            self._remember(full_key, [end])
-            return 0
+        ends = self._new.get(full_key)
+        if ends is None:  # spelled out, not shared with ended_before(): it runs twice per span
+            ends = self._old.get(full_key)
+            if ends is None:
+                ends = [end]
+                self._remember(full_key, ends)
+                return 0
+            self._remember(full_key, ends)
         ends.append(end)
         return len(ends) - 1
 
     def ended_before(self, trace_id: bytes, kind: str, key: str, start: int) -> int:
         """How many recorded entries with this trace and key ended before ``start``."""
         full_key = (trace_id, kind, key)
-        ends = self._new.get(full_key) or self._ends(full_key)
-        return sum(1 for end in ends if end < start) if ends else 0
+        ends = self._new.get(full_key)
+        if ends is None:
+            ends = self._old.get(full_key)
+            if ends is None:
+                return 0
+            self._remember(full_key, ends)
+        return sum(1 for end in ends if end < start)
+
+    def _remember(self, key: tuple[bytes, str, str], ends: list[int]) -> None:
+        """Into the new generation; a full one becomes the old one, and the old one is dropped."""
+        if len(self._new) >= self._max:
+            self._old, self._new = self._new, {}
+        self._new[key] = ends
 
 
 def sampled(trace_id: bytes, ratio: float) -> bool:
