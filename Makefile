@@ -41,6 +41,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/instructions.py
 	$(BIN)/python bench/instructions.py --peers
+	$(BIN)/python bench/memory.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

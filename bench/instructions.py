@@ -33,10 +33,8 @@ def run_passes(entries: int, passes: int, measured: int, peers: bool, per_connec
     Both runs prepare the same messages, so their difference is only the processing.
     """
     sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests"), str(ROOT / "bench")]  # this checkout's code
-    from pipeline import build_messages
+    from pipeline import build_messages, offline_bridge
 
-    from als2otel import config as cfg
-    from als2otel.app import Bridge
     from als2otel.receiver import identify
     from als2otel.receiver._proto import als_pb2
     from als2otel.receiver.server import EntryBatch
@@ -47,14 +45,9 @@ def run_passes(entries: int, passes: int, measured: int, peers: bool, per_connec
         build_messages(entries, 1, peers, per_connection, offset=entries * k)[0] for k in range(1 + passes)
     ]
     messages = passes_messages[0]
-    config = cfg.parse(
-        {"analyzers": ["mx-mesh"] if peers else [], "exporters": {"otlp": {"enabled": False}}}, {}
-    )
 
     async def main() -> None:
-        bridge = Bridge(config)
-        bridge.translator._traces = True  # spans are built as with an exporter, then dropped
-        pipeline = bridge.pipeline
+        pipeline = offline_bridge(peers).pipeline
         proxy = identify(als_pb2.StreamAccessLogsMessage.FromString(messages[0]).identifier)
         for messages_ in passes_messages[: 1 + measured]:
             for raw in messages_:
@@ -92,16 +85,16 @@ def count(python: str, entries: int, passes: int, measured: int, peers: bool, pe
 
 
 def main() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from pipeline import add_traffic_arguments
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--entries", type=int, default=1000)
     parser.add_argument("--passes", type=int, default=3)
-    parser.add_argument("--peers", action="store_true", help="entries carry Istio peer metadata; mx-mesh on")
     parser.add_argument("--python", default=sys.executable)
-    parser.add_argument(
-        "--requests-per-connection", type=int, default=10, help="1: every request on a new connection"
-    )
+    add_traffic_arguments(parser)
     parser.add_argument("--run", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--measured", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -114,6 +114,27 @@ def build_messages(
     return out
 
 
+def offline_bridge(peers: bool) -> Any:
+    """A Bridge for in-process runs (no gRPC, no exporter) that builds spans as with an exporter."""
+    from als2otel import config as cfg
+    from als2otel.app import Bridge
+
+    config = cfg.parse(
+        {"analyzers": ["mx-mesh"] if peers else [], "exporters": {"otlp": {"enabled": False}}}, {}
+    )
+    bridge = Bridge(config)
+    bridge.translator._traces = True  # spans are built as with an exporter, then dropped
+    return bridge
+
+
+def add_traffic_arguments(parser: argparse.ArgumentParser) -> None:
+    """The traffic the in-process benchmarks feed: peer metadata or not, connection reuse."""
+    parser.add_argument("--peers", action="store_true", help="entries carry Istio peer metadata; mx-mesh on")
+    parser.add_argument(
+        "--requests-per-connection", type=int, default=10, help="1: every request on a new connection"
+    )
+
+
 def sender(target: str, spec: tuple[int, int, bool, int], ready: Any, go: Any) -> None:
     pin(1)
     messages = build_messages(*spec)
