@@ -1,0 +1,97 @@
+"""The container image's steps, checked without a container engine.
+
+The Dockerfile builds a wheel from exactly what it copies, installs it, and
+runs ``als2otel`` as a non-root user. Here the same wheel is built from the
+same files, and the bridge is run from the wheel's contents alone: a module,
+data file or entry point missing from the package fails here, not in an image.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1])
+        for line in lines
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def test_dockerfile_copies_what_exists_runs_the_entry_point_as_non_root() -> None:
+    steps = dockerfile_instructions()
+    copied = [
+        arg for op, arg in steps if op == "COPY" and not arg.startswith("--from")
+    ]  # the build context's files
+    for arg in copied:
+        *sources, _ = shlex.split(arg)
+        for source in sources:
+            assert (ROOT / source).exists(), f"the Dockerfile copies {source}, which is not in the project"
+    users = [arg for op, arg in steps if op == "USER"]
+    assert users and users[-1] not in ("0", "root"), "the image must run as a non-root user"
+    entry = [json.loads(arg) for op, arg in steps if op == "ENTRYPOINT"]
+    assert entry == [["als2otel"]]
+    command = [json.loads(arg) for op, arg in steps if op == "CMD"][-1]
+    config_in_image = command[command.index("--config") + 1]
+    assert any(arg.split()[-1] == config_in_image for arg in copied), "CMD names a config the image lacks"
+
+
+def test_wheel_built_from_the_dockerfiles_files_runs_from_its_own_contents(tmp_path: Path) -> None:
+    context = tmp_path / "context"
+    context.mkdir()
+    for name in ("pyproject.toml", "README.md"):  # the build stage's COPY lines
+        shutil.copy(ROOT / name, context / name)
+    shutil.copytree(ROOT / "src", context / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(wheels), str(context)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = wheels.glob("als2otel-*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)
+    entry_points = configparser.ConfigParser()
+    entry_points.read(next(site.glob("als2otel-*.dist-info")) / "entry_points.txt")
+    module, _, function = entry_points["console_scripts"]["als2otel"].partition(":")
+
+    def als2otel(*args: str) -> subprocess.CompletedProcess[str]:
+        code = (
+            "import sys, als2otel\n"
+            f"assert als2otel.__file__.startswith({str(site)!r}), als2otel.__file__\n"
+            "import als2otel.web.server, als2otel.receiver._proto.als_pb2\n"  # data file, generated code
+            f"from {module} import {function} as main\n"
+            f"sys.exit(main({list(args)!r}))\n"
+        )
+        # The wheel's files first: ahead of the editable install this checkout runs from.
+        env = {**os.environ, "PYTHONPATH": str(site)}
+        return subprocess.run(
+            [sys.executable, "-c", code],
+            env=env,
+            cwd=tmp_path,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    version = als2otel("--version")
+    assert version.returncode == 0, version.stderr
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert version.stdout.split() == ["als2otel", project["version"]]
+    checked = als2otel("check-config", str(ROOT / "config" / "als2otel.yaml"))
+    assert checked.returncode == 0, checked.stderr
