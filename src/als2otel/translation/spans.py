@@ -77,6 +77,7 @@ class Translator:
         owner = call.source if client else call.destination
         if owner is None:
             return
+        # The server side's peer is Entry.caller_address, read without the property's call.
         peer = (
             entry.upstream_remote if client else (entry.downstream_direct_remote or entry.downstream_remote)
         )
@@ -105,13 +106,14 @@ class Translator:
             shape = self._shape(key, call, owner)
         error, name, attributes, plan = shape
         start, end = semconv.timing(entry, side)
+        seconds = (end - start) / 1e9
         metrics = self._metrics
         if metrics is not None:
-            metrics.record(plan, (end - start) / 1e9)
+            metrics.record(plan, seconds)
             if metrics.istio:
-                metrics.record_istio(call, (end - start) / 1e9)
+                metrics.record_istio(call, seconds)
         if self._topology is not None:
-            self._topology.record(call, (end - start) / 1e9, end / 1e9)
+            self._topology.record(call, seconds, end / 1e9)
         if self._traces:
             self._add_span(call, owner, batch, start, end, error, name, attributes + unique_attributes(call))
 
