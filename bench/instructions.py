@@ -85,8 +85,7 @@ def count(python: str, entries: int, passes: int, measured: int, peers: bool, pe
 
 
 def main() -> None:
-    sys.path.insert(0, str(ROOT / "bench"))
-    from pipeline import add_traffic_arguments
+    from pipeline import add_traffic_arguments  # bench/, this script's folder
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -17,11 +17,9 @@ import argparse
 import asyncio
 import gc
 import os
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests"), str(ROOT / "bench")]
+# bench/ is this script's folder; importing pipeline puts this checkout's src/ and tests/ on the path.
+from pipeline import add_traffic_arguments, build_messages, offline_bridge
 
 
 def rss_mb() -> float:
@@ -29,12 +27,7 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
 
 
-from pipeline import add_traffic_arguments  # noqa: E402  (after the path above)
-
-
 async def run(entries: int, chunk: int, peers: bool, per_connection: int) -> list[tuple[int, float]]:
-    from pipeline import build_messages, offline_bridge
-
     from als2otel.receiver import identify
     from als2otel.receiver._proto import als_pb2
     from als2otel.receiver.server import EntryBatch
