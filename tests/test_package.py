@@ -52,9 +52,17 @@ def test_dockerfile_copies_what_exists_runs_the_entry_point_as_non_root() -> Non
 def test_wheel_built_from_the_dockerfiles_files_runs_from_its_own_contents(tmp_path: Path) -> None:
     context = tmp_path / "context"
     context.mkdir()
-    for name in ("pyproject.toml", "README.md"):  # the build stage's COPY lines
-        shutil.copy(ROOT / name, context / name)
-    shutil.copytree(ROOT / "src", context / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    steps = dockerfile_instructions()
+    build_stage = steps[: [op for op, _ in steps].index("FROM", 1)]
+    for op, arg in build_stage:  # what the build stage copies, and nothing else
+        if op == "COPY":
+            *sources, _ = shlex.split(arg)
+            for source in sources:
+                if (ROOT / source).is_dir():
+                    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+                    shutil.copytree(ROOT / source, context / source, ignore=ignore)
+                else:
+                    shutil.copy(ROOT / source, context / source)
     wheels = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(wheels), str(context)],
