@@ -83,6 +83,7 @@ def build_messages(
         )
         peer_state = {"upstream_peer": peer}
     per_stream = total // streams
+    now_ms = als.real_now_ms()  # the bridge refuses entries dated far from its clock
     out = []
     for s in range(streams):
         ident = als.identifier(
@@ -106,6 +107,7 @@ def build_messages(
                     duration_ms=3 + i % 40,
                     headers={"traceparent": f"00-{s:08x}{i:024x}-{i + 1:016x}-01"} if i % 3 == 0 else None,
                     filter_state=peer_state,
+                    start_ms=now_ms + i,
                 )
                 for i in range(offset + start, offset + min(start + BATCH, per_stream))
             ]

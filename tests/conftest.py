@@ -9,6 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from support import als
 from support.otlp_receiver import GrpcOtlpReceiver
 
 from als2otel import config as cfg
@@ -41,6 +42,8 @@ async def make_bridge() -> AsyncIterator[Callable[..., Any]]:
     started: list[Bridge] = []
 
     async def make(config: cfg.Config, **kwargs: Any) -> Bridge:
+        """A started bridge; its clock is the synthetic entries' unless ``clock`` says otherwise."""
+        kwargs.setdefault("clock", als.synthetic_clock)
         bridge = Bridge(config, **kwargs)
         await bridge.start()
         started.append(bridge)

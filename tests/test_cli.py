@@ -96,6 +96,7 @@ class TestGracefulShutdown:
                     upstream_remote=("10.1.0.9", 9080),
                     upstream_local=("10.1.0.4", 50000 + i),
                     cluster="outbound|9080||reviews.default.svc.cluster.local",
+                    start_ms=als.real_now_ms(),
                 )
                 for i in range(300)
             ]

@@ -19,7 +19,7 @@ from .analysis.k8s import KubeIndex, NameRule
 from .analysis.k8s.watch import KubeCache, NoKubernetesConfig, api_client
 from .analysis.k8s_mesh import K8sMeshAnalyzer
 from .analysis.peers import PeerDecoder
-from .export import OtlpExporter, Transport, make_transport, render
+from .export import OtlpExporter, Transport, make_transport, render, render_chunks
 from .model import Workload
 from .pipeline import Pipeline
 from .receiver import AlsServer
@@ -84,7 +84,7 @@ class Bridge:
         self.stats = Stats()
         self._clock = clock
         self.metrics = MetricStore(start_ns=clock(), stats=self.stats)
-        self.topology = Topology(self.stats.dropped)
+        self.topology = Topology(self.stats.dropped, clock=lambda: self._clock() / 1e9)
         otlp = config.exporters.otlp
         self.exporter: OtlpExporter | None = None
         if otlp.enabled:
@@ -98,19 +98,27 @@ class Bridge:
         )
         self.kube = build_kube_cache(config, self.stats)
         self.chain = AnalyzerChain(build_analyzers(config, self.kube), ProxyAnalyzer(), self.stats)
-        self.pipeline = Pipeline(self.chain, self.translator, self.stats, on_spans=self._export_spans)
+        self.pipeline = Pipeline(
+            self.chain, self.translator, self.stats, on_spans=self._export_spans, clock=clock
+        )
         self.receiver = AlsServer(
             config.receiver.listen, self.pipeline.submit, self.stats, name_labels(config)
         )
         self.http = HttpServer(
             config.http.listen,
-            metrics=self.render_metrics if config.exporters.prometheus.enabled else None,
+            metrics=(lambda: render_chunks(self.metrics, self.stats))
+            if config.exporters.prometheus.enabled
+            else None,
             ready=lambda: self._ready and (self.kube is None or self.kube.synced.is_set()),
+            healthy=lambda: not self.failed.is_set(),
             topology=lambda window: self.topology.snapshot(window, self._clock() / 1e9),
+            closed=self.stats.http_connections_closed,
         )
         self._ready = False
         self._stopped = False
         self._tasks: list[asyncio.Task[None]] = []
+        self.failed = asyncio.Event()
+        """Set when a task the bridge cannot run without has ended: /healthz turns 503 and serve exits 1."""
 
     def render_metrics(self) -> str:
         return render(self.metrics, self.stats)
@@ -122,6 +130,8 @@ class Bridge:
             asyncio.create_task(self.pipeline.run(), name="pipeline"),
             asyncio.create_task(self._flush_loop(), name="flush"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(self._task_ended)
         if self.kube is not None:
             self.kube.start()
         await self.http.start()
@@ -136,8 +146,9 @@ class Bridge:
         deadline = time.monotonic() + self.config.shutdown_timeout
         self._ready = False
         await self.receiver.stop(grace=min(1.0, self.config.shutdown_timeout / 4))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.pipeline.drain(), timeout=max(deadline - time.monotonic(), 0.01))
+        if not self.failed.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.pipeline.drain(), timeout=max(deadline - time.monotonic(), 0.01))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -148,6 +159,18 @@ class Bridge:
         await self.http.stop()
         if self.kube is not None:
             await asyncio.to_thread(self.kube.stop)
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """A pipeline or flush task ended outside :meth:`stop`: the bridge can no longer do its job."""
+        if self._stopped:
+            return
+        error = None if task.cancelled() else task.exception()
+        log.error(
+            "the %s task ended unexpectedly; /healthz now answers 503 and the bridge stops",
+            task.get_name(),
+            exc_info=error,
+        )
+        self.failed.set()
 
     def flush_spans(self) -> None:
         """Export the spans gathered so far now, not at the next flush tick."""

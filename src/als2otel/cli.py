@@ -12,6 +12,8 @@ from . import __version__
 from . import config as cfg
 
 EXIT_BAD_CONFIG = 2
+EXIT_FAILED = 1
+"""``serve`` stopped because processing had stopped, so that an orchestrator restarts it."""
 
 
 def _load_or_report(path: str | None) -> cfg.Config | None:
@@ -54,12 +56,15 @@ async def _serve(config: cfg.Config) -> int:
         config.receiver.listen,
         config.http.listen,
     )
-    await stop.wait()
+    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(bridge.failed.wait())]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for task in waits:
+        task.cancel()
     logging.getLogger("als2otel").info(
         "stopping: draining and flushing (up to %.0fs)", config.shutdown_timeout
     )
     await bridge.stop()
-    return 0
+    return EXIT_FAILED if bridge.failed.is_set() else 0
 
 
 def _serve_command(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from the environment as in the OpenTelemetry Collector; every other ``${...}``
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -323,22 +324,30 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|µs|ns|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
 
+MAX_DURATION_TEXT = 64
+"""Characters of a duration's text read at most; a longer one is invalid."""
+
+
 def parse_duration(value: Any) -> float | None:
-    """Seconds from ``"1m30s"``-style text (or a bare number of seconds); None if invalid."""
+    """Seconds from ``"1m30s"``-style text (or a bare number of seconds); None if invalid.
+
+    Linear in the text's length: each part is matched where the last one ended.
+    """
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value) if value >= 0 else None
-    if not isinstance(value, str) or not value.strip():
+        return float(value) if 0 <= value < math.inf else None
+    if not isinstance(value, str) or len(value) > MAX_DURATION_TEXT or not value.strip():
         return None
     text = value.strip()
     pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
+    while pos < len(text):
+        match = _DURATION_PART.match(text, pos)
+        if match is None:
             return None
         total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         pos = match.end()
-    return total if pos == len(text) else None
+    return total
 
 
 def _kind(value: Any) -> str:

@@ -84,6 +84,11 @@ class Stats:
             "ALS streams that ended, by reason: the client closed or cancelled it, or sent bad input.",
             ("reason",),
         )
+        self.http_connections_closed = Counter(
+            "als2otel_http_connections_closed_total",
+            "HTTP connections the bridge closed itself, by reason: too many open, or too slow.",
+            ("reason",),
+        )
         self.k8s_errors = Counter(
             "als2otel_k8s_watch_errors_total",
             "Kubernetes list or watch requests that failed and were retried, by resource.",
@@ -113,12 +118,20 @@ class LogLimiter:
         self._next: dict[str, float] = {}
         self._held: dict[str, int] = {}
 
-    def warning(self, reason: str, message: str, *args: object) -> None:
+    def warning(self, reason: str, message: str, *args: object, exc_info: bool = False) -> None:
+        """Log at WARNING unless this reason was logged within the interval; ``exc_info`` adds a traceback."""
         now = time.monotonic()
         if now < self._next.get(reason, 0.0):
             self._held[reason] = self._held.get(reason, 0) + 1
             return
+        if len(self._next) >= MAX_LIMITED_REASONS and reason not in self._next:
+            self._next.clear()
+            self._held.clear()
         held = self._held.pop(reason, 0)
         self._next[reason] = now + self._interval
         suffix = f" ({held} more like this since the last report)" if held else ""
-        self._logger.warning(message + suffix, *args)
+        self._logger.warning(message + suffix, *args, exc_info=exc_info)
+
+
+MAX_LIMITED_REASONS = 1024
+"""Reasons a :class:`LogLimiter` remembers; it starts over when full (reasons are a fixed set in practice)."""

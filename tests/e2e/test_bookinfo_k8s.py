@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from support.kube_api import FakeKubeApi
 from support.otlp_receiver import GrpcOtlpReceiver
 
 from als2otel.demo import bookinfo
+from als2otel.receiver._proto import accesslog_pb2
 
 USER = ("203.0.113.5", 51000)
 GATEWAY = "10.4.0.2"
@@ -128,7 +130,11 @@ def streams(requests: int) -> list[list[Any]]:
 
 
 async def version_rule_bridge(
-    make_bridge: Any, otlp: GrpcOtlpReceiver, kube: FakeKubeApi, tmp_path: Path
+    make_bridge: Any,
+    otlp: GrpcOtlpReceiver,
+    kube: FakeKubeApi,
+    tmp_path: Path,
+    clock: Callable[[], int] = als.synthetic_clock,
 ) -> Any:
     """A bridge resolving with k8s-mesh alone and the seed article's version rule, its cache listed."""
     config = bridge_config(
@@ -139,7 +145,7 @@ async def version_rule_bridge(
             "service_name_rule": "${service.metadata.name}-${pod.metadata.labels.version}",
         },
     )
-    bridge = await make_bridge(config)
+    bridge = await make_bridge(config, clock=clock)
     assert await _synced(bridge)
     return bridge
 
@@ -216,12 +222,15 @@ async def test_chain_mx_then_k8s(make_bridge: Any, otlp: GrpcOtlpReceiver, tmp_p
         marked = 0
         for stream_messages in all_streams:
             for message in stream_messages:
-                for entry in message.http_logs.log_entry:
+                encoded = message.http_logs.log_entry
+                for i, raw in enumerate(encoded):
+                    entry = accesslog_pb2.HTTPAccessLogEntry.FromString(raw)
                     if entry.common_properties.upstream_cluster == "inbound|9080||" and marked % 2 == 0:
                         peer = peers.Peer("mx-pod", "default", "mx-caller", {"app": "mx-caller"})
                         entry.common_properties.filter_state_objects["downstream_peer"].CopyFrom(
                             peers.struct_any(peer)
                         )
+                        encoded[i] = entry.SerializeToString()
                     if entry.common_properties.upstream_cluster == "inbound|9080||":
                         marked += 1
         errors = await asyncio.gather(
@@ -264,7 +273,7 @@ async def test_real_envoys_resolved_by_ip(make_bridge: Any, otlp: GrpcOtlpReceiv
         pods = {bookinfo.GATEWAY_POD: (bookinfo.GATEWAY_IP, "istio-ingressgateway", "", "istio-system")}
         pods |= {pod.name: (pod.ip, pod.app, pod.version, "default") for pod in bookinfo.PODS}
         populate(kube, pods)
-        bridge = await version_rule_bridge(make_bridge, otlp, kube, tmp_path)
+        bridge = await version_rule_bridge(make_bridge, otlp, kube, tmp_path, clock=time.time_ns)
         mesh = bookinfo.Bookinfo(
             ("127.0.0.1", bridge.receiver.port), tmp_path / "envoy", rate=20, exchange_metadata=False
         )

@@ -41,7 +41,7 @@ async def test_sidecar_outbound_calls_become_client_spans(
     make_bridge: Any, otlp: GrpcOtlpReceiver, reviews_app: StatusApp, tmp_path: Any
 ) -> None:
     """Every request sent through the sidecar is one CLIENT span on productpage, with metrics to match."""
-    bridge = await make_bridge(bridge_config(otlp.endpoint))
+    bridge = await make_bridge(bridge_config(otlp.endpoint), clock=time.time_ns)
     app_port = reviews_app._server.server_address[1]
     outbound_port = free_port(CLIENT_IP)
     spec = ProxySpec(

@@ -27,7 +27,7 @@ def server_stream(caller: str, callee: str, count: int, failures: int, offset: i
     ident = als.identifier(
         f"sidecar~10.3.0.{offset}~{server.name}.default~default.svc.cluster.local", server.node_metadata()
     )
-    now_ms = time.time_ns() // 1_000_000 - als.START_S * 1000
+    now_ms = als.real_now_ms()
     entries = [
         als.http_entry(
             downstream_remote=("10.3.1.1", 30000 + offset * 100 + i),
@@ -55,7 +55,8 @@ def query(base: str, promql: str) -> list[dict[str, Any]]:
 async def test_prometheus_queries(make_bridge: Any, tmp_path: Path) -> None:
     """Prometheus accepts the exposition; service-graph and Kiali queries return the sent edges."""
     bridge = await make_bridge(
-        bridge_config(None, analyzers=["mx-mesh"], metrics={"sets": ["http", "servicegraph", "istio"]})
+        bridge_config(None, analyzers=["mx-mesh"], metrics={"sets": ["http", "servicegraph", "istio"]}),
+        clock=time.time_ns,
     )
     for n, (caller, callee, count, failures) in enumerate(EDGES):
         await als.send(

@@ -34,7 +34,7 @@ EDGES = [("productpage", "details", 0), ("productpage", "reviews", 0), ("reviews
 
 
 def messages() -> list[list[Any]]:
-    now_ms = time.time_ns() // 1_000_000 - als.START_S * 1000
+    now_ms = als.real_now_ms()
     streams = []
     for caller, callee, errors in EDGES:
         server = peers.pod(callee)
@@ -73,7 +73,7 @@ def chromium(*args: str) -> str:
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is installed by `make test`")
 async def test_topology_page_draws_the_graph(make_bridge: Any) -> None:
     """Service names are text in the SVG, one arrow per edge, rates and errors labelled; screenshot kept."""
-    bridge = await make_bridge(bridge_config(None, analyzers=["mx-mesh"]))
+    bridge = await make_bridge(bridge_config(None, analyzers=["mx-mesh"]), clock=time.time_ns)
     for stream in messages():
         assert await als.send(f"127.0.0.1:{bridge.receiver.port}", stream) is None
     await asyncio.sleep(0.2)

@@ -80,9 +80,9 @@ class TestHttp:
     def test_grpc_from_content_type_and_trailers(self) -> None:
         """content-type application/grpc makes a gRPC entry; grpc-status comes from the trailers."""
         raw = outbound_entry()
-        raw.request.request_headers["content-type"] = "application/grpc"
-        raw.request.path = "/hipstershop.CartService/GetCart"
-        raw.response.response_trailers["grpc-status"] = "14"
+        raw.request.request_headers["content-type"] = b"application/grpc"
+        raw.request.path = b"/hipstershop.CartService/GetCart"
+        raw.response.response_trailers["grpc-status"] = b"14"
         entry = normalize_http(raw, "v3")
         assert entry.protocol == "grpc"
         assert entry.grpc_status == 14

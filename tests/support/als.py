@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -14,6 +15,22 @@ V3_METHOD = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
 V2_METHOD = "/envoy.service.accesslog.v2.AccessLogService/StreamAccessLogs"
 
 START_S = 1_760_000_000
+"""Synthetic entries are dated from here (the goldens pin these times)."""
+
+_STARTED_NS = time.monotonic_ns()
+
+
+def real_now_ms() -> int:
+    """``start_ms`` that dates an entry now, for a bridge on the real clock (a process, a real Envoy's)."""
+    return time.time_ns() // 1_000_000 - START_S * 1000
+
+
+def synthetic_clock() -> int:
+    """A bridge's clock for synthetic entries: START_S plus the time since the tests began.
+
+    The bridge refuses entries dated far from its clock; real Envoys' entries go with the real one.
+    """
+    return START_S * 1_000_000_000 + time.monotonic_ns() - _STARTED_NS
 
 
 def address(ip: str, port: int) -> bytes:
@@ -96,12 +113,12 @@ def http_entry(
         c.filter_state_objects[key].CopyFrom(value)
     r = entry.request
     r.request_method = method
-    r.scheme = "http"
-    r.authority = authority
-    r.path = path
-    r.request_id = request_id
+    r.scheme = b"http"
+    r.authority = authority.encode()
+    r.path = path.encode()
+    r.request_id = request_id.encode()
     for key, value in (headers or {}).items():
-        r.request_headers[key] = value
+        r.request_headers[key] = value.encode()
     if status is not None:
         entry.response.response_code.value = status
     return entry
@@ -144,7 +161,7 @@ def http_message(
     message = als_pb2.StreamAccessLogsMessage()
     if ident is not None:
         message.identifier.CopyFrom(ident)
-    message.http_logs.log_entry.extend(entries)
+    message.http_logs.log_entry.extend(e.SerializeToString() for e in entries)
     return message
 
 
@@ -154,7 +171,7 @@ def tcp_message(
     message = als_pb2.StreamAccessLogsMessage()
     if ident is not None:
         message.identifier.CopyFrom(ident)
-    message.tcp_logs.log_entry.extend(entries)
+    message.tcp_logs.log_entry.extend(e.SerializeToString() for e in entries)
     return message
 
 

@@ -46,11 +46,11 @@ def calls(status: int, duration_ms: int, outside: bool = False) -> list[Any]:
 class TestTopology:
     def test_edges_requests_errors_and_percentiles(self) -> None:
         """Requests and errors per edge over the window, p50/p99 from the latency histogram."""
-        topology = Topology()
         now = 1_000_000.0
+        topology = Topology(clock=lambda: now)
         for i in range(100):
             for call in calls(500 if i < 5 else 200, 10 if i < 90 else 200):
-                topology.record(call, (10 if i < 90 else 200) / 1000, now)
+                topology.record(call, (10 if i < 90 else 200) / 1000)
         snap = topology.snapshot(300, now)
         (edge,) = snap["edges"]
         assert (edge["source"], edge["target"], edge["protocol"]) == (
@@ -65,15 +65,15 @@ class TestTopology:
 
     def test_window(self) -> None:
         """Calls older than the window are left out."""
-        topology = Topology()
+        topology = Topology(clock=lambda: 1000.0)
         for call in calls(200, 5):
-            topology.record(call, 0.005, 1000.0)
+            topology.record(call, 0.005)
         assert topology.snapshot(60, 1000.0 + 10 * BUCKET_SECONDS)["edges"] == []
         assert topology.snapshot(600, 1000.0 + 10 * BUCKET_SECONDS)["edges"][0]["requests"] == 1
 
     def test_callers_outside_the_mesh_are_user(self) -> None:
         """A gateway's caller from outside is the node ``user``."""
-        topology = Topology()
+        topology = Topology(clock=lambda: 50.0)
         gateway = peers.Peer(
             "istio-ingressgateway-x", "istio-system", "istio-ingressgateway", {"app": "istio-ingressgateway"}
         )
@@ -91,7 +91,7 @@ class TestTopology:
             "v3",
         )
         for call in AnalyzerChain([MxMeshAnalyzer()], ProxyAnalyzer(), Stats()).resolve(entry, proxy):
-            topology.record(call, 0.01, 50.0)
+            topology.record(call, 0.01)
         sources = {(e["source"], e["target"]) for e in topology.snapshot(60, 50.0)["edges"]}
         assert ("user", "istio-system/istio-ingressgateway") in sources
 
@@ -110,9 +110,8 @@ class TestEndpoint:
             cluster="inbound|9080||",
             filter_state=peers.filter_state("flatnode", "downstream", PRODUCTPAGE),
         )
-        import time
 
-        entry.common_properties.start_time.FromNanoseconds(time.time_ns())
+        entry.common_properties.start_time.FromNanoseconds(als.synthetic_clock())
         await als.send(f"127.0.0.1:{bridge.receiver.port}", [als.http_message([entry], proxy_ident)])
         await asyncio.sleep(0.1)
 

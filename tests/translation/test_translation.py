@@ -102,7 +102,7 @@ def calls() -> list[Call]:
         start_ms=40,
         duration_ms=3,
     )
-    grpc_call.response.response_trailers["grpc-status"] = "14"
+    grpc_call.response.response_trailers["grpc-status"] = b"14"
     out += chain.resolve(normalize_http(grpc_call, "v3"), PRODUCTPAGE)
     failed = als.http_entry(
         downstream_remote=("10.1.0.4", 40002),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 
 from ..stats import Stats
 from ..translation.metrics import Kind, MetricStore, Series
@@ -52,23 +53,39 @@ def _series_labels(series: Series) -> list[tuple[str, str]]:
     return pairs
 
 
+CHUNK_SERIES = 256
+"""Series rendered per chunk of :func:`render_chunks`; the page is served chunk by chunk."""
+
+
 def render(store: MetricStore | None, stats: Stats) -> str:
-    lines: list[str] = []
+    """The whole page at once."""
+    return "".join(render_chunks(store, stats))
+
+
+def render_chunks(store: MetricStore | None, stats: Stats) -> Iterator[str]:
+    """The page in chunks of at most :data:`CHUNK_SERIES` series, so a server can yield between them.
+
+    Each metric's series are the ones it had when its turn came; a series keeps
+    the values it had when its chunk was rendered.
+    """
     if store is not None:
-        grouped: dict[str, list[Series]] = {}
-        for series in store.series.values():
-            grouped.setdefault(series.metric.prom_name, []).append(series)
-        for name, members in grouped.items():
-            metric = members[0].metric
-            lines.append(f"# HELP {name} {metric.description}")
-            if metric.kind is Kind.HISTOGRAM:
-                lines.append(f"# TYPE {name} histogram")
-                for series in members:
-                    _histogram_lines(lines, name, series)
-            else:
-                lines.append(f"# TYPE {name} counter")
-                for series in members:
-                    lines.append(f"{name}{_labels(_series_labels(series))} {_number(series.value)}")
+        for metric, all_series in list(store.by_metric.items()):
+            members = list(all_series)
+            if not members:
+                continue
+            name = metric.prom_name
+            histogram = metric.kind is Kind.HISTOGRAM
+            lines = [f"# HELP {name} {metric.description}", f"# TYPE {name} {metric.kind.value}"]
+            for start in range(0, len(members), CHUNK_SERIES):
+                for series in members[start : start + CHUNK_SERIES]:
+                    if histogram:
+                        _histogram_lines(lines, name, series)
+                    else:
+                        lines.append(f"{name}{_labels(_series_labels(series))} {_number(series.value)}")
+                lines.append("")
+                yield "\n".join(lines)
+                lines = []
+    lines = []
     for counter in stats.counters():
         lines.append(f"# HELP {counter.name} {counter.help}")
         lines.append(f"# TYPE {counter.name} counter")
@@ -78,7 +95,8 @@ def render(store: MetricStore | None, stats: Stats) -> str:
         lines.append(f"# HELP {gauge.name} {gauge.help}")
         lines.append(f"# TYPE {gauge.name} gauge")
         lines.append(f"{gauge.name} {_number(gauge.value)}")
-    return "\n".join(lines) + "\n"
+    lines.append("")
+    yield "\n".join(lines)
 
 
 def _histogram_lines(lines: list[str], name: str, series: Series) -> None:

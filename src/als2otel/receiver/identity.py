@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf import struct_pb2
 
 from .. import istio
 from ..model import Proxy, Workload
@@ -17,7 +17,7 @@ def identify(
     """Role, IP, pod and own workload of the Envoy that opened the stream."""
     node = identifier.node
     role, ip, pod, namespace = istio.parse_node_id(node.id)
-    meta: dict[str, Any] = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
+    meta = plain_struct(node.metadata) if node.HasField("metadata") else {}
     workload = istio.workload_from_node_metadata(
         meta, pod_name=pod, namespace=namespace, name_labels=name_labels
     )
@@ -35,6 +35,28 @@ def identify(
         workload=workload,
         instance_ips=instance_ips or ((ip,) if ip else ()),
     )
+
+
+def plain_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as plain Python values, as JSON would give them but never refusing one.
+
+    Whole numbers read as ints; NaN and infinities (which JSON has no words for) stay floats.
+    """
+    return {key: _plain(value) for key, value in struct.fields.items()}
+
+
+def _plain(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return plain_struct(value.struct_value)
+    if kind == "list_value":
+        return [_plain(item) for item in value.list_value.values]
+    if kind == "number_value":
+        number = value.number_value
+        return int(number) if number.is_integer() else number
+    if kind is None or kind == "null_value":
+        return None
+    return getattr(value, kind)
 
 
 def _text(value: Any) -> str:

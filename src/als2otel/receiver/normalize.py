@@ -1,6 +1,11 @@
 """Envoy's HTTP and TCP access-log entries (v2 or v3: the same bytes) into :class:`Entry`.
 
 The hot path: each function reads the ~20 fields the analysis needs once.
+:func:`decode_entry` is the stage the pipeline runs on each encoded entry: it
+parses the entry alone (one that does not parse spoils nothing else), decodes
+the values Envoy copies from traffic leniently (a byte that is not UTF-8
+becomes U+FFFD in that value alone), and refuses times that cannot be a
+recent call before they reach metrics or the topology.
 """
 
 from __future__ import annotations
@@ -69,6 +74,46 @@ class InvalidEntry(Exception):
 
 class IntermediateEntry(Exception):
     """A periodic or start-of-stream entry: not a call of its own."""
+
+
+MAX_CLOCK_SKEW_NS = 24 * 3600 * 1_000_000_000
+"""How far an entry's end may lie from the bridge's clock, either way; beyond it the entry is invalid."""
+
+MAX_DURATION_NS = 366 * 24 * 3600 * 1_000_000_000
+"""The longest offset an entry may record (a TCP connection can last for months, not longer)."""
+
+
+def decode_entry(encoded: bytes, log_type: str, api_version: str, now_ns: int) -> Entry:
+    """One encoded entry of a message into an :class:`Entry`, checked against the bridge's clock.
+
+    Raises :class:`InvalidEntry` (``malformed_entry``, ``time_out_of_range``, or a reason of
+    :func:`normalize_http`) or :class:`IntermediateEntry`.
+    """
+    try:
+        if log_type == "http":
+            entry = normalize_http(accesslog_pb2.HTTPAccessLogEntry.FromString(encoded), api_version)
+        else:
+            entry = normalize_tcp(accesslog_pb2.TCPAccessLogEntry.FromString(encoded), api_version)
+    except DecodeError:
+        raise InvalidEntry("malformed_entry", f"a {log_type.upper()} entry that does not parse") from None
+    end_ns = entry.start_ns + max(entry.downstream_end_ns, 0)
+    if not -MAX_CLOCK_SKEW_NS < end_ns - now_ns < MAX_CLOCK_SKEW_NS:
+        raise InvalidEntry(
+            "time_out_of_range", f"the entry ends {(end_ns - now_ns) / 3.6e12:+.1f} h from the bridge's clock"
+        )
+    return entry
+
+
+def _text(value: bytes) -> str:
+    """A value Envoy copied from traffic, with any byte that is not UTF-8 replaced."""
+    return value.decode("utf-8", "replace")
+
+
+def _text_map(values: Any) -> dict[str, str] | None:
+    """A logged header or trailer map, values decoded as by :func:`_text`; None when empty."""
+    if not values:
+        return None
+    return {name: value.decode("utf-8", "replace") for name, value in values.items()}
 
 
 MAX_CACHED_ADDRESSES = 16_384
@@ -197,14 +242,20 @@ def _begin(raw: Any, protocol: Protocol, api_version: str) -> Entry:
     encoded = common.upstream_local_address
     entry.upstream_local = cached(encoded) or _address(encoded, "upstream_local_address")
     d = common.time_to_first_upstream_tx_byte
-    entry.first_upstream_tx_ns = d.seconds * 1_000_000_000 + d.nanos or -1
+    first_tx = d.seconds * 1_000_000_000 + d.nanos
     d = common.time_to_last_upstream_rx_byte
-    entry.last_upstream_rx_ns = d.seconds * 1_000_000_000 + d.nanos or -1
+    last_rx = d.seconds * 1_000_000_000 + d.nanos
     d = common.time_to_last_downstream_tx_byte
     end = d.seconds * 1_000_000_000 + d.nanos
     if not end:  # TCP entries, and HTTP ones that never answered, have only the duration
         d = common.duration
         end = d.seconds * 1_000_000_000 + d.nanos
+    if not 0 <= first_tx <= MAX_DURATION_NS or not 0 <= last_rx <= MAX_DURATION_NS:
+        raise InvalidEntry("bad_duration", "an upstream offset is negative or longer than a year")
+    if not 0 <= end <= MAX_DURATION_NS:
+        raise InvalidEntry("bad_duration", "the duration is negative or longer than a year")
+    entry.first_upstream_tx_ns = first_tx or -1
+    entry.last_upstream_rx_ns = last_rx or -1
     entry.downstream_end_ns = end or -1
     entry.upstream_cluster = common.upstream_cluster
     entry.route_name = common.route_name
@@ -218,7 +269,7 @@ def _begin(raw: Any, protocol: Protocol, api_version: str) -> Entry:
         for san in common.tls_properties.peer_certificate_properties.subject_alt_name:
             if san.uri:
                 entry.mtls = True
-                entry.peer_principal = san.uri
+                entry.peer_principal = _text(san.uri)
                 break
     return entry
 
@@ -229,29 +280,38 @@ def normalize_http(raw: accesslog_pb2.HTTPAccessLogEntry, api_version: str) -> E
     entry.http_version = _HTTP_VERSIONS.get(raw.protocol_version, "")
     request = raw.request
     entry.method = _METHODS.get(request.request_method, "")
-    entry.scheme = request.scheme
-    entry.authority = request.authority
-    entry.path = request.path
-    entry.user_agent = request.user_agent
-    entry.request_id = request.request_id
-    request_headers = request.request_headers
-    if request_headers:
-        entry.request_headers = request_headers
+    entry.scheme = _text(request.scheme)
+    entry.authority = _text(request.authority)
+    entry.path = _text(request.path)
+    entry.user_agent = _text(request.user_agent)
+    entry.request_id = _text(request.request_id)
+    request_headers = entry.request_headers = _text_map(request.request_headers)
     response = raw.response
     entry.response_code = response.response_code.value
-    response_headers = response.response_headers
+    response_headers = entry.response_headers = _text_map(response.response_headers)
     trailers = response.response_trailers
-    if response_headers:
-        entry.response_headers = response_headers
-    grpc_status = None
-    if trailers or response_headers:
-        grpc_status = trailers.get("grpc-status") or response_headers.get("grpc-status")
+    grpc_status: str | bytes | None = (trailers.get("grpc-status") if trailers else None) or (
+        response_headers.get("grpc-status") if response_headers else None
+    )
     content_type = request_headers.get("content-type", "") if request_headers else ""
     if content_type.startswith("application/grpc") or grpc_status is not None:
         entry.protocol = "grpc"
-        if grpc_status is not None and grpc_status.isdigit():
-            entry.grpc_status = int(grpc_status)
+        if grpc_status is not None:
+            entry.grpc_status = _grpc_status(grpc_status)
     return entry
+
+
+def _grpc_status(value: str | bytes) -> int:
+    """A ``grpc-status`` value as its code (0-16 are defined); -1 for anything else.
+
+    ASCII digits only, and few of them: ``str.isdigit`` also accepts "²" and "٣",
+    which ``int`` refuses, and a 5,000-digit value costs quadratic time to convert.
+    """
+    if isinstance(value, str):
+        value = value.encode("utf-8", "replace")
+    if not 0 < len(value) <= 3 or not value.isdigit():  # bytes.isdigit: ASCII digits only
+        return -1
+    return int(value)
 
 
 def normalize_tcp(raw: accesslog_pb2.TCPAccessLogEntry, api_version: str) -> Entry:

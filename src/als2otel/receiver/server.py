@@ -3,15 +3,20 @@
 Messages arrive as raw bytes (a generic handler without a deserializer) and are
 parsed here with our own wire-format messages. The identifier on a stream's
 first message is read once into a :class:`Proxy`; each message's entries are
-then handed to ``sink`` without waiting for analysis or export (Envoy drops
-logs when its receiver reads slowly).
+then handed to ``sink``, still encoded, without waiting for analysis or export
+(Envoy drops logs when its receiver reads slowly).
+
+Only a message that does not parse, an identifier that cannot be read, or
+entries before any identifier end a stream, with INVALID_ARGUMENT and a fixed
+text naming the reason; anything unexpected ends it with INTERNAL and a fixed
+text. Exception texts go to the log (rate-limited), never to the client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,12 +44,12 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 @dataclass(slots=True)
 class EntryBatch:
-    """The entries of one message, with who sent them."""
+    """The entries of one message, each still encoded, with who sent them."""
 
     proxy: Proxy
     api_version: str
     log_type: str  # "http" or "tcp"
-    entries: Any  # repeated HTTPAccessLogEntry or TCPAccessLogEntry
+    entries: Sequence[bytes]  # encoded HTTPAccessLogEntry or TCPAccessLogEntry messages
 
 
 Sink = Callable[[EntryBatch], None]
@@ -96,18 +101,14 @@ class AlsServer:
             await self._server.stop(grace)
             self._server = None
 
-    def _client_cancelled(self, peer: str) -> None:
-        self._stats.streams_ended.inc("client_cancelled")
-        self._limiter.warning("client_cancelled", "ALS stream from %s ended by the client mid-stream", peer)
-
     async def _reject(
         self, context: grpc.aio.ServicerContext[Any, Any], reason: str, what: str, status: str
     ) -> None:
-        """Count, log (rate-limited) and end this stream alone with INVALID_ARGUMENT."""
+        """Count, log (rate-limited) and end this stream alone with INVALID_ARGUMENT and a fixed text."""
         self._stats.entries_invalid.inc(reason)
         self._stats.streams_ended.inc(reason)
         self._limiter.warning(reason, "ALS stream from %s sent %s; ending the stream", context.peer(), what)
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, status)
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{reason}: {status}")
 
     def _handler(self, api_version: str) -> Callable[..., Any]:
         async def stream_access_logs(
@@ -125,49 +126,77 @@ class AlsServer:
     ) -> bytes:
         stats = self._stats
         stats.streams_active.value += 1
-        proxy: Proxy | None = None
-        peer = context.peer()
         try:
-            async for raw in requests:
-                try:
-                    message = als_pb2.StreamAccessLogsMessage.FromString(raw)
-                except DecodeError as exc:
-                    await self._reject(
-                        context,
-                        "malformed_message",
-                        f"a message that does not parse ({exc})",
-                        "message does not parse as StreamAccessLogsMessage",
-                    )
-                if message.HasField("identifier"):
-                    proxy = identify(message.identifier, self._name_labels)
-                elif proxy is None:
-                    await self._reject(
-                        context,
-                        "missing_identifier",
-                        "entries before an identifier",
-                        "the first message of a stream must carry an identifier",
-                    )
-                which = message.WhichOneof("log_entries")
-                if which == "http_logs":
-                    entries: Any = message.http_logs.log_entry
-                    log_type = "http"
-                elif which == "tcp_logs":
-                    entries = message.tcp_logs.log_entry
-                    log_type = "tcp"
-                else:
-                    continue
-                if not entries:
-                    continue
-                assert proxy is not None
-                stats.entries_received.inc(api_version, log_type, by=len(entries))
-                self._sink(EntryBatch(proxy, api_version, log_type, entries))
-            # The client half-closed, or went away: at this layer the two look alike.
-            stats.streams_ended.inc("client_closed")
-            log.debug("ALS stream from %s closed by the client", peer)
+            await self._read_stream(api_version, requests, context)
         except asyncio.CancelledError:
             stats.streams_ended.inc("client_cancelled")
-            self._limiter.warning("client_cancelled", "ALS stream from %s was cancelled mid-stream", peer)
+            self._limiter.warning(
+                "client_cancelled", "ALS stream from %s was cancelled mid-stream", context.peer()
+            )
             raise
+        except grpc.aio.AbortError:
+            raise  # _reject ended the stream, and counted it
+        except Exception:  # a stream must never take the server down; the client learns no details
+            stats.streams_ended.inc("internal_error")
+            self._limiter.warning(
+                "internal_error", "ALS stream from %s failed unexpectedly", context.peer(), exc_info=True
+            )
+            await context.abort(grpc.StatusCode.INTERNAL, "internal_error: the stream could not be read")
         finally:
             stats.streams_active.value -= 1
         return b""
+
+    async def _read_stream(
+        self,
+        api_version: str,
+        requests: AsyncIterator[bytes],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        stats = self._stats
+        proxy: Proxy | None = None
+        async for raw in requests:
+            try:
+                message = als_pb2.StreamAccessLogsMessage.FromString(raw)
+            except DecodeError as exc:
+                await self._reject(
+                    context,
+                    "malformed_message",
+                    f"a message that does not parse ({exc})",
+                    "message does not parse as StreamAccessLogsMessage",
+                )
+            if message.HasField("identifier"):
+                try:
+                    proxy = identify(message.identifier, self._name_labels)
+                except Exception as exc:  # any value in the node's metadata
+                    await self._reject(
+                        context,
+                        "malformed_identifier",
+                        f"an identifier that cannot be read ({type(exc).__name__}: {exc})",
+                        "the identifier's node cannot be read",
+                    )
+            elif proxy is None:
+                await self._reject(
+                    context,
+                    "missing_identifier",
+                    "entries before an identifier",
+                    "the first message of a stream must carry an identifier",
+                )
+            which = message.WhichOneof("log_entries")
+            if which == "http_logs":
+                entries: Sequence[bytes] = message.http_logs.log_entry
+                log_type = "http"
+            elif which == "tcp_logs":
+                entries = message.tcp_logs.log_entry
+                log_type = "tcp"
+            else:
+                continue
+            if not entries:
+                continue
+            assert proxy is not None
+            stats.entries_received.inc(api_version, log_type, by=len(entries))
+            self._sink(EntryBatch(proxy, api_version, log_type, entries))
+        # The messages end alike for a half-close and a cancellation; a cancelled call's handler
+        # is cancelled at its next await, which _serve_stream then counts as client_cancelled.
+        await asyncio.sleep(0)
+        stats.streams_ended.inc("client_closed")
+        log.debug("ALS stream from %s closed by the client", context.peer())

@@ -1,8 +1,11 @@
 """Metric aggregation in our own code: cumulative sums and histograms per series.
 
 A series is (metric, resource workload or None, data-point attributes). The
-store is bounded: past ``max_series`` new series are refused and counted, so a
-high-cardinality mesh cannot exhaust memory. Snapshots render as OTLP
+store is bounded in rendered samples (a sum is one, a histogram one per bucket
+plus its sum and count): past ``max_samples`` new series are refused and
+counted, so a high-cardinality mesh cannot exhaust memory or make ``/metrics``
+large. Label values are cut to :data:`MAX_LABEL_VALUE_LENGTH` characters when
+a series is created. Snapshots render as OTLP
 (:meth:`MetricStore.to_otlp`) and the Prometheus text format
 (:func:`als2otel.export.prometheus.render`).
 """
@@ -41,7 +44,11 @@ HTTP_DURATION_BUCKETS = (
     10.0,
 )
 
-DEFAULT_MAX_SERIES = 100_000
+DEFAULT_MAX_SAMPLES = 250_000
+"""Samples (lines of ``/metrics``) the store holds at most: ~14,700 histogram series of 14 buckets."""
+
+MAX_LABEL_VALUE_LENGTH = 256
+"""Characters of a label value (data-point or resource attribute) kept; longer ones are cut."""
 
 
 class Kind(Enum):
@@ -57,6 +64,11 @@ class MetricDef:
     unit: str
     description: str
     buckets: tuple[float, ...] = ()
+
+    @property
+    def samples(self) -> int:
+        """Lines one series renders on ``/metrics``: each bucket and +Inf, sum and count; or one."""
+        return len(self.buckets) + 3 if self.kind is Kind.HISTOGRAM else 1
 
 
 @dataclass(slots=True)
@@ -98,8 +110,11 @@ SeriesKey = tuple[MetricDef, Workload | None, Attributes]
 class MetricStore:
     start_ns: int
     stats: Stats
-    max_series: int = DEFAULT_MAX_SERIES
+    max_samples: int = DEFAULT_MAX_SAMPLES
     series: dict[SeriesKey, Series] = field(default_factory=dict)
+    by_metric: dict[MetricDef, list[Series]] = field(default_factory=dict)
+    """The same series grouped by metric, in creation order: how both encodings walk them."""
+    samples: int = 0
 
     def series_for(
         self, metric: MetricDef, resource: Workload | None, attributes: Attributes
@@ -108,7 +123,13 @@ class MetricStore:
         key = (metric, resource, attributes)
         found = self.series.get(key)
         if found is None:
-            if len(self.series) >= self.max_series:
+            bounded = _bounded_key(key)
+            if bounded is not key:
+                found = self.series.get(bounded)
+                if found is not None:
+                    return found
+                metric, resource, attributes = key = bounded
+            if self.samples + metric.samples > self.max_samples:
                 self.stats.dropped.inc("metrics", "series_limit")
                 return None
             histogram = (
@@ -117,6 +138,8 @@ class MetricStore:
                 else None
             )
             found = self.series[key] = Series(metric, resource, attributes, histogram=histogram)
+            self.by_metric.setdefault(metric, []).append(found)
+            self.samples += metric.samples
         return found
 
     def add(
@@ -157,7 +180,7 @@ class MetricStore:
                 by_resource[resource] = {}
             return scope
 
-        for series in self.series.values():
+        for series in (s for members in self.by_metric.values() for s in members):
             scope = scope_for(series.resource)
             metrics = by_resource[series.resource]
             metric = metrics.get(series.metric)
@@ -199,6 +222,19 @@ class MetricStore:
                 set_attributes(count.attributes, tuple(zip(counter.labels, labels, strict=True)))
                 points += 1
         return request, points
+
+
+def _bounded_key(key: SeriesKey) -> SeriesKey:
+    """The key with label values cut to :data:`MAX_LABEL_VALUE_LENGTH`; the same object if none is longer."""
+    metric, resource, attributes = key
+    limit = MAX_LABEL_VALUE_LENGTH
+    if any(len(value) > limit for _, value in attributes):
+        attributes = tuple((name, value[:limit]) for name, value in attributes)
+    if resource is not None and any(isinstance(v, str) and len(v) > limit for v in resource):
+        resource = Workload._make([v[:limit] if isinstance(v, str) else v for v in resource])
+    if attributes is key[2] and resource is key[1]:
+        return key
+    return metric, resource, attributes
 
 
 def _new_metric(scope: metrics_pb2.ScopeMetrics, definition: MetricDef) -> metrics_pb2.Metric:

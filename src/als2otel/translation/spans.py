@@ -113,7 +113,7 @@ class Translator:
             if metrics.istio:
                 metrics.record_istio(call, seconds)
         if self._topology is not None:
-            self._topology.record(call, seconds, end / 1e9)
+            self._topology.record(call, seconds)
         if self._traces:
             self._add_span(call, owner, batch, start, end, error, name, attributes + unique_attributes(call))
 

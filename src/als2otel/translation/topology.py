@@ -5,12 +5,18 @@ log-scale latency histogram, so any window up to :data:`MAX_WINDOW` gives
 requests, errors and p50/p99 without keeping individual calls. Edges are
 counted like the servicegraph: once per request (by the server side, or by
 the client side when the destination is outside the mesh).
+
+A call is placed by the bridge's clock when it is recorded, not by the time
+its entry claims: no entry can rewind an edge's history or spread it over
+buckets that are never trimmed.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,12 +79,14 @@ def node_for(workload: Workload | None, outside: bool) -> Node:
 
 
 class Topology:
-    def __init__(self, dropped: Any = None) -> None:
+    def __init__(self, dropped: Any = None, clock: Callable[[], float] = time.time) -> None:
         self._nodes: dict[str, Node] = {}
         self._edges: dict[tuple[str, str, str], _Edge] = {}
         self._dropped = dropped
+        self._clock = clock
 
-    def record(self, call: Call, seconds: float, now_s: float) -> None:
+    def record(self, call: Call, seconds: float) -> None:
+        """One call of ``seconds``, in the current bucket of its edge."""
         destination = call.destination
         if call.side == "client" and not (destination is None or destination.external):
             return  # the server side counts this request
@@ -94,9 +102,9 @@ class Topology:
             edge = self._edges[key] = _Edge(*key)
         self._nodes.setdefault(source.id, source)
         self._nodes.setdefault(target.id, target)
-        start = int(now_s) // BUCKET_SECONDS * BUCKET_SECONDS
+        start = int(self._clock()) // BUCKET_SECONDS * BUCKET_SECONDS
         buckets = edge.buckets
-        if not buckets or buckets[-1].start != start:
+        if not buckets or buckets[-1].start < start:  # a clock stepped back adds to the newest
             buckets.append(_Bucket(start))
             while buckets and buckets[0].start < start - MAX_WINDOW:
                 buckets.popleft()

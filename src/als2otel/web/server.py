@@ -1,21 +1,54 @@
 """aiohttp server on the bridge's event loop: ``/metrics``, ``/healthz``, ``/readyz``,
-``/api/topology`` (JSON) and ``/topology`` (a page that draws it, with no outside requests)."""
+``/api/topology`` (JSON) and ``/topology`` (a page that draws it, with no outside requests).
+
+Every connection is bounded by :mod:`.connections`. ``/metrics`` is rendered
+and written a chunk at a time, yielding to the event loop between chunks, one
+scrape at a time, so a large page never stalls ALS intake. No response names
+the server's software.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import web, web_response
 
 from ..config import parse_duration, split_hostport
+from ..stats import Counter
 from ..translation.topology import MAX_WINDOW
+from .connections import IDLE_TIMEOUT, ConnectionGuard, RateLimitedLog
 
 _PAGE = Path(__file__).with_name("topology.html").read_text(encoding="utf-8")
 
 log = logging.getLogger("als2otel.http")
+
+MAX_QUERY_VALUE = 32
+"""Characters of a query parameter's value read at most (``window=``); a longer one is a 400."""
+
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+CLIENT_CAUSED_LOGGERS = ("aiohttp.server", "aiohttp.web", "asyncio")
+"""Where aiohttp and asyncio log what a client's malformed request or dropped connection did."""
+
+
+def _hide_version_banner() -> None:
+    """Every response's Server header says "als2otel" alone.
+
+    aiohttp fills in its own (Python's and aiohttp's versions) where a response has none,
+    including the error responses it writes before any handler or signal of ours runs.
+    """
+    web_response.SERVER_SOFTWARE = "als2otel"  # type: ignore[attr-defined]
+
+
+def _limit_client_caused_logs() -> None:
+    for name in CLIENT_CAUSED_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RateLimitedLog) for f in logger.filters):
+            logger.addFilter(RateLimitedLog())
 
 
 class HttpServer:
@@ -23,19 +56,27 @@ class HttpServer:
         self,
         listen: str,
         *,
-        metrics: Callable[[], str] | None,
+        metrics: Callable[[], Iterator[str]] | None,
         ready: Callable[[], bool],
+        healthy: Callable[[], bool] = lambda: True,
         topology: Callable[[float], dict[str, Any]] | None = None,
+        closed: Counter | None = None,
     ) -> None:
         self._topology = topology
+        self._healthy = healthy
         self._listen = listen
         self._metrics = metrics
         self._ready = ready
+        self._guard = ConnectionGuard(
+            closed or Counter("als2otel_http_connections_closed_total", "", ("reason",))
+        )
+        self._scrape = asyncio.Lock()
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
         self.port = 0
 
     def _app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._guard.middleware])
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         if self._metrics is not None:
@@ -46,25 +87,37 @@ class HttpServer:
         return app
 
     async def start(self) -> None:
+        _limit_client_caused_logs()
+        _hide_version_banner()
         hostport = split_hostport(self._listen)
         assert hostport is not None  # validated with the configuration
         host, port = hostport
-        self._runner = web.AppRunner(self._app(), access_log=None)
+        self._runner = web.AppRunner(self._app(), access_log=None, keepalive_timeout=IDLE_TIMEOUT)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host or None, port, reuse_address=True)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        handlers = self._runner.server
+        assert handlers is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: self._guard.protocol(handlers()), host or None, port, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1] if self._server.sockets else port
         log.info("HTTP endpoints on %s (port %d)", self._listen, self.port)
 
     async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
+    @property
+    def open_connections(self) -> int:
+        return self._guard.open
+
     async def _healthz(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+        if self._healthy():
+            return web.Response(text="ok\n")
+        return web.Response(status=503, text="processing has stopped\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:
         if self._ready():
@@ -74,10 +127,11 @@ class HttpServer:
     async def _api_topology(self, request: web.Request) -> web.Response:
         assert self._topology is not None
         text = request.query.get("window", "5m")
-        window = parse_duration(text)
+        window = parse_duration(text) if len(text) <= MAX_QUERY_VALUE else None
         if window is None or not 0 < window <= MAX_WINDOW:
+            shown = text if len(text) <= MAX_QUERY_VALUE else text[:MAX_QUERY_VALUE] + "..."
             return web.json_response(
-                {"error": f"window must be a duration up to {MAX_WINDOW:.0f}s (30s, 5m, 1h); got {text!r}"},
+                {"error": f"window must be a duration up to {MAX_WINDOW:.0f}s (30s, 5m, 1h); got {shown!r}"},
                 status=400,
             )
         return web.json_response(self._topology(window))
@@ -85,9 +139,14 @@ class HttpServer:
     async def _topology_page(self, request: web.Request) -> web.Response:
         return web.Response(text=_PAGE, content_type="text/html")
 
-    async def _serve_metrics(self, request: web.Request) -> web.Response:
+    async def _serve_metrics(self, request: web.Request) -> web.StreamResponse:
         assert self._metrics is not None
-        return web.Response(
-            body=self._metrics().encode(),
-            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-        )
+        async with self._scrape:  # one page in the making at a time, however many scrapers
+            response = web.StreamResponse(headers={"Content-Type": METRICS_CONTENT_TYPE})
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            for chunk in self._metrics():
+                await response.write(chunk.encode())
+                await asyncio.sleep(0)  # write() yields only when the socket's buffer is full
+            await response.write_eof()
+            return response

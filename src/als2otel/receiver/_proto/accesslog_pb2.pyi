@@ -87,7 +87,7 @@ class ConnectionProperties(_message.Message):
     def __init__(self, received_bytes: _Optional[int] = ..., sent_bytes: _Optional[int] = ...) -> None: ...
 
 class AccessLogCommon(_message.Message):
-    __slots__ = ("sample_rate", "downstream_remote_address", "downstream_local_address", "tls_properties", "start_time", "time_to_last_rx_byte", "time_to_first_upstream_tx_byte", "time_to_last_upstream_tx_byte", "time_to_first_upstream_rx_byte", "time_to_last_upstream_rx_byte", "time_to_first_downstream_tx_byte", "time_to_last_downstream_tx_byte", "upstream_remote_address", "upstream_local_address", "upstream_cluster", "response_flags", "upstream_transport_failure_reason", "route_name", "downstream_direct_remote_address", "filter_state_objects", "custom_tags", "duration", "upstream_request_attempt_count", "connection_termination_details", "stream_id", "intermediate_log_entry", "downstream_transport_failure_reason", "downstream_wire_bytes_sent", "downstream_wire_bytes_received", "upstream_wire_bytes_sent", "upstream_wire_bytes_received", "access_log_type")
+    __slots__ = ("sample_rate", "downstream_remote_address", "downstream_local_address", "tls_properties", "start_time", "time_to_last_rx_byte", "time_to_first_upstream_tx_byte", "time_to_last_upstream_tx_byte", "time_to_first_upstream_rx_byte", "time_to_last_upstream_rx_byte", "time_to_first_downstream_tx_byte", "time_to_last_downstream_tx_byte", "upstream_remote_address", "upstream_local_address", "upstream_cluster", "response_flags", "route_name", "downstream_direct_remote_address", "filter_state_objects", "duration", "intermediate_log_entry", "access_log_type")
     class FilterStateObjectsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -95,13 +95,6 @@ class AccessLogCommon(_message.Message):
         key: str
         value: _any_pb2.Any
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_any_pb2.Any, _Mapping]] = ...) -> None: ...
-    class CustomTagsEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: str
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     DOWNSTREAM_REMOTE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     DOWNSTREAM_LOCAL_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -118,21 +111,11 @@ class AccessLogCommon(_message.Message):
     UPSTREAM_LOCAL_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_CLUSTER_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FLAGS_FIELD_NUMBER: _ClassVar[int]
-    UPSTREAM_TRANSPORT_FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
     ROUTE_NAME_FIELD_NUMBER: _ClassVar[int]
     DOWNSTREAM_DIRECT_REMOTE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     FILTER_STATE_OBJECTS_FIELD_NUMBER: _ClassVar[int]
-    CUSTOM_TAGS_FIELD_NUMBER: _ClassVar[int]
     DURATION_FIELD_NUMBER: _ClassVar[int]
-    UPSTREAM_REQUEST_ATTEMPT_COUNT_FIELD_NUMBER: _ClassVar[int]
-    CONNECTION_TERMINATION_DETAILS_FIELD_NUMBER: _ClassVar[int]
-    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     INTERMEDIATE_LOG_ENTRY_FIELD_NUMBER: _ClassVar[int]
-    DOWNSTREAM_TRANSPORT_FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
-    DOWNSTREAM_WIRE_BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
-    DOWNSTREAM_WIRE_BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
-    UPSTREAM_WIRE_BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
-    UPSTREAM_WIRE_BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     ACCESS_LOG_TYPE_FIELD_NUMBER: _ClassVar[int]
     sample_rate: float
     downstream_remote_address: bytes
@@ -150,23 +133,13 @@ class AccessLogCommon(_message.Message):
     upstream_local_address: bytes
     upstream_cluster: str
     response_flags: ResponseFlags
-    upstream_transport_failure_reason: str
     route_name: str
     downstream_direct_remote_address: bytes
     filter_state_objects: _containers.MessageMap[str, _any_pb2.Any]
-    custom_tags: _containers.ScalarMap[str, str]
     duration: _duration_pb2.Duration
-    upstream_request_attempt_count: int
-    connection_termination_details: str
-    stream_id: str
     intermediate_log_entry: bool
-    downstream_transport_failure_reason: str
-    downstream_wire_bytes_sent: int
-    downstream_wire_bytes_received: int
-    upstream_wire_bytes_sent: int
-    upstream_wire_bytes_received: int
     access_log_type: AccessLogType
-    def __init__(self, sample_rate: _Optional[float] = ..., downstream_remote_address: _Optional[bytes] = ..., downstream_local_address: _Optional[bytes] = ..., tls_properties: _Optional[_Union[TLSProperties, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., time_to_last_rx_byte: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_to_first_upstream_tx_byte: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_to_last_upstream_tx_byte: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_to_first_upstream_rx_byte: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_to_last_upstream_rx_byte: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_to_first_downstream_tx_byte: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_to_last_downstream_tx_byte: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., upstream_remote_address: _Optional[bytes] = ..., upstream_local_address: _Optional[bytes] = ..., upstream_cluster: _Optional[str] = ..., response_flags: _Optional[_Union[ResponseFlags, _Mapping]] = ..., upstream_transport_failure_reason: _Optional[str] = ..., route_name: _Optional[str] = ..., downstream_direct_remote_address: _Optional[bytes] = ..., filter_state_objects: _Optional[_Mapping[str, _any_pb2.Any]] = ..., custom_tags: _Optional[_Mapping[str, str]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., upstream_request_attempt_count: _Optional[int] = ..., connection_termination_details: _Optional[str] = ..., stream_id: _Optional[str] = ..., intermediate_log_entry: _Optional[bool] = ..., downstream_transport_failure_reason: _Optional[str] = ..., downstream_wire_bytes_sent: _Optional[int] = ..., downstream_wire_bytes_received: _Optional[int] = ..., upstream_wire_bytes_sent: _Optional[int] = ..., upstream_wire_bytes_received: _Optional[int] = ..., access_log_type: _Optional[_Union[AccessLogType, str]] = ...) -> None: ...
+    def __init__(self, sample_rate: _Optional[float] = ..., downstream_remote_address: _Optional[bytes] = ..., downstream_local_address: _Optional[bytes] = ..., tls_properties: _Optional[_Union[TLSProperties, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., time_to_last_rx_byte: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_to_first_upstream_tx_byte: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_to_last_upstream_tx_byte: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_to_first_upstream_rx_byte: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_to_last_upstream_rx_byte: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_to_first_downstream_tx_byte: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_to_last_downstream_tx_byte: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., upstream_remote_address: _Optional[bytes] = ..., upstream_local_address: _Optional[bytes] = ..., upstream_cluster: _Optional[str] = ..., response_flags: _Optional[_Union[ResponseFlags, _Mapping]] = ..., route_name: _Optional[str] = ..., downstream_direct_remote_address: _Optional[bytes] = ..., filter_state_objects: _Optional[_Mapping[str, _any_pb2.Any]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., intermediate_log_entry: _Optional[bool] = ..., access_log_type: _Optional[_Union[AccessLogType, str]] = ...) -> None: ...
 
 class ResponseFlags(_message.Message):
     __slots__ = ("failed_local_healthcheck", "no_healthy_upstream", "upstream_request_timeout", "local_reset", "upstream_remote_reset", "upstream_connection_failure", "upstream_connection_termination", "upstream_overflow", "no_route_found", "delay_injected", "fault_injected", "rate_limited", "unauthorized_details", "rate_limit_service_error", "downstream_connection_termination", "upstream_retry_limit_exceeded", "stream_idle_timeout", "invalid_envoy_request_headers", "downstream_protocol_error", "upstream_max_stream_duration_reached", "response_from_cache_filter", "no_filter_config_found", "duration_timeout", "upstream_protocol_error", "no_cluster_found", "overload_manager", "dns_resolution_failure")
@@ -240,19 +213,17 @@ class ResponseFlags(_message.Message):
 class TLSProperties(_message.Message):
     __slots__ = ("local_certificate_properties", "peer_certificate_properties")
     class CertificateProperties(_message.Message):
-        __slots__ = ("subject_alt_name", "subject")
+        __slots__ = ("subject_alt_name",)
         class SubjectAltName(_message.Message):
             __slots__ = ("uri", "dns")
             URI_FIELD_NUMBER: _ClassVar[int]
             DNS_FIELD_NUMBER: _ClassVar[int]
-            uri: str
-            dns: str
-            def __init__(self, uri: _Optional[str] = ..., dns: _Optional[str] = ...) -> None: ...
+            uri: bytes
+            dns: bytes
+            def __init__(self, uri: _Optional[bytes] = ..., dns: _Optional[bytes] = ...) -> None: ...
         SUBJECT_ALT_NAME_FIELD_NUMBER: _ClassVar[int]
-        SUBJECT_FIELD_NUMBER: _ClassVar[int]
         subject_alt_name: _containers.RepeatedCompositeFieldContainer[TLSProperties.CertificateProperties.SubjectAltName]
-        subject: str
-        def __init__(self, subject_alt_name: _Optional[_Iterable[_Union[TLSProperties.CertificateProperties.SubjectAltName, _Mapping]]] = ..., subject: _Optional[str] = ...) -> None: ...
+        def __init__(self, subject_alt_name: _Optional[_Iterable[_Union[TLSProperties.CertificateProperties.SubjectAltName, _Mapping]]] = ...) -> None: ...
     LOCAL_CERTIFICATE_PROPERTIES_FIELD_NUMBER: _ClassVar[int]
     PEER_CERTIFICATE_PROPERTIES_FIELD_NUMBER: _ClassVar[int]
     local_certificate_properties: TLSProperties.CertificateProperties
@@ -260,68 +231,50 @@ class TLSProperties(_message.Message):
     def __init__(self, local_certificate_properties: _Optional[_Union[TLSProperties.CertificateProperties, _Mapping]] = ..., peer_certificate_properties: _Optional[_Union[TLSProperties.CertificateProperties, _Mapping]] = ...) -> None: ...
 
 class HTTPRequestProperties(_message.Message):
-    __slots__ = ("request_method", "scheme", "authority", "port", "path", "user_agent", "referer", "forwarded_for", "request_id", "original_path", "request_headers_bytes", "request_body_bytes", "request_headers")
+    __slots__ = ("request_method", "scheme", "authority", "path", "user_agent", "request_id", "request_headers")
     class RequestHeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
-        value: str
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
     REQUEST_METHOD_FIELD_NUMBER: _ClassVar[int]
     SCHEME_FIELD_NUMBER: _ClassVar[int]
     AUTHORITY_FIELD_NUMBER: _ClassVar[int]
-    PORT_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     USER_AGENT_FIELD_NUMBER: _ClassVar[int]
-    REFERER_FIELD_NUMBER: _ClassVar[int]
-    FORWARDED_FOR_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
-    ORIGINAL_PATH_FIELD_NUMBER: _ClassVar[int]
-    REQUEST_HEADERS_BYTES_FIELD_NUMBER: _ClassVar[int]
-    REQUEST_BODY_BYTES_FIELD_NUMBER: _ClassVar[int]
     REQUEST_HEADERS_FIELD_NUMBER: _ClassVar[int]
     request_method: _core_pb2.RequestMethod
-    scheme: str
-    authority: str
-    port: _wrappers_pb2.UInt32Value
-    path: str
-    user_agent: str
-    referer: str
-    forwarded_for: str
-    request_id: str
-    original_path: str
-    request_headers_bytes: int
-    request_body_bytes: int
-    request_headers: _containers.ScalarMap[str, str]
-    def __init__(self, request_method: _Optional[_Union[_core_pb2.RequestMethod, str]] = ..., scheme: _Optional[str] = ..., authority: _Optional[str] = ..., port: _Optional[_Union[_wrappers_pb2.UInt32Value, _Mapping]] = ..., path: _Optional[str] = ..., user_agent: _Optional[str] = ..., referer: _Optional[str] = ..., forwarded_for: _Optional[str] = ..., request_id: _Optional[str] = ..., original_path: _Optional[str] = ..., request_headers_bytes: _Optional[int] = ..., request_body_bytes: _Optional[int] = ..., request_headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    scheme: bytes
+    authority: bytes
+    path: bytes
+    user_agent: bytes
+    request_id: bytes
+    request_headers: _containers.ScalarMap[str, bytes]
+    def __init__(self, request_method: _Optional[_Union[_core_pb2.RequestMethod, str]] = ..., scheme: _Optional[bytes] = ..., authority: _Optional[bytes] = ..., path: _Optional[bytes] = ..., user_agent: _Optional[bytes] = ..., request_id: _Optional[bytes] = ..., request_headers: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
 
 class HTTPResponseProperties(_message.Message):
-    __slots__ = ("response_code", "response_headers_bytes", "response_body_bytes", "response_headers", "response_trailers", "response_code_details")
+    __slots__ = ("response_code", "response_headers", "response_trailers")
     class ResponseHeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
-        value: str
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
     class ResponseTrailersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
-        value: str
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
     RESPONSE_CODE_FIELD_NUMBER: _ClassVar[int]
-    RESPONSE_HEADERS_BYTES_FIELD_NUMBER: _ClassVar[int]
-    RESPONSE_BODY_BYTES_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_HEADERS_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_TRAILERS_FIELD_NUMBER: _ClassVar[int]
-    RESPONSE_CODE_DETAILS_FIELD_NUMBER: _ClassVar[int]
     response_code: _wrappers_pb2.UInt32Value
-    response_headers_bytes: int
-    response_body_bytes: int
-    response_headers: _containers.ScalarMap[str, str]
-    response_trailers: _containers.ScalarMap[str, str]
-    response_code_details: str
-    def __init__(self, response_code: _Optional[_Union[_wrappers_pb2.UInt32Value, _Mapping]] = ..., response_headers_bytes: _Optional[int] = ..., response_body_bytes: _Optional[int] = ..., response_headers: _Optional[_Mapping[str, str]] = ..., response_trailers: _Optional[_Mapping[str, str]] = ..., response_code_details: _Optional[str] = ...) -> None: ...
+    response_headers: _containers.ScalarMap[str, bytes]
+    response_trailers: _containers.ScalarMap[str, bytes]
+    def __init__(self, response_code: _Optional[_Union[_wrappers_pb2.UInt32Value, _Mapping]] = ..., response_headers: _Optional[_Mapping[str, bytes]] = ..., response_trailers: _Optional[_Mapping[str, bytes]] = ...) -> None: ...

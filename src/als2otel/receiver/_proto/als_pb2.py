@@ -22,27 +22,26 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from als2otel.receiver._proto import accesslog_pb2 as als2otel_dot_receiver_dot___proto_dot_accesslog__pb2
 from als2otel.receiver._proto import core_pb2 as als2otel_dot_receiver_dot___proto_dot_core__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"als2otel/receiver/_proto/als.proto\x12\x1a\x65nvoy.service.accesslog.v3\x1a(als2otel/receiver/_proto/accesslog.proto\x1a#als2otel/receiver/_proto/core.proto\"\x1a\n\x18StreamAccessLogsResponse\"\xb0\x04\n\x17StreamAccessLogsMessage\x12R\n\nidentifier\x18\x01 \x01(\x0b\x32>.envoy.service.accesslog.v3.StreamAccessLogsMessage.Identifier\x12]\n\thttp_logs\x18\x02 \x01(\x0b\x32H.envoy.service.accesslog.v3.StreamAccessLogsMessage.HTTPAccessLogEntriesH\x00\x12[\n\x08tcp_logs\x18\x03 \x01(\x0b\x32G.envoy.service.accesslog.v3.StreamAccessLogsMessage.TCPAccessLogEntriesH\x00\x1aH\n\nIdentifier\x12(\n\x04node\x18\x01 \x01(\x0b\x32\x1a.envoy.config.core.v3.Node\x12\x10\n\x08log_name\x18\x02 \x01(\t\x1aV\n\x14HTTPAccessLogEntries\x12>\n\tlog_entry\x18\x01 \x03(\x0b\x32+.envoy.data.accesslog.v3.HTTPAccessLogEntry\x1aT\n\x13TCPAccessLogEntries\x12=\n\tlog_entry\x18\x01 \x03(\x0b\x32*.envoy.data.accesslog.v3.TCPAccessLogEntryB\r\n\x0blog_entries2\x96\x01\n\x10\x41\x63\x63\x65ssLogService\x12\x81\x01\n\x10StreamAccessLogs\x12\x33.envoy.service.accesslog.v3.StreamAccessLogsMessage\x1a\x34.envoy.service.accesslog.v3.StreamAccessLogsResponse\"\x00(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"als2otel/receiver/_proto/als.proto\x12\x1a\x65nvoy.service.accesslog.v3\x1a#als2otel/receiver/_proto/core.proto\"\x1a\n\x18StreamAccessLogsResponse\"\xd7\x03\n\x17StreamAccessLogsMessage\x12R\n\nidentifier\x18\x01 \x01(\x0b\x32>.envoy.service.accesslog.v3.StreamAccessLogsMessage.Identifier\x12]\n\thttp_logs\x18\x02 \x01(\x0b\x32H.envoy.service.accesslog.v3.StreamAccessLogsMessage.HTTPAccessLogEntriesH\x00\x12[\n\x08tcp_logs\x18\x03 \x01(\x0b\x32G.envoy.service.accesslog.v3.StreamAccessLogsMessage.TCPAccessLogEntriesH\x00\x1aH\n\nIdentifier\x12(\n\x04node\x18\x01 \x01(\x0b\x32\x1a.envoy.config.core.v3.Node\x12\x10\n\x08log_name\x18\x02 \x01(\t\x1a)\n\x14HTTPAccessLogEntries\x12\x11\n\tlog_entry\x18\x01 \x03(\x0c\x1a(\n\x13TCPAccessLogEntries\x12\x11\n\tlog_entry\x18\x01 \x03(\x0c\x42\r\n\x0blog_entries2\x96\x01\n\x10\x41\x63\x63\x65ssLogService\x12\x81\x01\n\x10StreamAccessLogs\x12\x33.envoy.service.accesslog.v3.StreamAccessLogsMessage\x1a\x34.envoy.service.accesslog.v3.StreamAccessLogsResponse\"\x00(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'als2otel.receiver._proto.als_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STREAMACCESSLOGSRESPONSE']._serialized_start=145
-  _globals['_STREAMACCESSLOGSRESPONSE']._serialized_end=171
-  _globals['_STREAMACCESSLOGSMESSAGE']._serialized_start=174
-  _globals['_STREAMACCESSLOGSMESSAGE']._serialized_end=734
-  _globals['_STREAMACCESSLOGSMESSAGE_IDENTIFIER']._serialized_start=473
-  _globals['_STREAMACCESSLOGSMESSAGE_IDENTIFIER']._serialized_end=545
-  _globals['_STREAMACCESSLOGSMESSAGE_HTTPACCESSLOGENTRIES']._serialized_start=547
-  _globals['_STREAMACCESSLOGSMESSAGE_HTTPACCESSLOGENTRIES']._serialized_end=633
-  _globals['_STREAMACCESSLOGSMESSAGE_TCPACCESSLOGENTRIES']._serialized_start=635
-  _globals['_STREAMACCESSLOGSMESSAGE_TCPACCESSLOGENTRIES']._serialized_end=719
-  _globals['_ACCESSLOGSERVICE']._serialized_start=737
-  _globals['_ACCESSLOGSERVICE']._serialized_end=887
+  _globals['_STREAMACCESSLOGSRESPONSE']._serialized_start=103
+  _globals['_STREAMACCESSLOGSRESPONSE']._serialized_end=129
+  _globals['_STREAMACCESSLOGSMESSAGE']._serialized_start=132
+  _globals['_STREAMACCESSLOGSMESSAGE']._serialized_end=603
+  _globals['_STREAMACCESSLOGSMESSAGE_IDENTIFIER']._serialized_start=431
+  _globals['_STREAMACCESSLOGSMESSAGE_IDENTIFIER']._serialized_end=503
+  _globals['_STREAMACCESSLOGSMESSAGE_HTTPACCESSLOGENTRIES']._serialized_start=505
+  _globals['_STREAMACCESSLOGSMESSAGE_HTTPACCESSLOGENTRIES']._serialized_end=546
+  _globals['_STREAMACCESSLOGSMESSAGE_TCPACCESSLOGENTRIES']._serialized_start=548
+  _globals['_STREAMACCESSLOGSMESSAGE_TCPACCESSLOGENTRIES']._serialized_end=588
+  _globals['_ACCESSLOGSERVICE']._serialized_start=606
+  _globals['_ACCESSLOGSERVICE']._serialized_end=756
 # @@protoc_insertion_point(module_scope)

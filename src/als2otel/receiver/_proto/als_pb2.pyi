@@ -1,5 +1,4 @@
 # mypy: disable-error-code="type-arg"
-from als2otel.receiver._proto import accesslog_pb2 as _accesslog_pb2
 from als2otel.receiver._proto import core_pb2 as _core_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -25,13 +24,13 @@ class StreamAccessLogsMessage(_message.Message):
     class HTTPAccessLogEntries(_message.Message):
         __slots__ = ("log_entry",)
         LOG_ENTRY_FIELD_NUMBER: _ClassVar[int]
-        log_entry: _containers.RepeatedCompositeFieldContainer[_accesslog_pb2.HTTPAccessLogEntry]
-        def __init__(self, log_entry: _Optional[_Iterable[_Union[_accesslog_pb2.HTTPAccessLogEntry, _Mapping]]] = ...) -> None: ...
+        log_entry: _containers.RepeatedScalarFieldContainer[bytes]
+        def __init__(self, log_entry: _Optional[_Iterable[bytes]] = ...) -> None: ...
     class TCPAccessLogEntries(_message.Message):
         __slots__ = ("log_entry",)
         LOG_ENTRY_FIELD_NUMBER: _ClassVar[int]
-        log_entry: _containers.RepeatedCompositeFieldContainer[_accesslog_pb2.TCPAccessLogEntry]
-        def __init__(self, log_entry: _Optional[_Iterable[_Union[_accesslog_pb2.TCPAccessLogEntry, _Mapping]]] = ...) -> None: ...
+        log_entry: _containers.RepeatedScalarFieldContainer[bytes]
+        def __init__(self, log_entry: _Optional[_Iterable[bytes]] = ...) -> None: ...
     IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
     HTTP_LOGS_FIELD_NUMBER: _ClassVar[int]
     TCP_LOGS_FIELD_NUMBER: _ClassVar[int]
