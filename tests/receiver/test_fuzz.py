@@ -1,0 +1,287 @@
+"""Fuzzing the entry path: any value in any field, and random mutations of real messages.
+
+Every entry must end as calls, or as invalid or intermediate with a known reason: the
+pipeline counts an exception it did not expect under ``unexpected_error``, and these
+tests fail on any. Bounded (a fixed number of examples, derandomized) so CI runs them
+every time; ``FUZZ_EXAMPLES`` raises the count for a longer local run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from typing import Any
+
+from conftest import bridge_config
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support import als, peers
+
+from als2otel import config as cfg
+from als2otel.app import Bridge
+from als2otel.receiver import identify
+from als2otel.receiver._proto import accesslog_pb2, core_pb2
+from als2otel.receiver.server import EntryBatch
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+PEER = peers.pod("reviews")
+SIDECAR = identify(
+    als.identifier(
+        "sidecar~10.1.0.4~productpage-v1-6b746f74dc-9stfq.default~default.svc.cluster.local",
+        als.sidecar_metadata("productpage-v1-6b746f74dc-9stfq", "default", "productpage"),
+    )
+)
+GATEWAY = identify(
+    als.identifier(
+        "router~10.1.0.2~istio-ingressgateway-x.istio-system~istio-system.svc.cluster.local",
+        peers.Peer("istio-ingressgateway-x", "istio-system", "istio-ingressgateway").node_metadata(),
+    )
+)
+HEADERS = ("traceparent", "b3", "x-b3-traceid", "x-b3-spanid", "content-type", "x-envoy-peer-metadata")
+FILTER_KEYS = ("upstream_peer", "downstream_peer", "wasm.upstream_peer", "wasm.downstream_peer")
+TYPE_URLS = (
+    "type.googleapis.com/google.protobuf.Struct",
+    "type.googleapis.com/google.protobuf.BytesValue",
+    "type.googleapis.com/google.protobuf.StringValue",
+    "type.googleapis.com/nonsense",
+    "",
+)
+NOW_S = als.START_S
+
+
+def mostly(usual: st.SearchStrategy[Any], wild: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """``usual`` about 19 times in 20, else ``wild``."""
+    return st.integers(0, 19).flatmap(lambda n: wild if n == 0 else usual)
+
+
+int64 = st.integers(-(2**63), 2**63 - 1)
+int32 = st.integers(-(2**31), 2**31 - 1)
+near_now = st.integers(NOW_S - 100_000, NOW_S + 100_000)
+# What Envoy copies from traffic: any bytes, or any text (digits of every script included).
+traffic = st.one_of(
+    st.binary(max_size=80), st.text(max_size=40).map(lambda t: t.encode("utf-8", "surrogatepass"))
+)
+# Values read as numbers: digits of any script, signs, and very long numbers.
+numeric = st.one_of(
+    traffic,
+    st.text(st.characters(categories=["Nd", "No", "Nl"]), min_size=1, max_size=6).map(str.encode),
+    st.sampled_from(["\N{SUPERSCRIPT TWO}", "\N{SUPERSCRIPT ONE}\N{SUPERSCRIPT FOUR}", "\u0663"]).map(
+        str.encode
+    ),
+    st.integers(-(10**30), 10**30).map(lambda i: str(i).encode()),
+    st.builds(lambda digit, count: digit * count, st.sampled_from([b"1", b"9"]), st.integers(1, 6000)),
+)
+ip = mostly(st.sampled_from(["10.1.0.9", "10.1.0.4", "10.96.0.9", "::1"]), st.text(max_size=40))
+
+
+@st.composite
+def address(draw: Any) -> bytes:
+    kind = draw(mostly(st.just("ip"), st.sampled_from(["bytes", "pipe", "internal", "none"])))
+    if kind == "ip":
+        return core_pb2.Address(
+            socket_address=core_pb2.SocketAddress(
+                address=draw(ip), port_value=draw(st.integers(0, 2**32 - 1))
+            )
+        ).SerializeToString()
+    if kind == "pipe":
+        return core_pb2.Address(pipe=core_pb2.Pipe(path=draw(st.text(max_size=20)))).SerializeToString()
+    if kind == "internal":
+        return core_pb2.Address(
+            envoy_internal_address=core_pb2.EnvoyInternalAddress(endpoint_id=draw(st.text(max_size=30)))
+        ).SerializeToString()
+    if kind == "bytes":
+        return draw(st.binary(max_size=40))
+    return b""
+
+
+@st.composite
+def filter_state_value(draw: Any) -> tuple[str, bytes]:
+    choice = draw(st.sampled_from(["real", "random"]))
+    if choice == "real":
+        kind = draw(st.sampled_from(["flatnode", "struct", "wasm"]))
+        value = next(iter(peers.filter_state(kind, "upstream", PEER).values()))
+        data = bytearray(value.value)
+        for _ in range(draw(st.integers(0, 3))):
+            if data:
+                data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+        return value.type_url, bytes(data)
+    return draw(st.sampled_from(TYPE_URLS)), draw(st.binary(max_size=200))
+
+
+@st.composite
+def http_entry(draw: Any) -> bytes:
+    entry = accesslog_pb2.HTTPAccessLogEntry(protocol_version=draw(st.integers(0, 6)))
+    c = entry.common_properties
+    # Mostly values that pass the early checks, so that the later stages see the rest.
+    c.start_time.seconds = draw(mostly(near_now, int64.filter(lambda s: -(2**62) < s < 2**62)))
+    c.start_time.nanos = draw(mostly(st.integers(0, 999_999_999), int32))
+    for field in (
+        "downstream_remote_address",
+        "downstream_local_address",
+        "upstream_remote_address",
+        "upstream_local_address",
+        "downstream_direct_remote_address",
+    ):
+        setattr(c, field, draw(address()))
+    for field in (
+        "time_to_first_upstream_tx_byte",
+        "time_to_last_upstream_rx_byte",
+        "time_to_last_downstream_tx_byte",
+        "duration",
+    ):
+        duration = getattr(c, field)
+        duration.seconds = draw(mostly(st.integers(0, 5), st.integers(-(2**40), 2**40)))
+        duration.nanos = draw(mostly(st.integers(0, 999_999_999), int32))
+    c.upstream_cluster = draw(
+        st.one_of(
+            st.sampled_from(["outbound|9080||reviews.default.svc.cluster.local", "inbound|9080||", ""]),
+            st.text(max_size=60),
+        )
+    )
+    c.route_name = draw(st.text(max_size=20))
+    c.access_log_type = draw(mostly(st.sampled_from([0, 6]), st.integers(0, 20)))
+    c.intermediate_log_entry = draw(mostly(st.just(False), st.booleans()))
+    for name in draw(st.lists(st.sampled_from([f.name for f in c.response_flags.DESCRIPTOR.fields]))):
+        if name != "unauthorized_details":
+            setattr(c.response_flags, name, True)
+    for key in draw(st.lists(st.sampled_from(FILTER_KEYS), max_size=2)):
+        type_url, value = draw(filter_state_value())
+        c.filter_state_objects[key].type_url = type_url
+        c.filter_state_objects[key].value = value
+    if draw(st.booleans()):
+        c.tls_properties.peer_certificate_properties.subject_alt_name.add().uri = draw(traffic)
+    r = entry.request
+    r.request_method = draw(st.integers(0, 12))
+    for field in ("scheme", "authority", "path", "user_agent", "request_id"):
+        setattr(r, field, draw(traffic))
+    for name in draw(st.lists(st.sampled_from(HEADERS), max_size=4)):
+        r.request_headers[name] = draw(traffic)
+    if draw(st.booleans()):
+        entry.response.response_code.value = draw(st.integers(0, 2**32 - 1))
+    for name in draw(st.lists(st.sampled_from(HEADERS), max_size=2)):
+        entry.response.response_headers[name] = draw(traffic)
+    if draw(st.booleans()):
+        entry.response.response_trailers["grpc-status"] = draw(numeric)
+    return entry.SerializeToString()
+
+
+def offline_bridge() -> Bridge:
+    config = cfg.parse(
+        {
+            "analyzers": ["mx-mesh"],
+            "exporters": {"otlp": {"enabled": False}},
+            "metrics": {"sets": ["http", "servicegraph", "istio"]},
+        },
+        {},
+    )
+    bridge = Bridge(config, clock=als.synthetic_clock)
+    bridge.translator._traces = True  # spans are built as with an exporter
+    return bridge
+
+
+async def process(encoded: list[bytes], proxy: Any) -> Bridge:
+    bridge = offline_bridge()
+    bridge.pipeline.process(EntryBatch(proxy, "v3", "http", encoded))
+    bridge.flush_spans()
+    bridge.render_metrics()
+    bridge.topology.snapshot(300, als.synthetic_clock() / 1e9)
+    return bridge
+
+
+class TestFuzz:
+    @FUZZ
+    @given(st.lists(http_entry(), min_size=1, max_size=4), st.sampled_from([SIDECAR, GATEWAY]))
+    def test_any_field_values(self, entries: list[bytes], proxy: Any) -> None:
+        """Arbitrary values in every field the bridge reads: never an unexpected error."""
+        bridge = asyncio.run(process(entries, proxy))
+        assert bridge.stats.entries_invalid.get("unexpected_error") == 0
+
+    def test_mutated_real_entries(self) -> None:
+        """Real entries with bytes flipped, cut, repeated or inserted: never an unexpected error."""
+        rng = random.Random(12)
+        originals = [
+            als.http_entry(
+                downstream_remote=("10.1.0.4", 40000 + i),
+                downstream_local=("10.96.0.9", 9080),
+                upstream_remote=("10.1.0.9", 9080),
+                upstream_local=("10.1.0.4", 50000 + i),
+                cluster="outbound|9080||reviews.default.svc.cluster.local",
+                path=f"/reviews/{i}",
+                authority="reviews:9080",
+                request_id=f"00000000-0000-4000-8000-{i:012d}",
+                headers={"traceparent": f"00-{i + 1:032x}-{i + 1:016x}-01"},
+                filter_state=peers.filter_state("flatnode" if i % 2 else "struct", "upstream", PEER),
+                start_ms=i,
+            ).SerializeToString()
+            for i in range(20)
+        ]
+        mutated = []
+        for _ in range(EXAMPLES * 10):
+            data = bytearray(rng.choice(originals))
+            for _ in range(rng.randint(1, 4)):
+                where = rng.randrange(len(data))
+                action = rng.randrange(4)
+                if action == 0:
+                    data[where] = rng.randrange(256)
+                elif action == 1:
+                    del data[where : where + rng.randint(1, 8)]
+                elif action == 2:
+                    data[where:where] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+                else:
+                    data[where:where] = data[max(0, where - 16) : where]
+            mutated.append(bytes(data))
+        bridge = asyncio.run(process(mutated, SIDECAR))
+        assert bridge.stats.entries_invalid.get("unexpected_error") == 0
+        counted = (
+            sum(bridge.stats.entries_invalid.values.values())
+            + sum(bridge.stats.entries_intermediate.values.values())
+            + sum(bridge.stats.entries_unresolved.values.values())
+            + bridge.stats.calls.get("client")
+        )
+        assert counted >= len(mutated)  # every entry ends somewhere counted
+
+
+class TestFuzzStreams:
+    async def test_mutated_messages_over_grpc(self, make_bridge: Any) -> None:
+        """Whole messages mutated at random over real streams: each stream ends or goes on, the
+        process and the pipeline go on, and a clean stream afterwards counts every call."""
+        bridge = await make_bridge(bridge_config(None, analyzers=["mx-mesh"]))
+        target = f"127.0.0.1:{bridge.receiver.port}"
+        ident = als.identifier(
+            "sidecar~10.1.0.4~productpage-v1-6b746f74dc-9stfq.default~default.svc.cluster.local",
+            als.sidecar_metadata("productpage-v1-6b746f74dc-9stfq", "default", "productpage"),
+        )
+        entries = [
+            als.http_entry(
+                downstream_remote=("10.1.0.4", 40000 + i),
+                downstream_local=("10.96.0.9", 9080),
+                upstream_remote=("10.1.0.9", 9080),
+                upstream_local=("10.1.0.4", 50000 + i),
+                cluster="outbound|9080||reviews.default.svc.cluster.local",
+                filter_state=peers.filter_state("flatnode", "upstream", PEER),
+            )
+            for i in range(10)
+        ]
+        original = als.http_message(entries, ident).SerializeToString()
+        rng = random.Random(7)
+        for _ in range(40):
+            data = bytearray(original)
+            for _ in range(rng.randint(1, 6)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            await als.send(target, [bytes(data), bytes(data)])
+        await bridge.pipeline.drain()
+        assert bridge.stats.entries_invalid.get("unexpected_error") == 0
+        assert bridge.stats.streams_ended.get("internal_error") == 0
+        calls = bridge.stats.calls.get("client")
+        assert await als.send(target, [als.http_message(entries, ident)]) is None
+        await bridge.pipeline.drain()
+        assert bridge.stats.calls.get("client") == calls + 10
