@@ -42,6 +42,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/instructions.py
 	$(BIN)/python bench/instructions.py --peers
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/stall.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -53,7 +53,7 @@ def _series_labels(series: Series) -> list[tuple[str, str]]:
     return pairs
 
 
-CHUNK_SERIES = 256
+CHUNK_SERIES = 64
 """Series rendered per chunk of :func:`render_chunks`; the page is served chunk by chunk."""
 
 
