@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable
 
@@ -20,6 +21,7 @@ from .analysis.k8s.watch import KubeCache, NoKubernetesConfig, api_client
 from .analysis.k8s_mesh import K8sMeshAnalyzer
 from .analysis.peers import PeerDecoder
 from .export import OtlpExporter, Transport, make_transport, render, render_chunks
+from .export.split import split_request
 from .model import Workload
 from .pipeline import Pipeline
 from .receiver import AlsServer
@@ -32,7 +34,11 @@ log = logging.getLogger("als2otel")
 TRACE_FLUSH_INTERVAL = 1.0
 """Seconds between span exports (sooner when a batch fills)."""
 
-SELF = Workload(service_name="als2otel")
+SELF_SERVICE = "als2otel"
+"""The service name of the resource the bridge's own counters, and resource-less series, are sent on."""
+
+INSTANCE_ATTRIBUTE = "als2otel.instance"
+"""The data-point attribute naming the bridge process that wrote a series (``metrics.instance_id``)."""
 
 TransportFactory = Callable[[str, cfg.OtlpConfig], Transport]
 
@@ -83,13 +89,25 @@ class Bridge:
         self.config = config
         self.stats = Stats()
         self._clock = clock
-        self.metrics = MetricStore(start_ns=clock(), stats=self.stats)
-        self.topology = Topology(self.stats.dropped, clock=lambda: self._clock() / 1e9)
+        self.instance_id = config.metrics.instance_id or socket.gethostname()
+        self._self_resource = Workload(service_name=SELF_SERVICE, instance=self.instance_id)
+        self._delta = config.metrics.temporality == "delta"
+        self.metrics = MetricStore(
+            start_ns=clock(), stats=self.stats, expire_after=config.metrics.expire_after
+        )
+        self.topology = Topology(
+            self.stats.dropped, clock=lambda: self._clock() / 1e9, expired=self.stats.expired
+        )
         otlp = config.exporters.otlp
         self.exporter: OtlpExporter | None = None
         if otlp.enabled:
             signals = ["metrics"] + (["traces"] if config.traces.enabled else [])
-            self.exporter = OtlpExporter({s: transport_factory(s, otlp) for s in signals}, otlp, self.stats)
+            self.exporter = OtlpExporter(
+                {s: transport_factory(s, otlp) for s in signals},
+                otlp,
+                self.stats,
+                cumulative_metrics=not self._delta,
+            )
         self.translator = Translator(
             MetricRecorder(self.metrics, config.metrics.sets),
             traces=config.traces.enabled and self.exporter is not None,
@@ -178,13 +196,19 @@ class Bridge:
 
     def _export_spans(self, batch: SpanBatch) -> None:
         if batch.count and self.exporter is not None:
-            payload, count = batch.take()
-            self.exporter.export("traces", payload, count)
+            self.exporter.export("traces", batch.take(self.config.exporters.otlp.max_request_size))
 
     def _export_metrics(self) -> None:
         if self.exporter is not None:
-            request, points = self.metrics.to_otlp(self._clock(), SELF)
-            self.exporter.export("metrics", request.SerializeToString(), points)
+            request, _ = self.metrics.to_otlp(
+                self._clock(),
+                self._self_resource,
+                writer=((INSTANCE_ATTRIBUTE, self.instance_id),),
+                delta=self._delta,
+            )
+            self.exporter.export(
+                "metrics", split_request("metrics", request, self.config.exporters.otlp.max_request_size)
+            )
 
     async def _flush_loop(self) -> None:
         interval = self.config.metrics.export_interval
@@ -193,5 +217,12 @@ class Bridge:
             await asyncio.sleep(TRACE_FLUSH_INTERVAL)
             self.flush_spans()
             if time.monotonic() >= next_metrics:
+                self.expire()
                 self._export_metrics()
                 next_metrics += interval
+
+    def expire(self) -> None:
+        """Forget series and edges gone idle (``metrics.expire_after``; edges: the largest window)."""
+        if self.metrics.expire():
+            self.translator.forget_shapes()  # their plans held removed series
+        self.topology.expire()

@@ -40,6 +40,10 @@ class Duration(float):
     """Seconds, written in the file as Go-style durations: ``10s``, ``1m30s``, ``250ms``."""
 
 
+class Size(int):
+    """Bytes, written in the file as ``4MiB``, ``512KiB``, ``1MB`` or a whole number."""
+
+
 @dataclass(frozen=True)
 class ReceiverConfig:
     listen: str = "0.0.0.0:11800"
@@ -67,6 +71,7 @@ class RetryConfig:
 @dataclass(frozen=True)
 class QueueConfig:
     queue_size: int = 200_000
+    num_consumers: int = 4
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,8 @@ class OtlpConfig:
     insecure: bool = True
     headers: dict[str, str] = field(default_factory=dict)
     compression: Literal["gzip", "none"] = "gzip"
+    max_request_size: Size = Size(4 * 1024 * 1024)
+    timeout: Duration = Duration(10)
     retry_on_failure: RetryConfig = field(default_factory=RetryConfig)
     sending_queue: QueueConfig = field(default_factory=QueueConfig)
 
@@ -102,6 +109,9 @@ class TracesConfig:
 class MetricsConfig:
     export_interval: Duration = Duration(10)
     sets: list[str] = field(default_factory=lambda: ["http", "servicegraph"])
+    temporality: Literal["cumulative", "delta"] = "cumulative"
+    expire_after: Duration = Duration(15 * 60)
+    instance_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -148,6 +158,7 @@ def parse(raw: Any, environ: Mapping[str, str]) -> Config:
         raise ConfigError(["(top level): must be a mapping of keys"])
     raw = _expand(raw, environ, "", problems)
     _apply_otlp_environment(raw, environ)
+    _apply_temporality_environment(raw, environ)
     config = _build(Config, raw, "", problems)
     if isinstance(config, Config):
         problems.extend(_check_values(config))
@@ -206,6 +217,23 @@ def _apply_otlp_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> 
         otlp["headers"] = _parse_header_list(environ["OTEL_EXPORTER_OTLP_HEADERS"])
     if otlp:
         raw["exporters"] = {**(exporters or {}), "otlp": otlp}
+
+
+TEMPORALITY_PREFERENCE = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"
+
+
+def _apply_temporality_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """The standard temporality preference fills ``metrics.temporality`` when the file leaves it out.
+
+    ``lowmemory`` means delta for counters and histograms, which is all als2otel sends.
+    """
+    preference = environ.get(TEMPORALITY_PREFERENCE, "").strip().lower()
+    metrics = raw.get("metrics")
+    if not preference or (metrics is not None and not isinstance(metrics, dict)):
+        return
+    if "temporality" not in (metrics or {}):
+        value = "delta" if preference == "lowmemory" else preference
+        raw["metrics"] = {**(metrics or {}), "temporality": value}
 
 
 def _parse_header_list(text: str) -> dict[str, str]:
@@ -297,6 +325,14 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
             problems.append(f'{path}: must be a duration like "10s" or "500ms", got {value!r}')
             return _INVALID
         return Duration(seconds)
+    if tp is Size:
+        size = parse_size(value)
+        if size is None:
+            problems.append(
+                f'{path}: must be a size like "4MiB", "512KiB" or a number of bytes, got {value!r}'
+            )
+            return _INVALID
+        return Size(size)
     if tp is bool:
         if not isinstance(value, bool):
             problems.append(f"{path}: must be true or false, got {value!r}")
@@ -350,6 +386,33 @@ def parse_duration(value: Any) -> float | None:
     return total
 
 
+_SIZE = re.compile(r"(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?")
+_UNIT_BYTES = {
+    None: 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "KiB": 2**10,
+    "MiB": 2**20,
+    "GiB": 2**30,
+}
+
+
+def parse_size(value: Any) -> int | None:
+    """Bytes from ``"4MiB"``-style text or a whole number; None if invalid."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if not isinstance(value, str) or len(value) > MAX_DURATION_TEXT:
+        return None
+    match = _SIZE.fullmatch(value.strip())
+    if match is None:
+        return None
+    return int(match.group(1)) * _UNIT_BYTES[match.group(2)]
+
+
 def _kind(value: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string", type(None): "null"}.get(
         type(value), type(value).__name__
@@ -364,6 +427,10 @@ def split_hostport(text: str) -> tuple[str, int] | None:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return (host, int(port)) if host else None
+
+
+MIN_REQUEST_SIZE = 64 * 1024
+"""The smallest ``max_request_size``: one span or histogram point, with its resource, fits many times over."""
 
 
 def _check_values(config: Config) -> list[str]:
@@ -393,6 +460,12 @@ def _check_values(config: Config) -> list[str]:
         problems.append("exporters.otlp.endpoint: must not be empty")
     if otlp.sending_queue.queue_size < 1:
         problems.append("exporters.otlp.sending_queue.queue_size: must be at least 1")
+    if otlp.sending_queue.num_consumers < 1:
+        problems.append("exporters.otlp.sending_queue.num_consumers: must be at least 1")
+    if otlp.max_request_size < MIN_REQUEST_SIZE:
+        problems.append(f"exporters.otlp.max_request_size: must be at least {MIN_REQUEST_SIZE // 1024}KiB")
+    if otlp.timeout <= 0:
+        problems.append("exporters.otlp.timeout: must be longer than 0s")
     from .analysis.k8s.naming import NameRule, RuleError  # noqa: PLC0415 - the rule's own parser
 
     try:

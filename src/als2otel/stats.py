@@ -74,10 +74,20 @@ class Stats:
             "OTLP export attempts that failed, by signal.",
             ("signal",),
         )
+        self.export_retries = Counter(
+            "als2otel_export_retries_total",
+            "OTLP export requests sent again after a transient failure or a late answer, by signal.",
+            ("signal",),
+        )
         self.dropped = Counter(
             "als2otel_dropped_total",
             "Entries, spans or metric points given up on, by signal and reason.",
             ("signal", "reason"),
+        )
+        self.expired = Counter(
+            "als2otel_expired_total",
+            "Metric series and topology edges forgotten after going idle (metrics.expire_after), by table.",
+            ("table",),
         )
         self.streams_ended = Counter(
             "als2otel_streams_ended_total",
@@ -101,6 +111,7 @@ class Stats:
                 self.entries_received.inc(api_version, log_type, by=0)
         for signal in ("traces", "metrics"):
             self.export_failures.inc(signal, by=0)
+            self.export_retries.inc(signal, by=0)
 
     def counters(self) -> list[Counter]:
         return [v for v in vars(self).values() if isinstance(v, Counter)]

@@ -1,4 +1,10 @@
-"""An OTLP receiver for tests, built on opentelemetry-proto: gRPC and HTTP/protobuf."""
+"""An OTLP receiver for tests, built on opentelemetry-proto: gRPC and HTTP/protobuf.
+
+Both keep the limits users' backends run with: gRPC's default 4 MiB per message (the
+Collector's ``max_recv_msg_size_mib``), unless a test asks for a smaller one to see a
+refusal. ``Received.reply`` lets a test answer a request as a backend may: refuse it
+(a gRPC status or an HTTP code, with a message) or accept it partially.
+"""
 
 from __future__ import annotations
 
@@ -17,11 +23,54 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 
 @dataclass
+class Refusal:
+    """A request refused: a gRPC status code name (``INVALID_ARGUMENT``) or an HTTP code, and a message."""
+
+    grpc_code: str
+    http_status: int
+    message: str
+
+
+@dataclass
+class Partial:
+    """A request accepted with some items rejected (OTLP ``partial_success``)."""
+
+    rejected: int
+    message: str
+
+
+Reply = Callable[[str, Any], "Refusal | Partial | None"]
+
+
+@dataclass
 class Received:
     traces: list[trace_service_pb2.ExportTraceServiceRequest] = field(default_factory=list)
     metrics: list[metrics_service_pb2.ExportMetricsServiceRequest] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    reply: Reply | None = None
+    """Called with the signal and each request before it is kept: None accepts it."""
+    delay: float = 0.0
+    """Seconds each request takes to answer."""
+    in_flight: int = 0
+    most_in_flight: int = 0
+
+    def answer(self, signal: str, request: Any) -> Refusal | Partial | None:
+        """What to answer, after keeping an accepted request (a partial one included)."""
+        with self.lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                time.sleep(self.delay)
+            verdict = self.reply(signal, request) if self.reply is not None else None
+            if not isinstance(verdict, Refusal):
+                with self.lock:
+                    (self.traces if signal == "traces" else self.metrics).append(request)
+            return verdict
+        finally:
+            with self.lock:
+                self.in_flight -= 1
 
     def spans(self) -> list[tuple[dict[str, Any], Any]]:
         """Every span received, with its resource attributes as a dict."""
@@ -60,6 +109,13 @@ class Received:
         return predicate()
 
 
+def _status(message: str) -> bytes:
+    """An OTLP/HTTP error body: a google.rpc.Status."""
+    from google.rpc import status_pb2
+
+    return bytes(status_pb2.Status(message=message).SerializeToString())
+
+
 def _value(value: Any) -> Any:
     kind = value.WhichOneof("value")
     return getattr(value, kind) if kind else None
@@ -69,15 +125,35 @@ def attributes(kvs: Any) -> dict[str, Any]:
     return {kv.key: _value(kv.value) for kv in kvs}
 
 
+def _response(signal: str, verdict: Partial | None) -> Any:
+    if signal == "traces":
+        response = trace_service_pb2.ExportTraceServiceResponse()
+        if verdict is not None:
+            response.partial_success.rejected_spans = verdict.rejected
+    else:
+        response = metrics_service_pb2.ExportMetricsServiceResponse()
+        if verdict is not None:
+            response.partial_success.rejected_data_points = verdict.rejected
+    if verdict is not None:
+        response.partial_success.error_message = verdict.message
+    return response
+
+
+def _grpc_export(signal: str, received: Received, request: Any, context: Any) -> Any:
+    with received.lock:
+        received.headers.append(dict(context.invocation_metadata()))
+    verdict = received.answer(signal, request)
+    if isinstance(verdict, Refusal):
+        context.abort(getattr(grpc.StatusCode, verdict.grpc_code), verdict.message)
+    return _response(signal, verdict)
+
+
 class _Trace(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, received: Received) -> None:
         self.received = received
 
     def Export(self, request: Any, context: Any) -> Any:
-        with self.received.lock:
-            self.received.traces.append(request)
-            self.received.headers.append(dict(context.invocation_metadata()))
-        return trace_service_pb2.ExportTraceServiceResponse()
+        return _grpc_export("traces", self.received, request, context)
 
 
 class _Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
@@ -85,24 +161,25 @@ class _Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
         self.received = received
 
     def Export(self, request: Any, context: Any) -> Any:
-        with self.received.lock:
-            self.received.metrics.append(request)
-            self.received.headers.append(dict(context.invocation_metadata()))
-        return metrics_service_pb2.ExportMetricsServiceResponse()
+        return _grpc_export("metrics", self.received, request, context)
 
 
 class GrpcOtlpReceiver:
     """OTLP/gRPC on a port; ``stop`` and ``start`` again on the same port simulate an outage."""
 
-    def __init__(self, port: int = 0, tls: tuple[bytes, bytes] | None = None) -> None:
-        """``tls``: (PEM key, PEM certificate) to serve over TLS instead of plaintext."""
+    def __init__(
+        self, port: int = 0, tls: tuple[bytes, bytes] | None = None, max_message: int | None = None
+    ) -> None:
+        """``tls``: (PEM key, PEM certificate) to serve over TLS instead of plaintext;
+        ``max_message``: refuse larger requests (RESOURCE_EXHAUSTED) below gRPC's default 4 MiB."""
         self.received = Received()
         self.port = port
         self._tls = tls
+        self._options = [("grpc.max_receive_message_length", max_message)] if max_message else []
         self._server: grpc.Server | None = None
 
     def start(self) -> GrpcOtlpReceiver:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=self._options)
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Trace(self.received), server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_Metrics(self.received), server)
         if self._tls is not None:
@@ -125,32 +202,41 @@ class GrpcOtlpReceiver:
 
 
 class HttpOtlpReceiver:
-    """OTLP/HTTP (protobuf) on ``/v1/traces`` and ``/v1/metrics``."""
+    """OTLP/HTTP (protobuf) on ``/v1/traces`` and ``/v1/metrics``; ``max_body``: 413 above it."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_body: int | None = None) -> None:
         self.received = Received()
         received = self.received
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
                 with received.lock:
                     received.headers.append({k.lower(): v for k, v in self.headers.items()})
-                    if self.path == "/v1/traces":
-                        received.traces.append(trace_service_pb2.ExportTraceServiceRequest.FromString(body))
-                        reply = trace_service_pb2.ExportTraceServiceResponse()
-                    elif self.path == "/v1/metrics":
-                        received.metrics.append(
-                            metrics_service_pb2.ExportMetricsServiceRequest.FromString(body)
-                        )
-                        reply = metrics_service_pb2.ExportMetricsServiceResponse()
-                    else:
-                        self.send_error(404)
-                        return
-                payload = reply.SerializeToString()
-                self.send_response(200)
+                signal = {"/v1/traces": "traces", "/v1/metrics": "metrics"}.get(self.path)
+                if signal is None:
+                    self._reply(404, b"")
+                    return
+                if max_body is not None and len(body) > max_body:
+                    self._reply(413, _status(f"request of {len(body)} bytes is larger than {max_body}"))
+                    return
+                request_type = (
+                    trace_service_pb2.ExportTraceServiceRequest
+                    if signal == "traces"
+                    else metrics_service_pb2.ExportMetricsServiceRequest
+                )
+                verdict = received.answer(signal, request_type.FromString(body))
+                if isinstance(verdict, Refusal):
+                    self._reply(verdict.http_status, _status(verdict.message))
+                    return
+                self._reply(200, _response(signal, verdict).SerializeToString())
+
+            def _reply(self, status: int, payload: bytes) -> None:
+                self.send_response(status)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()

@@ -1,14 +1,30 @@
-"""OTLP export: the OpenTelemetry exporters do the transport, we do the queueing.
+"""OTLP export: the OpenTelemetry exporters hold the connection, we do the sending.
 
-The translation builds OTLP requests itself; the SDK exporters (gRPC or
-HTTP/protobuf) only send them, with their TLS, headers and compression. On top
-of their short per-call retries, :class:`OtlpExporter` keeps a bounded queue
-per signal and retries a failed request with backoff for up to
-``retry_on_failure.max_elapsed_time``. Whatever it gives up on is counted in
-``als2otel_dropped_total``; nothing here ever blocks the receiver.
+The translation builds OTLP requests itself, none larger than
+``max_request_size``; the SDK exporters (gRPC or HTTP/protobuf) provide the
+channel or session with its TLS, headers and compression, and we make each
+call, so that every answer is handled by its kind:
 
-Metrics are cumulative, so only the newest unsent snapshot is kept: a newer
-one carries everything an older one did.
+- accepted: done; a ``partial_success`` that rejected items is counted in
+  ``als2otel_dropped_total{reason="partial_success"}`` and logged;
+- refused as too large (gRPC ``RESOURCE_EXHAUSTED``, HTTP 413): split in two
+  and both halves sent, never the same request again;
+- refused for good (gRPC ``INVALID_ARGUMENT`` and the other codes OTLP calls
+  not retryable, HTTP 400 and other 4xx): dropped at once, counted
+  (``reason="refused"``) and logged with the backend's message;
+- failed for now (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, HTTP 429/502/503/504,
+  no connection, no answer within ``timeout``): retried with backoff for up to
+  ``retry_on_failure.max_elapsed_time``, then dropped (``retry_exhausted``). A
+  request whose answer came too late is sent again: delivery is at least once,
+  and ``als2otel_export_retries_total`` counts every resend.
+
+``sending_queue.num_consumers`` requests per signal are in flight at once, so
+one request waiting out its backoff never holds up the queue behind it. Every
+failure is logged (rate-limited) with its gRPC status or HTTP code and the
+backend's message. Nothing here ever blocks the receiver.
+
+Cumulative metrics keep only the newest unsent snapshot (a newer one carries
+everything an older one did); delta metrics are queued like spans.
 """
 
 from __future__ import annotations
@@ -19,40 +35,44 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import grpc
+from google.rpc import status_pb2  # type: ignore[import-untyped]
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from ..config import OtlpConfig
 from ..stats import LogLimiter, Stats
+from .split import halve
 
 log = logging.getLogger("als2otel.export")
-
-EXPORT_TIMEOUT = 10.0
-"""Seconds one export call (with the exporter's own quick retries) may take, at most."""
-
-
-def _call_timeout(config: OtlpConfig) -> float:
-    """One attempt never outlasts the whole retry budget."""
-    return min(EXPORT_TIMEOUT, max(1.0, config.retry_on_failure.max_elapsed_time))
-
 
 BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 30.0
 """Backoff between our retries of one request, doubling from the initial value."""
 
-SIGNALS = ("traces", "metrics")
+Kind = Literal["ok", "too_large", "refused", "retry"]
+
+
+class Outcome(NamedTuple):
+    """What a backend made of one request."""
+
+    kind: Kind
+    detail: str = ""  # the gRPC status or HTTP code and the backend's message
+    rejected: int = 0  # items a partial_success says were rejected
+    late: bool = False  # no answer within the timeout: the request may have arrived
 
 
 class Transport(Protocol):
-    """Sends one serialized OTLP export request; blocking, run off the event loop. True when accepted."""
+    """Sends one serialized OTLP export request; blocking, run off the event loop."""
 
-    def send(self, payload: bytes) -> bool: ...
+    def send(self, payload: bytes, timeout: float) -> Outcome: ...
 
     def close(self) -> None: ...
 
@@ -71,50 +91,73 @@ _GRPC_SERVICES = {
     "traces": "opentelemetry.proto.collector.trace.v1.TraceService",
     "metrics": "opentelemetry.proto.collector.metrics.v1.MetricsService",
 }
+_RESPONSES: dict[str, tuple[Any, str]] = {
+    "traces": (trace_service_pb2.ExportTraceServiceResponse, "rejected_spans"),
+    "metrics": (metrics_service_pb2.ExportMetricsServiceResponse, "rejected_data_points"),
+}
+# OTLP/gRPC: the codes worth retrying (RESOURCE_EXHAUSTED is the size refusal, handled by splitting).
+_RETRYABLE_CODES = frozenset(
+    {
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+# OTLP/HTTP: the codes worth retrying.
+_RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
+_MAX_DETAIL = 300
 
 
-class _RawExportStub:
-    """The OTLP service stub, handed requests already serialized: they are sent as they are."""
-
-    def __init__(self, channel: grpc.Channel, service: str) -> None:
-        self.Export = channel.unary_unary(f"/{service}/Export")  # no (de)serializer: bytes in and out
+def _partial_success(signal: str, body: bytes) -> Outcome:
+    response_type, field = _RESPONSES[signal]
+    try:
+        response = response_type.FromString(body)
+    except Exception:  # an answer we cannot read still means accepted
+        return Outcome("ok")
+    partial = response.partial_success
+    rejected = getattr(partial, field)
+    if rejected or partial.error_message:
+        return Outcome("ok", f"partial success: {partial.error_message[:_MAX_DETAIL]}", rejected)
+    return Outcome("ok")
 
 
 class _GrpcTransport:
     def __init__(self, signal: str, config: OtlpConfig) -> None:
         base = GrpcSpanExporter if signal == "traces" else GrpcMetricExporter
-        service = _GRPC_SERVICES[signal]
-
-        class PassThrough(base):  # type: ignore[misc, valid-type]
-            """The SDK exporter (channel, TLS, headers, compression, retries), sending our bytes."""
-
-            def _translate_data(self, data: Any) -> Any:
-                return data
-
-            def _count_data(self, data: Any) -> int:
-                return 1
-
         endpoint = config.endpoint
         secure = endpoint.startswith("https://") or (not config.insecure and "://" not in endpoint)
         if "://" not in endpoint:
             endpoint = f"{'https' if secure else 'http'}://{endpoint}"
-        exporter = PassThrough(
+        # The SDK exporter builds the channel (TLS, OTEL_EXPORTER_OTLP_CERTIFICATE, headers,
+        # compression); we call the service on it with our serialized requests.
+        self._exporter = base(
             endpoint=endpoint,
             insecure=not secure,
             headers=dict(config.headers),
-            timeout=_call_timeout(config),
             compression=grpc.Compression.Gzip
             if config.compression == "gzip"
             else grpc.Compression.NoCompression,
         )
-        # The exporter builds its client from ``_stub`` again when it reconnects.
-        exporter._stub = lambda channel: _RawExportStub(channel, service)
-        exporter._client = exporter._stub(exporter._channel)
-        self._exporter = exporter
+        self._signal = signal
+        channel: Any = self._exporter._channel
+        self._export = channel.unary_unary(f"/{_GRPC_SERVICES[signal]}/Export")
+        self._metadata = self._exporter._headers
 
-    def send(self, payload: bytes) -> bool:
-        result = self._exporter._export(payload)
-        return bool(result.name == "SUCCESS")
+    def send(self, payload: bytes, timeout: float) -> Outcome:
+        try:
+            body = self._export(payload, metadata=self._metadata, timeout=timeout)
+        except grpc.RpcError as error:
+            code = error.code()
+            detail = f"gRPC {code.name}: {(error.details() or '')[:_MAX_DETAIL]}"
+            if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                return Outcome("too_large", detail)
+            if code in _RETRYABLE_CODES:
+                return Outcome("retry", detail, late=code is grpc.StatusCode.DEADLINE_EXCEEDED)
+            return Outcome("refused", detail)
+        return _partial_success(self._signal, body)
 
     def close(self) -> None:
         self._exporter.shutdown()
@@ -122,26 +165,50 @@ class _GrpcTransport:
 
 class _HttpTransport:
     def __init__(self, signal: str, config: OtlpConfig) -> None:
-
         base = config.endpoint.rstrip("/")
         if "://" not in base:
             base = f"{'http' if config.insecure else 'https'}://{base}"
-        url = f"{base}/v1/{signal}"
         cls = HttpSpanExporter if signal == "traces" else HttpMetricExporter
         self._exporter = cls(
-            endpoint=url,
+            endpoint=f"{base}/v1/{signal}",
             headers=dict(config.headers),
-            timeout=_call_timeout(config),
             compression=(
                 HttpCompression.Gzip if config.compression == "gzip" else HttpCompression.NoCompression
             ),
         )
+        self._signal = signal
+        self._client = self._exporter._client
 
-    def send(self, payload: bytes) -> bool:
-        return bool(self._exporter._client.export(payload).success)
+    def send(self, payload: bytes, timeout: float) -> Outcome:
+        try:
+            result = self._client._submit(self._client._compress(payload), timeout)
+        except Exception as error:  # the session's own failures
+            return Outcome("retry", f"HTTP request failed: {error}"[:_MAX_DETAIL])
+        status = result.status_code
+        if status is None:
+            failure = result.error
+            late = failure is not None and "timeout" in type(failure).__name__.lower()
+            return Outcome("retry", f"HTTP no answer: {failure}"[:_MAX_DETAIL], late=late)
+        if 200 <= status < 300:
+            return _partial_success(self._signal, result.content())
+        detail = f"HTTP {status}: {_status_message(result.content())}"
+        if status == 413:
+            return Outcome("too_large", detail)
+        if status in _RETRYABLE_HTTP:
+            return Outcome("retry", detail)
+        return Outcome("refused", detail)
 
     def close(self) -> None:
         self._exporter.shutdown()
+
+
+def _status_message(body: bytes) -> str:
+    """The message of an OTLP/HTTP error body (a google.rpc.Status), else its text."""
+    try:
+        message = status_pb2.Status.FromString(body).message
+    except Exception:
+        message = ""
+    return (message or body[:_MAX_DETAIL].decode("utf-8", "replace")).strip()[:_MAX_DETAIL]
 
 
 def make_transport(signal: str, config: OtlpConfig) -> Transport:
@@ -159,27 +226,33 @@ class _Pending:
 
 
 class _SignalQueue:
-    """One signal's bounded queue and the task that drains it in order."""
+    """One signal's bounded queue and the consumers that send from it."""
 
-    def __init__(self, signal: str, transport: Transport, config: OtlpConfig, stats: Stats) -> None:
+    def __init__(
+        self, signal: str, transport: Transport, config: OtlpConfig, stats: Stats, replace: bool
+    ) -> None:
         self.signal = signal
         self.transport = transport
         self._capacity = config.sending_queue.queue_size
+        self._consumers = config.sending_queue.num_consumers
         self._max_elapsed = config.retry_on_failure.max_elapsed_time
+        self._timeout = config.timeout
+        self._replace = replace
         self._stats = stats
         self._limiter = LogLimiter(log, 30.0)
         self._queue: deque[_Pending] = deque()
-        self._queued_items = 0
+        self._held_items = 0  # queued and in flight: what queue_size bounds
+        self._in_flight = 0
         self._wakeup = asyncio.Event()
         self._closing = False
-        self._sending = False
 
-    def put(self, payload: bytes, items: int) -> None:
-        if self.signal == "metrics":
-            # Cumulative: a newer snapshot replaces any unsent one.
+    def put(self, payloads: list[tuple[bytes, int]]) -> None:
+        """Queue one export's requests (a cumulative snapshot replaces the unsent part of an older one)."""
+        if self._replace:
+            self._held_items -= sum(p.items for p in self._queue)
             self._queue.clear()
-            self._queued_items = 0
-        elif self._queued_items + items > self._capacity:
+        items = sum(count for _, count in payloads)
+        if not self._replace and self._held_items + items > self._capacity:
             self._stats.dropped.inc(self.signal, "queue_full", by=items)
             self._limiter.warning(
                 "queue_full",
@@ -189,91 +262,147 @@ class _SignalQueue:
                 items,
             )
             return
-        self._queue.append(_Pending(payload, items, time.monotonic()))
-        self._queued_items += items
+        now = time.monotonic()
+        for payload, count in payloads:
+            if count:
+                self._queue.append(_Pending(payload, count, now))
+                self._held_items += count
+        self._notify()
+
+    def _notify(self) -> None:
         self._wakeup.set()
 
-    async def run(self) -> None:
+    def tasks(self) -> list[asyncio.Task[None]]:
+        return [
+            asyncio.create_task(self._consume(), name=f"otlp-{self.signal}-{i}")
+            for i in range(self._consumers)
+        ]
+
+    async def _next(self) -> _Pending | None:
+        """The oldest request, once there is one; None once closing with nothing left."""
+        while not self._queue:
+            if self._closing:
+                return None
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        pending = self._queue.popleft()
+        self._in_flight += 1
+        return pending
+
+    async def _consume(self) -> None:
+        while True:
+            pending = await self._next()
+            if pending is None:
+                return
+            try:
+                await self._deliver(pending)
+            except asyncio.CancelledError:  # shutdown's deadline passed with this request unsent
+                self._stats.dropped.inc(self.signal, "shutdown", by=pending.items)
+                raise
+            finally:
+                self._in_flight -= 1
+                self._held_items -= pending.items
+
+    async def _deliver(self, pending: _Pending) -> None:
+        """Send one request until it is accepted, split, refused or out of time."""
         backoff = BACKOFF_INITIAL
         while True:
-            if not self._queue:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            pending = self._queue[0]
-            self._sending = True
-            try:
-                ok = await asyncio.to_thread(self._send, pending.payload)
-            finally:
-                self._sending = False
-            if ok:
-                self._pop()
-                backoff = BACKOFF_INITIAL
-                continue
+            outcome = await asyncio.to_thread(self._send, pending.payload)
+            if outcome.kind == "ok":
+                if outcome.rejected:
+                    self._drop(outcome.rejected, "partial_success", outcome.detail)
+                elif outcome.detail:
+                    self._limiter.warning("partial_success", "OTLP %s: %s", self.signal, outcome.detail)
+                return
             self._stats.export_failures.inc(self.signal)
-            if (
-                self._queue
-                and self._queue[0] is pending
-                and (time.monotonic() - pending.first_try >= self._max_elapsed)
-            ):
-                self._pop()
-                self._stats.dropped.inc(self.signal, "retry_exhausted", by=pending.items)
-                self._limiter.warning(
-                    "exhausted",
-                    "OTLP %s export failed for %.0fs; dropped %d items",
-                    self.signal,
-                    self._max_elapsed,
-                    pending.items,
-                )
-                continue
+            if outcome.kind == "too_large":
+                halves = halve(self.signal, pending.payload)
+                if len(halves) > 1:
+                    self._limiter.warning(
+                        "too_large",
+                        "OTLP %s request of %d bytes refused as too large (%s); sending it in two",
+                        self.signal,
+                        len(pending.payload),
+                        outcome.detail,
+                    )
+                    for payload, count in reversed(halves):
+                        self._queue.appendleft(_Pending(payload, count, pending.first_try))
+                        self._held_items += count
+                    self._notify()
+                    return
+                self._drop(pending.items, "too_large", outcome.detail)
+                return
+            if outcome.kind == "refused":
+                self._drop(pending.items, "refused", outcome.detail)
+                return
+            if time.monotonic() - pending.first_try + backoff > self._max_elapsed:
+                self._drop(pending.items, "retry_exhausted", outcome.detail)
+                return
             self._limiter.warning(
-                "failed",
-                "OTLP %s export failed; retrying for up to %.0fs",
+                "retry",
+                "OTLP %s export failed (%s); retrying for up to %.0fs",
                 self.signal,
+                outcome.detail,
                 self._max_elapsed,
             )
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX) * random.uniform(0.8, 1.2)
+            self._stats.export_retries.inc(self.signal)
 
-    def _send(self, payload: bytes) -> bool:
+    def _send(self, payload: bytes) -> Outcome:
         try:
-            return self.transport.send(payload)
+            return self.transport.send(payload, self._timeout)
         except Exception as exc:  # a transport must never take the pipeline down
-            self._limiter.warning("transport_error", "OTLP %s transport error: %s", self.signal, exc)
-            return False
+            return Outcome("retry", f"transport error: {exc}"[:_MAX_DETAIL])
 
-    def _pop(self) -> None:
-        done = self._queue.popleft()
-        self._queued_items -= done.items
+    def _drop(self, items: int, reason: str, detail: str) -> None:
+        self._stats.dropped.inc(self.signal, reason, by=items)
+        self._limiter.warning(
+            reason, "OTLP %s: dropped %d items (%s): %s", self.signal, items, reason.replace("_", " "), detail
+        )
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and not self._in_flight
 
     def close(self) -> None:
         self._closing = True
-        self._wakeup.set()
+        self._notify()
 
     def drop_all(self, reason: str) -> None:
         while self._queue:
             done = self._queue.popleft()
             self._stats.dropped.inc(self.signal, reason, by=done.items)
-        self._queued_items = 0
+            self._held_items -= done.items
 
 
 class OtlpExporter:
-    """Queues and sends OTLP requests per signal; start before the pipeline, stop after it."""
+    """Queues and sends OTLP requests per signal; start before the pipeline, stop after it.
 
-    def __init__(self, transports: dict[str, Transport], config: OtlpConfig, stats: Stats) -> None:
-        self._queues = {s: _SignalQueue(s, t, config, stats) for s, t in transports.items()}
+    ``cumulative_metrics``: a metrics export replaces the unsent part of the one before.
+    """
+
+    def __init__(
+        self,
+        transports: dict[str, Transport],
+        config: OtlpConfig,
+        stats: Stats,
+        cumulative_metrics: bool = True,
+    ) -> None:
+        self._queues = {
+            s: _SignalQueue(s, t, config, stats, replace=cumulative_metrics and s == "metrics")
+            for s, t in transports.items()
+        }
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(q.run(), name=f"otlp-{q.signal}") for q in self._queues.values()]
+        self._tasks = [task for queue in self._queues.values() for task in queue.tasks()]
 
-    def export(self, signal: str, payload: bytes, items: int) -> None:
-        """Queue a serialized export request of ``items`` spans or points; never blocks."""
+    def export(self, signal: str, requests: list[tuple[bytes, int]]) -> None:
+        """Queue one export's serialized requests, each with its spans or points; never blocks."""
         queue = self._queues.get(signal)
-        if queue is not None and items:
-            queue.put(payload, items)
+        if queue is not None and any(count for _, count in requests):
+            queue.put(requests)
 
     async def shutdown(self, timeout: float) -> None:
         """Send what is queued for up to ``timeout`` seconds, then count the rest as dropped."""

@@ -192,6 +192,7 @@ class MetricRecorder:
                 failed_series = store.series_for(SG_FAILED, None, labels)
                 if requests is None or failed_series is None:
                     return None
+                failed_series.follows = requests  # alive while the edge has requests, failed or not
                 # The connector fails an edge when either span is an error: the client's view is the stricter.
                 if semconv.error_type(call.entry, "client"):
                     failed = failed_series

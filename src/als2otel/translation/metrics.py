@@ -12,9 +12,12 @@ a series is created. Snapshots render as OTLP
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.metrics.v1 import metrics_pb2
@@ -88,6 +91,16 @@ class Series:
     attributes: Attributes
     value: float = 0.0  # sums
     histogram: Histogram | None = None
+    follows: Series | None = None
+    """Another series whose updates keep this one alive (an edge's failures follow its requests)."""
+    seen: float = 0.0  # value or count at the last sweep
+    last_change: float = 0.0  # clock seconds when a sweep last saw it change (or its creation)
+    exported: tuple[float, list[int]] | None = None  # delta: sum or total and bucket counts last sent
+
+    @property
+    def observed(self) -> float:
+        """What grows with every update: the sum's value or the histogram's count."""
+        return self.histogram.count if self.histogram is not None else self.value
 
     def record(self, value: float) -> None:
         """One histogram observation: the bucket its value falls in, sum, count, min and max."""
@@ -111,10 +124,49 @@ class MetricStore:
     start_ns: int
     stats: Stats
     max_samples: int = DEFAULT_MAX_SAMPLES
+    expire_after: float = 0.0
+    """Seconds a series may go without an update before :meth:`expire` removes it; 0 = never."""
+    clock: Callable[[], float] = time.monotonic
     series: dict[SeriesKey, Series] = field(default_factory=dict)
     by_metric: dict[MetricDef, list[Series]] = field(default_factory=dict)
     """The same series grouped by metric, in creation order: how both encodings walk them."""
     samples: int = 0
+    last_export_ns: int = 0
+    """When the last delta export ended (its points start there); the start time before the first."""
+
+    def expire(self) -> int:
+        """Remove the series not updated for ``expire_after`` seconds; how many went.
+
+        Updates are seen by comparing each series with the last sweep, so recording
+        costs nothing more. Callers must forget anything that holds removed series.
+        """
+        if not self.expire_after:
+            return 0
+        now = self.clock()
+        for series in self.series.values():
+            observed = series.observed
+            if observed != series.seen:
+                series.seen = observed
+                series.last_change = now
+        deadline = now - self.expire_after
+        stale = [
+            key
+            for key, series in self.series.items()
+            if series.last_change < deadline
+            and (series.follows is None or series.follows.last_change < deadline)
+        ]
+        for key in stale:
+            series = self.series.pop(key)
+            self.samples -= series.metric.samples
+        if stale:
+            for metric, members in list(self.by_metric.items()):
+                kept = [s for s in members if (s.metric, s.resource, s.attributes) in self.series]
+                if kept:
+                    self.by_metric[metric] = kept
+                else:
+                    del self.by_metric[metric]
+            self.stats.expired.inc("metrics", by=len(stale))
+        return len(stale)
 
     def series_for(
         self, metric: MetricDef, resource: Workload | None, attributes: Attributes
@@ -137,7 +189,9 @@ class MetricStore:
                 if metric.kind is Kind.HISTOGRAM
                 else None
             )
-            found = self.series[key] = Series(metric, resource, attributes, histogram=histogram)
+            found = self.series[key] = Series(
+                metric, resource, attributes, histogram=histogram, last_change=self.clock()
+            )
             self.by_metric.setdefault(metric, []).append(found)
             self.samples += metric.samples
         return found
@@ -161,9 +215,25 @@ class MetricStore:
             series.record(value)
 
     def to_otlp(
-        self, now_ns: int, self_resource: Workload
+        self,
+        now_ns: int,
+        self_resource: Workload,
+        writer: Attributes = (),
+        delta: bool = False,
     ) -> tuple[metrics_service_pb2.ExportMetricsServiceRequest, int]:
-        """A cumulative snapshot of every series plus als2otel's own counters, and its point count."""
+        """Every series plus als2otel's own counters, and the point count.
+
+        Cumulative: every series from the store's start. ``delta``: what changed since
+        the last delta export (series that did not change are left out). ``writer``
+        (the bridge instance's attribute) goes on every point of a series, so that
+        replicas and workers never write the same series.
+        """
+        temporality = (
+            metrics_pb2.AGGREGATION_TEMPORALITY_DELTA
+            if delta
+            else metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
+        )
+        start_ns = (self.last_export_ns or self.start_ns) if delta else self.start_ns
         request = metrics_service_pb2.ExportMetricsServiceRequest()
         by_resource: dict[Workload | None, dict[MetricDef, metrics_pb2.Metric]] = {}
         scopes: dict[Workload | None, metrics_pb2.ScopeMetrics] = {}
@@ -181,29 +251,39 @@ class MetricStore:
             return scope
 
         for series in (s for members in self.by_metric.values() for s in members):
+            h = series.histogram
+            total, counts = (h.total, h.counts) if h is not None else (series.value, [])
+            if delta:
+                last_total, last_counts = series.exported or (0.0, [0] * len(counts))
+                series.exported = (total, list(counts))
+                if series.observed == (sum(last_counts) if h is not None else last_total):
+                    continue  # nothing new since the last export
+                total -= last_total
+                counts = [now - before for now, before in zip(counts, last_counts, strict=True)]
             scope = scope_for(series.resource)
             metrics = by_resource[series.resource]
             metric = metrics.get(series.metric)
             if metric is None:
-                metric = metrics[series.metric] = _new_metric(scope, series.metric)
+                metric = metrics[series.metric] = _new_metric(scope, series.metric, temporality)
             point: metrics_pb2.HistogramDataPoint | metrics_pb2.NumberDataPoint
-            if series.histogram is not None:
+            if h is not None:
                 point = metric.histogram.data_points.add()
-                h = series.histogram
-                point.bucket_counts.extend(h.counts)
+                point.bucket_counts.extend(counts)
                 point.explicit_bounds.extend(series.metric.buckets)
-                point.count = h.count
-                point.sum = h.total
-                if h.count:
+                point.count = sum(counts)
+                point.sum = total
+                if h.count and not delta:  # min and max hold for the whole life, not a delta's interval
                     point.min = h.minimum
                     point.max = h.maximum
             else:
                 number = point = metric.sum.data_points.add()
-                number.as_double = series.value
-            point.start_time_unix_nano = self.start_ns
+                number.as_double = total
+            point.start_time_unix_nano = start_ns
             point.time_unix_nano = now_ns
-            set_attributes(point.attributes, series.attributes)
+            set_attributes(point.attributes, series.attributes + writer)
             points += 1
+        if delta:
+            self.last_export_ns = now_ns
 
         own = scope_for(None)
         for counter in self.stats.counters():
@@ -237,14 +317,16 @@ def _bounded_key(key: SeriesKey) -> SeriesKey:
     return metric, resource, attributes
 
 
-def _new_metric(scope: metrics_pb2.ScopeMetrics, definition: MetricDef) -> metrics_pb2.Metric:
+def _new_metric(
+    scope: metrics_pb2.ScopeMetrics, definition: MetricDef, temporality: Any
+) -> metrics_pb2.Metric:
     metric = scope.metrics.add()
     metric.name = definition.name
     metric.unit = definition.unit
     metric.description = definition.description
     if definition.kind is Kind.HISTOGRAM:
-        metric.histogram.aggregation_temporality = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
+        metric.histogram.aggregation_temporality = temporality
     else:
-        metric.sum.aggregation_temporality = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
+        metric.sum.aggregation_temporality = temporality
         metric.sum.is_monotonic = True
     return metric

@@ -34,18 +34,40 @@ class SpanBatch:
         group.append(span)
         self.count += 1
 
-    def take(self) -> tuple[bytes, int]:
-        """The serialized ``ExportTraceServiceRequest`` so far and its span count; the batch empties."""
-        groups = [
-            wire.resource_spans(resource_attributes(w), _SCOPE, spans) for w, spans in self._spans.items()
-        ]
-        count = self.count
+    def take(self, max_bytes: int = 4 * 1024 * 1024) -> list[tuple[bytes, int]]:
+        """The spans so far as serialized ``ExportTraceServiceRequest`` s of at most ``max_bytes``
+        each (a single span larger than that goes alone), with their span counts; the batch empties."""
+        requests: list[tuple[bytes, int]] = []
+        groups: list[bytes] = []
+        size = count = 0
+        for workload, spans in self._spans.items():
+            resource = resource_attributes(workload)
+            overhead = len(wire.resource_spans(resource, _SCOPE, [])) + _FRAMING
+            start = 0
+            while start < len(spans):
+                end, used = start, overhead
+                while end < len(spans) and size + used + len(spans[end]) + _FRAMING <= max_bytes:
+                    used += len(spans[end]) + _FRAMING
+                    end += 1
+                if end == start and groups:  # the request is full: send it, then go on
+                    requests.append((wire.export_request(groups), count))
+                    groups, size, count = [], 0, 0
+                    continue
+                end = max(end, start + 1)
+                groups.append(wire.resource_spans(resource, _SCOPE, spans[start:end]))
+                size += used
+                count += end - start
+                start = end
+        if groups:
+            requests.append((wire.export_request(groups), count))
         self._spans = {}
         self.count = 0
-        return wire.export_request(groups), count
+        return requests
 
 
 _SCOPE = wire.scope("als2otel", __version__)
+_FRAMING = 12
+"""Bytes a span's or a group's tag and length add, at most."""
 
 
 def peer_name(workload: Workload | None) -> str:
@@ -116,6 +138,10 @@ class Translator:
             self._topology.record(call, seconds)
         if self._traces:
             self._add_span(call, owner, batch, start, end, error, name, attributes + unique_attributes(call))
+
+    def forget_shapes(self) -> None:
+        """Work every call shape out again: the metric store removed series that plans held."""
+        self._shapes.clear()
 
     def _shape(self, key: tuple[object, ...], call: Call, owner: Workload) -> _Shape:
         """What calls of one shape share, worked out once: error, name, attributes, metric series."""

@@ -79,10 +79,13 @@ def node_for(workload: Workload | None, outside: bool) -> Node:
 
 
 class Topology:
-    def __init__(self, dropped: Any = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, dropped: Any = None, clock: Callable[[], float] = time.time, expired: Any = None
+    ) -> None:
         self._nodes: dict[str, Node] = {}
         self._edges: dict[tuple[str, str, str], _Edge] = {}
         self._dropped = dropped
+        self._expired = expired
         self._clock = clock
 
     def record(self, call: Call, seconds: float) -> None:
@@ -113,6 +116,21 @@ class Topology:
         if semconv.error_type(call.entry, "client"):
             bucket.errors += 1
         bucket.latency[_latency_bucket(seconds * 1000.0)] += 1
+
+    def expire(self) -> int:
+        """Forget edges with no call within :data:`MAX_WINDOW` and nodes no edge names; the edges gone."""
+        oldest = int(self._clock()) - MAX_WINDOW - BUCKET_SECONDS
+        idle = [
+            key for key, edge in self._edges.items() if not edge.buckets or edge.buckets[-1].start < oldest
+        ]
+        for key in idle:
+            del self._edges[key]
+        if idle:
+            named = {end for edge in self._edges.values() for end in (edge.source, edge.target)}
+            self._nodes = {node_id: node for node_id, node in self._nodes.items() if node_id in named}
+            if self._expired is not None:
+                self._expired.inc("topology", by=len(idle))
+        return len(idle)
 
     def snapshot(self, window_s: float, now_s: float) -> dict[str, Any]:
         """``{"nodes": [...], "edges": [...]}`` over the last ``window_s`` seconds."""
