@@ -226,3 +226,5 @@ class Bridge:
         if self.metrics.expire():
             self.translator.forget_shapes()  # their plans held removed series
         self.topology.expire()
+        self.stats.metric_series.value = len(self.metrics.series)
+        self.stats.topology_edges.value = self.topology.edge_count

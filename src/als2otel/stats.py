@@ -105,6 +105,10 @@ class Stats:
             ("resource",),
         )
         self.streams_active = Gauge("als2otel_streams_active", "ALS streams open now.")
+        self.metric_series = Gauge(
+            "als2otel_metric_series", "Metric series held (idle ones expire after metrics.expire_after)."
+        )
+        self.topology_edges = Gauge("als2otel_topology_edges", "Topology edges held (idle ones expire).")
         # Known label sets start at 0, so rate() and alerts work from the first scrape.
         for api_version in ("v2", "v3"):
             for log_type in ("http", "tcp"):

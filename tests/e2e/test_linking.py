@@ -8,50 +8,9 @@ from collections import Counter
 from typing import Any
 
 from conftest import bridge_config
-from support import als, peers, servicegraph
+from support import als, servicegraph
+from support.mesh import CALLEE, CALLER, sides, stream
 from support.otlp_receiver import GrpcOtlpReceiver
-
-CALLER, CALLEE = peers.pod("productpage"), peers.pod("reviews", suffix="5f7b9c6d8-qwert")
-
-
-def sides(count: int) -> tuple[list[Any], list[Any]]:
-    """The client side (productpage's outbound) and server side (reviews' inbound) of ``count`` calls."""
-    client, server = [], []
-    for i in range(count):
-        rid = f"{i:08x}-2222-4000-8000-{i:012d}"
-        port = 10000 + i % 50000
-        client.append(
-            als.http_entry(
-                downstream_remote=("10.1.0.4", 1),
-                downstream_local=("10.1.0.4", 15001),
-                upstream_remote=("10.1.0.9", 9080),
-                upstream_local=("10.1.0.4", port),
-                cluster="outbound|9080||reviews.default.svc.cluster.local",
-                request_id=rid,
-                filter_state=peers.filter_state("struct", "upstream", CALLEE),
-            )
-        )
-        server.append(
-            als.http_entry(
-                downstream_remote=("10.1.0.4", port),
-                downstream_local=("10.1.0.9", 9080),
-                upstream_remote=("10.1.0.9", 9080),
-                upstream_local=("127.0.0.6", 1),
-                cluster="inbound|9080||",
-                request_id=rid,
-                filter_state=peers.filter_state("struct", "downstream", CALLER),
-            )
-        )
-    return client, server
-
-
-def stream(peer: peers.Peer, ip: str, entries: list[Any]) -> list[Any]:
-    ident = als.identifier(
-        f"sidecar~{ip}~{peer.name}.default~default.svc.cluster.local", peer.node_metadata()
-    )
-    return [
-        als.http_message(entries[k : k + 500], ident if k == 0 else None) for k in range(0, len(entries), 500)
-    ]
 
 
 async def wait_spans(otlp: GrpcOtlpReceiver, count: int, settle: float = 1.5) -> list[Any]:

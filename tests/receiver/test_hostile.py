@@ -200,18 +200,37 @@ class TestStreams:
 
 
 class TestProcessingStops:
-    async def test_healthz_fails_and_serve_exits_non_zero(self, monkeypatch: Any, tmp_path: Any) -> None:
-        """If the pipeline task ends anyway, /healthz answers 503 and serve flushes and returns 1."""
-        from support.net import free_port
-
-        from als2otel import cli
-        from als2otel import config as cfg
+    @staticmethod
+    def break_the_pipeline(monkeypatch: Any) -> None:
         from als2otel.pipeline import Pipeline
 
         def broken(self: Pipeline, *args: Any) -> None:
             raise RuntimeError("a bug in the pipeline itself")
 
         monkeypatch.setattr(Pipeline, "process", broken)
+
+    async def test_healthz_turns_503(self, make_bridge: Any, monkeypatch: Any) -> None:
+        """If the pipeline task ends anyway, the bridge says it failed and /healthz answers 503."""
+        self.break_the_pipeline(monkeypatch)
+        bridge = await make_bridge(bridge_config(None))
+        assert (
+            await als.send(target(bridge), [als.http_message([outbound(0)], als.identifier(NODE, META))])
+            is None
+        )
+        assert await eventually(bridge.failed.is_set)
+        reader, writer = await asyncio.open_connection("127.0.0.1", bridge.http.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert (await reader.read()).startswith(b"HTTP/1.1 503")
+        writer.close()
+
+    async def test_serve_flushes_and_exits_non_zero(self, monkeypatch: Any) -> None:
+        """serve then stops by itself, flushing what it can, and returns 1 for the orchestrator."""
+        from support.net import free_port
+
+        from als2otel import cli
+        from als2otel import config as cfg
+
+        self.break_the_pipeline(monkeypatch)
         als_port, http_port = free_port(), free_port()
         config = cfg.parse(
             {
@@ -223,36 +242,15 @@ class TestProcessingStops:
             {},
         )
         served = asyncio.ensure_future(cli._serve(config))
-        healthz: list[int] = []
-
-        async def status() -> int:
-            reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
-            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            head = await reader.read()
-            writer.close()
-            return int(head.split()[1])
-
-        async def ready() -> bool:
-            try:
-                return await status() == 200
-            except OSError:
-                return False
-
-        for _ in range(100):
-            if await ready():
+        message = als.http_message([outbound(0, start_ms=als.real_now_ms())], als.identifier(NODE, META))
+        for _ in range(200):
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection("127.0.0.1", http_port)
+                writer.close()
                 break
             await asyncio.sleep(0.05)
-        entry = outbound(0, start_ms=als.real_now_ms())
-        message = als.http_message([entry], als.identifier(NODE, META))
         assert await als.send(f"127.0.0.1:{als_port}", [message]) is None
-        for _ in range(100):
-            if served.done():
-                break
-            with contextlib.suppress(OSError):
-                healthz.append(await status())
-            await asyncio.sleep(0.01)
         assert await asyncio.wait_for(served, 20) == cli.EXIT_FAILED
-        assert 503 in healthz
 
 
 class TestBigMessages:

@@ -52,25 +52,32 @@ class Received:
     """Called with the signal and each request before it is kept: None accepts it."""
     delay: float = 0.0
     """Seconds each request takes to answer."""
-    in_flight: int = 0
-    most_in_flight: int = 0
+    keep: bool = True
+    """False: count the items of accepted requests in ``counted`` instead of keeping the requests."""
+    counted: dict[str, int] = field(default_factory=lambda: {"traces": 0, "metrics": 0})
+    in_flight: dict[str, int] = field(default_factory=lambda: {"traces": 0, "metrics": 0})
+    most_in_flight: dict[str, int] = field(default_factory=lambda: {"traces": 0, "metrics": 0})
+    """Requests being answered at once, now and at the most, per signal."""
 
     def answer(self, signal: str, request: Any) -> Refusal | Partial | None:
         """What to answer, after keeping an accepted request (a partial one included)."""
         with self.lock:
-            self.in_flight += 1
-            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            self.in_flight[signal] += 1
+            self.most_in_flight[signal] = max(self.most_in_flight[signal], self.in_flight[signal])
         try:
             if self.delay:
                 time.sleep(self.delay)
             verdict = self.reply(signal, request) if self.reply is not None else None
             if not isinstance(verdict, Refusal):
                 with self.lock:
-                    (self.traces if signal == "traces" else self.metrics).append(request)
+                    if self.keep:
+                        (self.traces if signal == "traces" else self.metrics).append(request)
+                    else:
+                        self.counted[signal] += _items(signal, request)
             return verdict
         finally:
             with self.lock:
-                self.in_flight -= 1
+                self.in_flight[signal] -= 1
 
     def spans(self) -> list[tuple[dict[str, Any], Any]]:
         """Every span received, with its resource attributes as a dict."""
@@ -107,6 +114,17 @@ class Received:
                 return True
             time.sleep(0.05)
         return predicate()
+
+
+def _items(signal: str, request: Any) -> int:
+    if signal == "traces":
+        return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+    return sum(
+        len(getattr(m, m.WhichOneof("data")).data_points)
+        for rm in request.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+    )
 
 
 def _status(message: str) -> bytes:

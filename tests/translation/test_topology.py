@@ -95,6 +95,27 @@ class TestTopology:
         sources = {(e["source"], e["target"]) for e in topology.snapshot(60, 50.0)["edges"]}
         assert ("user", "istio-system/istio-ingressgateway") in sources
 
+    def test_idle_edges_are_forgotten(self) -> None:
+        """An edge with no call for longer than the largest window leaves, with its nodes; the edge
+        cap then admits new edges again."""
+        from als2otel.stats import Stats
+        from als2otel.translation import topology as topology_module
+
+        now = [1_000_000.0]
+        stats = Stats()
+        topology = Topology(stats.dropped, clock=lambda: now[0], expired=stats.expired)
+        for call in calls(200, 5):
+            topology.record(call, 0.005)
+        now[0] += topology_module.MAX_WINDOW / 2
+        assert topology.expire() == 0
+        now[0] += topology_module.MAX_WINDOW
+        assert topology.expire() == 1
+        assert topology.snapshot(3600, now[0]) == {"window_seconds": 3600, "nodes": [], "edges": []}
+        assert stats.expired.get("topology") == 1
+        for call in calls(200, 5):
+            topology.record(call, 0.005)
+        assert len(topology.snapshot(60, now[0])["edges"]) == 1
+
 
 class TestEndpoint:
     async def test_api_topology(self, make_bridge: Any) -> None:

@@ -117,6 +117,10 @@ class Topology:
             bucket.errors += 1
         bucket.latency[_latency_bucket(seconds * 1000.0)] += 1
 
+    @property
+    def edge_count(self) -> int:
+        return len(self._edges)
+
     def expire(self) -> int:
         """Forget edges with no call within :data:`MAX_WINDOW` and nodes no edge names; the edges gone."""
         oldest = int(self._clock()) - MAX_WINDOW - BUCKET_SECONDS
