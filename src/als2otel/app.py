@@ -120,7 +120,12 @@ class Bridge:
             self.chain, self.translator, self.stats, on_spans=self._export_spans, clock=clock
         )
         self.receiver = AlsServer(
-            config.receiver.listen, self.pipeline.submit, self.stats, name_labels(config)
+            config.receiver.listen,
+            self.pipeline.submit,
+            self.stats,
+            name_labels(config),
+            max_connection_age=config.receiver.max_connection_age,
+            max_connection_age_grace=config.receiver.max_connection_age_grace,
         )
         self.http = HttpServer(
             config.http.listen,

@@ -47,6 +47,8 @@ class Size(int):
 @dataclass(frozen=True)
 class ReceiverConfig:
     listen: str = "0.0.0.0:11800"
+    max_connection_age: Duration = Duration(30 * 60)
+    max_connection_age_grace: Duration = Duration(30)
 
 
 @dataclass(frozen=True)

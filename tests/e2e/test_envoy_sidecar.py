@@ -13,6 +13,7 @@ from conftest import bridge_config
 from support.apps import StatusApp
 from support.net import free_port
 from support.otlp_receiver import GrpcOtlpReceiver, attributes
+from support.waiting import eventually
 
 from als2otel.demo.envoy import EnvoyProcess, ProxySpec, Route
 
@@ -113,5 +114,58 @@ async def test_sidecar_outbound_calls_become_client_spans(
             await asyncio.sleep(0.2)
         assert counts == {("GET", "200"): 22, ("POST", "404"): 5, ("GET", "503"): 3}
         assert bridge.stats.entries_received.get("v3", "http") == len(plan)
+    finally:
+        await asyncio.to_thread(envoy.stop)
+
+
+async def test_streams_reconnect_at_max_connection_age_and_lose_nothing(
+    make_bridge: Any, otlp: GrpcOtlpReceiver, reviews_app: StatusApp, tmp_path: Any
+) -> None:
+    """With a 1 s connection age, Envoy's ALS stream is closed and reopened several times while it
+    keeps logging: every request becomes its span, and each new stream names its proxy again."""
+    config = bridge_config(
+        otlp.endpoint,
+        receiver={"listen": "127.0.0.1:0", "max_connection_age": "1s", "max_connection_age_grace": "1s"},
+    )
+    bridge = await make_bridge(config, clock=time.time_ns)
+    app_port = reviews_app._server.server_address[1]
+    outbound_port = free_port(CLIENT_IP)
+    spec = ProxySpec(
+        role="sidecar",
+        ip=CLIENT_IP,
+        pod="productpage-v1-6b746f74dc-9stfq",
+        namespace="default",
+        labels={"app": "productpage", "version": "v1", "service.istio.io/canonical-name": "productpage"},
+        workload="productpage-v1",
+        outbound_port=outbound_port,
+        routes=[
+            Route(
+                "reviews.default.svc.cluster.local", 9080, [(SERVER_IP, app_port)], domains=["reviews:9080"]
+            )
+        ],
+        als_address=("127.0.0.1", bridge.receiver.port),
+        buffer_flush_interval="0.1s",
+    )
+    envoy = EnvoyProcess(spec, tmp_path)
+    await asyncio.to_thread(envoy.start)
+    try:
+        sent = 0
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            assert (
+                await asyncio.to_thread(
+                    request, outbound_port, "GET", f"/status/200?n={sent}", "reviews:9080"
+                )
+                == 200
+            )
+            sent += 1
+            await asyncio.sleep(0.02)
+        assert await eventually(lambda: len(otlp.received.spans()) >= sent, 20)
+        await asyncio.sleep(1.0)
+        spans = otlp.received.spans()
+        assert len(spans) == sent == len(reviews_app.requests)
+        assert {resource["service.name"] for resource, _ in spans} == {"productpage"}
+        ended = sum(bridge.stats.streams_ended.values.values())
+        assert ended >= 3  # the stream was closed and reopened along the way
     finally:
         await asyncio.to_thread(envoy.stop)

@@ -59,9 +59,17 @@ class AlsServer:
     """grpc.aio server for both ALS API versions; ``sink`` must not block."""
 
     def __init__(
-        self, listen: str, sink: Sink, stats: Stats, name_labels: tuple[str, ...] = istio.NAME_LABELS
+        self,
+        listen: str,
+        sink: Sink,
+        stats: Stats,
+        name_labels: tuple[str, ...] = istio.NAME_LABELS,
+        max_connection_age: float = 0.0,
+        max_connection_age_grace: float = 0.0,
     ) -> None:
         self._listen = listen
+        self._max_age = max_connection_age
+        self._max_age_grace = max_connection_age_grace
         self._name_labels = name_labels
         self._sink = sink
         self._stats = stats
@@ -70,15 +78,21 @@ class AlsServer:
         self.port = 0
 
     async def start(self) -> None:
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 1),
-                # Streams last for days: keep idle connections alive, accept Envoy's pings.
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        options: list[tuple[str, int]] = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 1),
+            # Streams last for days: keep idle connections alive, accept Envoy's pings.
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ]
+        if self._max_age:
+            # A connection this old gets a GOAWAY, and its streams the grace to finish: Envoy then
+            # opens new ones, which a Service spreads over every replica, new ones included.
+            options += [
+                ("grpc.max_connection_age_ms", int(self._max_age * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(self._max_age_grace * 1000)),
             ]
-        )
+        server = grpc.aio.server(options=options)
         handlers = {
             version: grpc.method_handlers_generic_handler(
                 service,
