@@ -151,12 +151,15 @@ def sender(target: str, spec: tuple[int, int, bool, int], ready: Any, go: Any) -
         await call(iter(batch))
 
     async def main() -> None:
-        async with grpc.aio.insecure_channel(
-            target, options=[("grpc.max_send_message_length", 64 << 20)]
-        ) as ch:
-            ready.set()
-            go.wait()
-            await asyncio.gather(*(stream(ch, batch) for batch in messages))
+        # A connection per stream, as each of Envoy's worker threads opens its own (and as
+        # SO_REUSEPORT needs to spread streams over the bridge's worker processes).
+        options = [("grpc.max_send_message_length", 64 << 20), ("grpc.use_local_subchannel_pool", 1)]
+        channels = [grpc.aio.insecure_channel(target, options=options) for _ in messages]
+        ready.set()
+        go.wait()
+        await asyncio.gather(*(stream(ch, batch) for ch, batch in zip(channels, messages, strict=True)))
+        for ch in channels:
+            await ch.close()
 
     asyncio.run(main())
 
@@ -287,6 +290,61 @@ def run_pipeline(total: int, spec: tuple[int, int, bool, int], analyzers: list[s
     result.put(out)
 
 
+def run_serve(total: int, spec: tuple[int, int, bool, int], workers: int, result: Any) -> None:
+    """``als2otel serve`` with ``receiver.workers`` as its own process tree (not pinned), timed
+    until the OTLP receiver has every span (including up to one 1 s flush tick at the end)."""
+    import subprocess
+    import tempfile
+    import urllib.request
+
+    import yaml
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from support.net import free_port
+
+    port_queue: Any = SPAWN.Queue()
+    counts: Any = SPAWN.Value("q", 0)
+    receiver = SPAWN.Process(target=otlp_receiver, args=(port_queue, counts), daemon=True)
+    receiver.start()
+    otlp_port = port_queue.get()
+    als_port, http_port = free_port(), free_port()
+    config = {
+        "receiver": {"listen": f"127.0.0.1:{als_port}", "workers": workers},
+        "http": {"listen": f"127.0.0.1:{http_port}"},
+        "analyzers": [],
+        "exporters": {"otlp": {"endpoint": f"127.0.0.1:{otlp_port}", "compression": "none"}},
+        "metrics": {"export_interval": "1s"},
+        "log_level": "warning",
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as file:
+        yaml.safe_dump(config, file)
+    bridge = subprocess.Popen([sys.executable, "-m", "als2otel", "serve", "--config", file.name])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=1):
+                break
+        except OSError:
+            time.sleep(0.1)
+    ready, go = SPAWN.Event(), SPAWN.Event()
+    proc = SPAWN.Process(target=sender, args=(f"127.0.0.1:{als_port}", spec, ready, go))
+    proc.start()
+    ready.wait()
+    go.set()
+    start = time.perf_counter()
+    while counts.value < total:
+        time.sleep(0.02)
+    seconds = time.perf_counter() - start
+    proc.join()
+    bridge.terminate()
+    bridge.wait(30)
+    receiver.kill()
+    Path(file.name).unlink()
+    result.put(
+        {"seconds": seconds, "cpu_seconds": float("nan"), "peak_rss_mb": float("nan"), "workers": workers}
+    )
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
@@ -301,13 +359,19 @@ def main() -> None:
     parser.add_argument(
         "--requests-per-connection", type=int, default=10, help="1: every request on a new connection"
     )
-    parser.add_argument("--modes", default="bare,pipeline,pipeline+mx-mesh")
+    parser.add_argument(
+        "--modes",
+        default="bare,pipeline,pipeline+mx-mesh",
+        help="also workers=N: `als2otel serve` with N worker processes",
+    )
+    parser.add_argument("--workers", default="", help="shorthand: 1,2 adds modes workers=1,workers=2")
     args = parser.parse_args()
     total = args.entries - args.entries % (args.streams * BATCH)
     plain = (total, args.streams, False, args.requests_per_connection)
     with_peers = (total, args.streams, True, args.requests_per_connection)
     results = {}
-    for mode in args.modes.split(","):
+    modes = args.modes.split(",") + [f"workers={n}" for n in args.workers.split(",") if n]
+    for mode in modes:
         queue: Any = SPAWN.Queue()
         if mode == "bare":
             target: Any = run_bare
@@ -320,6 +384,8 @@ def main() -> None:
             if "mx-mesh" not in ANALYZERS:
                 continue
             target, proc_args = run_pipeline, (total, with_peers, ["mx-mesh"], queue)
+        elif mode.startswith("workers="):
+            target, proc_args = run_serve, (total, plain, int(mode.split("=")[1]), queue)
         else:
             raise SystemExit(f"unknown mode {mode}")
         proc = SPAWN.Process(target=target, args=proc_args)
@@ -327,7 +393,9 @@ def main() -> None:
         out = queue.get()
         proc.join()
         out["entries_per_s"] = round(total / out["seconds"])
-        out["entries_per_cpu_s"] = round(total / out["cpu_seconds"])
+        out["entries_per_cpu_s"] = (
+            round(total / out["cpu_seconds"]) if out["cpu_seconds"] == out["cpu_seconds"] else 0
+        )
         results[mode] = out
         print(
             f"{mode:18s} {out['entries_per_s']:>9,} entries/s  {out['entries_per_cpu_s']:>9,} per CPU-second"

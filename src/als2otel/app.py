@@ -134,7 +134,9 @@ class Bridge:
             else None,
             ready=lambda: self._ready and (self.kube is None or self.kube.synced.is_set()),
             healthy=lambda: not self.failed.is_set(),
-            topology=lambda window: self.topology.snapshot(window, self._clock() / 1e9),
+            topology=lambda window, histograms: self.topology.snapshot(
+                window, self._clock() / 1e9, histograms
+            ),
             closed=self.stats.http_connections_closed,
         )
         self._ready = False
@@ -182,6 +184,11 @@ class Bridge:
         await self.http.stop()
         if self.kube is not None:
             await asyncio.to_thread(self.kube.stop)
+
+    def held_unexported(self) -> dict[str, int]:
+        """What would be lost if this process died now: entries not yet analysed, spans not yet sent."""
+        traces = self.pipeline.spans.count + (self.exporter.held("traces") if self.exporter else 0)
+        return {"entries": self.pipeline.queued, "traces": traces}
 
     def _task_ended(self, task: asyncio.Task[None]) -> None:
         """A pipeline or flush task ended outside :meth:`stop`: the bridge can no longer do its job."""

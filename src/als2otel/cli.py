@@ -42,13 +42,17 @@ def _setup_logging(level: str) -> None:
 
 
 async def _serve(config: cfg.Config) -> int:
-    from .app import Bridge
-
-    bridge = Bridge(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if config.receiver.workers > 1:
+        from . import workers
+
+        return await workers.serve(config, stop)
+    from .app import Bridge
+
+    bridge = Bridge(config)
     await bridge.start()
     logging.getLogger("als2otel").info(
         "als2otel %s ready: ALS on %s, HTTP on %s",

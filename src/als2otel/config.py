@@ -40,6 +40,18 @@ class Duration(float):
     """Seconds, written in the file as Go-style durations: ``10s``, ``1m30s``, ``250ms``."""
 
 
+class Workers(int):
+    """Worker processes: a whole number from 1, or ``"auto"`` for the CPUs this process may use."""
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which container CPU sets narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - platforms without affinity
+        return max(1, os.cpu_count() or 1)
+
+
 class Size(int):
     """Bytes, written in the file as ``4MiB``, ``512KiB``, ``1MB`` or a whole number."""
 
@@ -47,6 +59,7 @@ class Size(int):
 @dataclass(frozen=True)
 class ReceiverConfig:
     listen: str = "0.0.0.0:11800"
+    workers: Workers = Workers(1)
     max_connection_age: Duration = Duration(30 * 60)
     max_connection_age_grace: Duration = Duration(30)
 
@@ -327,6 +340,13 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
             problems.append(f'{path}: must be a duration like "10s" or "500ms", got {value!r}')
             return _INVALID
         return Duration(seconds)
+    if tp is Workers:
+        if value == "auto":
+            return Workers(available_cpus())
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            problems.append(f'{path}: must be a whole number from 1, or "auto", got {value!r}')
+            return _INVALID
+        return Workers(value)
     if tp is Size:
         size = parse_size(value)
         if size is None:

@@ -90,6 +90,11 @@ class Pipeline:
             self._queue.popleft()
             self._queued -= count
 
+    @property
+    def queued(self) -> int:
+        """Entries received and not yet analysed."""
+        return self._queued
+
     async def drain(self) -> None:
         """Wait until everything submitted so far has been processed."""
         await self._idle.wait()

@@ -99,6 +99,11 @@ class Stats:
             "HTTP connections the bridge closed itself, by reason: too many open, or too slow.",
             ("reason",),
         )
+        self.worker_restarts = Counter(
+            "als2otel_worker_restarts_total",
+            "Worker processes (receiver.workers > 1) that died and were started again.",
+            (),
+        )
         self.k8s_errors = Counter(
             "als2otel_k8s_watch_errors_total",
             "Kubernetes list or watch requests that failed and were retried, by resource.",
@@ -113,6 +118,7 @@ class Stats:
         for api_version in ("v2", "v3"):
             for log_type in ("http", "tcp"):
                 self.entries_received.inc(api_version, log_type, by=0)
+        self.worker_restarts.inc(by=0)
         for signal in ("traces", "metrics"):
             self.export_failures.inc(signal, by=0)
             self.export_retries.inc(signal, by=0)

@@ -182,8 +182,9 @@ def struct(values: dict[str, Any]) -> struct_pb2.Struct:
 
 
 async def send(target: str, messages: Iterable[Any], method: str = V3_METHOD) -> grpc.aio.AioRpcError | None:
-    """One ALS stream carrying ``messages`` (messages or raw bytes); the error if the server ended it."""
-    async with grpc.aio.insecure_channel(target) as channel:
+    """One ALS stream carrying ``messages`` (messages or raw bytes), on a connection of its own as
+    each of Envoy's worker threads opens one; the error if the server ended it."""
+    async with grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
         call = channel.stream_unary(method, request_serializer=_serialize, response_deserializer=lambda b: b)
 
         async def requests() -> Any:

@@ -175,7 +175,7 @@ def node_from_text(text: str) -> Mapping[str, Any]:
 
 # FlatNode's fields in vtable order (istio/proxy extensions/common/node_info.fbs).
 _NAME, _NAMESPACE, _LABELS, _OWNER, _WORKLOAD_NAME = 0, 1, 2, 3, 4
-_CLUSTER_ID, _INSTANCE_IPS = 9, 10
+_CLUSTER_ID = 9
 
 
 class _FlatTable:

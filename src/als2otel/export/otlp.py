@@ -362,8 +362,8 @@ class _SignalQueue:
         )
 
     @property
-    def idle(self) -> bool:
-        return not self._queue and not self._in_flight
+    def held_items(self) -> int:
+        return self._held_items
 
     def close(self) -> None:
         self._closing = True
@@ -403,6 +403,11 @@ class OtlpExporter:
         queue = self._queues.get(signal)
         if queue is not None and any(count for _, count in requests):
             queue.put(requests)
+
+    def held(self, signal: str) -> int:
+        """Spans or points of ``signal`` queued or in flight, not yet accepted by the backend."""
+        queue = self._queues.get(signal)
+        return queue.held_items if queue is not None else 0
 
     async def shutdown(self, timeout: float) -> None:
         """Send what is queued for up to ``timeout`` seconds, then count the rest as dropped."""

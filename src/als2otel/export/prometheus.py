@@ -15,8 +15,6 @@ from collections.abc import Iterator
 from ..stats import Stats
 from ..translation.metrics import Kind, MetricStore, Series
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
 _INVALID_LABEL_CHARS = re.compile(r"[^a-zA-Z0-9_]")
 
 
@@ -110,3 +108,46 @@ def _histogram_lines(lines: list[str], name: str, series: Series) -> None:
     lines.append(f"{name}_bucket{_labels([*labels, ('le', '+Inf')])} {histogram.count}")
     lines.append(f"{name}_sum{_labels(labels)} {_number(histogram.total)}")
     lines.append(f"{name}_count{_labels(labels)} {histogram.count}")
+
+
+_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def merge_pages(pages: list[str]) -> Iterator[str]:
+    """Several processes' pages as one: samples with the same name and labels summed (counters,
+    histogram buckets, sums and counts, and gauges such as open streams), families in order of
+    first appearance, in chunks of at most :data:`CHUNK_SERIES` samples a family."""
+    families: dict[str, tuple[list[str], dict[str, float]]] = {}
+    for page in pages:
+        for line in page.splitlines():
+            if not line:
+                continue
+            if line.startswith("#"):
+                parts = line.split(" ", 3)
+                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                    header, _ = families.setdefault(parts[2], ([], {}))
+                    if len(header) < 2 and line not in header:
+                        header.append(line)
+                continue
+            key, _, text = line.rpartition(" ")
+            name = key.partition("{")[0]
+            family = name
+            if family not in families:
+                for suffix in _SUFFIXES:
+                    if name.endswith(suffix) and name.removesuffix(suffix) in families:
+                        family = name.removesuffix(suffix)
+                        break
+            _, samples = families.setdefault(family, ([], {}))
+            try:
+                samples[key] = samples.get(key, 0.0) + float(text)
+            except ValueError:
+                continue
+    for header, samples in families.values():
+        lines = list(header)
+        for count, (key, value) in enumerate(samples.items(), 1):
+            lines.append(f"{key} {_number(value)}")
+            if count % (CHUNK_SERIES * 8) == 0:
+                yield "\n".join(lines) + "\n"
+                lines = []
+        if lines:
+            yield "\n".join(lines) + "\n"

@@ -136,8 +136,12 @@ class Topology:
                 self._expired.inc("topology", by=len(idle))
         return len(idle)
 
-    def snapshot(self, window_s: float, now_s: float) -> dict[str, Any]:
-        """``{"nodes": [...], "edges": [...]}`` over the last ``window_s`` seconds."""
+    def snapshot(self, window_s: float, now_s: float, histograms: bool = False) -> dict[str, Any]:
+        """``{"nodes": [...], "edges": [...]}`` over the last ``window_s`` seconds.
+
+        ``histograms``: each edge also carries its latency histogram (``latency``), so that
+        snapshots of several processes can be merged (:func:`merge_snapshots`).
+        """
         since = now_s - window_s
         edges = []
         used: set[str] = set()
@@ -157,6 +161,7 @@ class Topology:
                     "rps": round(requests / max(min(window_s, now_s - live[0].start), 1.0), 3),
                     "p50_ms": round(_percentile(latency, 0.50), 2),
                     "p99_ms": round(_percentile(latency, 0.99), 2),
+                    **({"latency": latency} if histograms else {}),
                 }
             )
             used.update((edge.source, edge.target))
@@ -168,6 +173,35 @@ class Topology:
         edges.sort(key=lambda e: (e["source"], e["target"], e["protocol"]))
         nodes.sort(key=lambda n: n["id"])
         return {"window_seconds": window_s, "nodes": nodes, "edges": edges}
+
+
+def merge_snapshots(snapshots: list[dict[str, Any]], window_s: float) -> dict[str, Any]:
+    """Snapshots of several processes (taken with ``histograms``) as one: requests, errors and
+    rates summed per edge, percentiles from the summed latency histograms."""
+    edges: dict[tuple[str, str, str], dict[str, Any]] = {}
+    nodes: dict[str, dict[str, Any]] = {}
+    for snapshot in snapshots:
+        for node in snapshot["nodes"]:
+            nodes.setdefault(node["id"], node)
+        for edge in snapshot["edges"]:
+            key = (edge["source"], edge["target"], edge["protocol"])
+            merged = edges.get(key)
+            if merged is None:
+                edges[key] = {**edge, "latency": list(edge["latency"])}
+                continue
+            merged["requests"] += edge["requests"]
+            merged["errors"] += edge["errors"]
+            merged["rps"] = round(merged["rps"] + edge["rps"], 3)
+            merged["latency"] = [a + b for a, b in zip(merged["latency"], edge["latency"], strict=True)]
+    for edge in edges.values():
+        latency = edge.pop("latency")
+        edge["p50_ms"] = round(_percentile(latency, 0.50), 2)
+        edge["p99_ms"] = round(_percentile(latency, 0.99), 2)
+    return {
+        "window_seconds": window_s,
+        "nodes": sorted(nodes.values(), key=lambda n: n["id"]),
+        "edges": sorted(edges.values(), key=lambda e: (e["source"], e["target"], e["protocol"])),
+    }
 
 
 def _percentile(histogram: list[int], q: float) -> float:

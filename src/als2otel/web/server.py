@@ -10,10 +10,11 @@ the server's software.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web, web_response
 
@@ -21,6 +22,8 @@ from ..config import parse_duration, split_hostport
 from ..stats import Counter
 from ..translation.topology import MAX_WINDOW
 from .connections import IDLE_TIMEOUT, ConnectionGuard, RateLimitedLog
+
+T = TypeVar("T")
 
 _PAGE = Path(__file__).with_name("topology.html").read_text(encoding="utf-8")
 
@@ -33,6 +36,10 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 CLIENT_CAUSED_LOGGERS = ("aiohttp.server", "aiohttp.web", "asyncio")
 """Where aiohttp and asyncio log what a client's malformed request or dropped connection did."""
+
+
+async def _resolved(value: T | Awaitable[T]) -> T:
+    return await value if inspect.isawaitable(value) else value
 
 
 def _hide_version_banner() -> None:
@@ -56,12 +63,13 @@ class HttpServer:
         self,
         listen: str,
         *,
-        metrics: Callable[[], Iterator[str]] | None,
-        ready: Callable[[], bool],
+        metrics: Callable[[], Iterator[str] | Awaitable[Iterator[str]]] | None,
+        ready: Callable[[], bool | Awaitable[bool]],
         healthy: Callable[[], bool] = lambda: True,
-        topology: Callable[[float], dict[str, Any]] | None = None,
+        topology: Callable[[float, bool], dict[str, Any] | Awaitable[dict[str, Any]]] | None = None,
         closed: Counter | None = None,
     ) -> None:
+        """Each provider may answer at once or be awaited (a supervisor asks its workers)."""
         self._topology = topology
         self._healthy = healthy
         self._listen = listen
@@ -120,7 +128,7 @@ class HttpServer:
         return web.Response(status=503, text="processing has stopped\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        if self._ready():
+        if await _resolved(self._ready()):
             return web.Response(text="ready\n")
         return web.Response(status=503, text="not ready\n")
 
@@ -134,7 +142,8 @@ class HttpServer:
                 {"error": f"window must be a duration up to {MAX_WINDOW:.0f}s (30s, 5m, 1h); got {shown!r}"},
                 status=400,
             )
-        return web.json_response(self._topology(window))
+        histograms = request.query.get("histograms") == "1"
+        return web.json_response(await _resolved(self._topology(window, histograms)))
 
     async def _topology_page(self, request: web.Request) -> web.Response:
         return web.Response(text=_PAGE, content_type="text/html")
@@ -145,7 +154,7 @@ class HttpServer:
             response = web.StreamResponse(headers={"Content-Type": METRICS_CONTENT_TYPE})
             response.enable_chunked_encoding()
             await response.prepare(request)
-            for chunk in self._metrics():
+            for chunk in await _resolved(self._metrics()):
                 await response.write(chunk.encode())
                 await asyncio.sleep(0)  # write() yields only when the socket's buffer is full
             await response.write_eof()

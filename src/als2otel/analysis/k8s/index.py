@@ -184,10 +184,6 @@ class KubeIndex:
     def services_of(self, namespace: str, pod: str) -> list[str]:
         return sorted(self._pod_services.get((namespace, pod), ()))
 
-    @property
-    def pod_count(self) -> int:
-        return len(self._pods)
-
     def _name(self, key: Key) -> Workload | None:
         pod = self._pods[key]
         if key[0] in self._ignored:
