@@ -97,6 +97,8 @@ async def main(pods: int, services: int) -> None:
     events = changes / (time.perf_counter() - t)
     named = sum(1 for address in ips if lookup(address) is not None)
     cache.stop()
+    _relabel_back(api, changes, pods // services)
+    serve_rss(api, directory)
     api.stop()
     print(
         f"pods {pods:,}, services {services:,}: ready (first full list) in {ready:.2f} s; "
@@ -104,6 +106,48 @@ async def main(pods: int, services: int) -> None:
         f"{lookups:,.0f} lookups/s; {events:,.0f} watch events/s applied (incl. the API server's own time); "
         f"{named:,} of {pods:,} IPs named"
     )
+
+
+def serve_rss(api: FakeKubeApi, directory: Path) -> None:
+    """Resident memory of `als2otel serve` processes, idle, with and without this cluster cached."""
+    import subprocess
+    import urllib.request
+
+    import yaml
+    from support.net import free_port
+
+    for analyzers in (["mx-mesh"], ["mx-mesh", "k8s-mesh"]):
+        http_port = free_port()
+        config = directory / "serve.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "receiver": {"listen": f"127.0.0.1:{free_port()}"},
+                    "http": {"listen": f"127.0.0.1:{http_port}"},
+                    "analyzers": analyzers,
+                    "k8s": {"kubeconfig": str(api.kubeconfig(directory))},
+                    "exporters": {"otlp": {"enabled": False}},
+                    "log_level": "warning",
+                }
+            )
+        )
+        process = subprocess.Popen([sys.executable, "-m", "als2otel", "serve", "--config", str(config)])
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=1) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    time.sleep(0.2)
+            time.sleep(2)
+            with open(f"/proc/{process.pid}/status") as status:
+                rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+            print(f"als2otel serve, analyzers {analyzers}, ready and idle: RSS {rss:.0f} MiB")
+        finally:
+            process.terminate()
+            process.wait(30)
 
 
 def _relabel(api: FakeKubeApi, count: int, per_service: int) -> None:
@@ -114,6 +158,14 @@ def _relabel(api: FakeKubeApi, count: int, per_service: int) -> None:
             f"ns{s % 50}", name, ip(i), {"app": f"svc{s}", "version": "v2"}, replicaset=f"svc{s}-v1-5d8f9c7b6"
         )
         api.put(obj)
+
+
+def _relabel_back(api: FakeKubeApi, count: int, per_service: int) -> None:
+    for i in range(count):
+        s, k = divmod(i, per_service)
+        name = f"svc{s}-v1-5d8f9c7b6-{k:05d}"
+        labels = {"app": f"svc{s}", "version": "v1", "pod-template-hash": "5d8f9c7b6"}
+        api.put(kube_api.pod(f"ns{s % 50}", name, ip(i), labels, replicaset=f"svc{s}-v1-5d8f9c7b6"))
 
 
 if __name__ == "__main__":

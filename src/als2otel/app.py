@@ -126,6 +126,7 @@ class Bridge:
             name_labels(config),
             max_connection_age=config.receiver.max_connection_age,
             max_connection_age_grace=config.receiver.max_connection_age_grace,
+            tls=config.receiver.tls,
         )
         self.http = HttpServer(
             config.http.listen,
@@ -138,6 +139,7 @@ class Bridge:
                 window, self._clock() / 1e9, histograms
             ),
             closed=self.stats.http_connections_closed,
+            tls=config.http.tls,
         )
         self._ready = False
         self._stopped = False

@@ -57,11 +57,36 @@ class Size(int):
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """TLS on the ALS port; names as in the OpenTelemetry Collector's ``configtls``."""
+
+    cert_file: str | None = None
+    key_file: str | None = None
+    client_ca_file: str | None = None  # set: clients must present a certificate it signed (mTLS)
+    min_version: str = "1.2"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file or self.key_file)
+
+
+@dataclass(frozen=True)
+class HttpTlsConfig:
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file or self.key_file)
+
+
+@dataclass(frozen=True)
 class ReceiverConfig:
     listen: str = "0.0.0.0:11800"
     workers: Workers = Workers(1)
     max_connection_age: Duration = Duration(30 * 60)
     max_connection_age_grace: Duration = Duration(30)
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
 
 @dataclass(frozen=True)
@@ -132,6 +157,7 @@ class MetricsConfig:
 @dataclass(frozen=True)
 class HttpConfig:
     listen: str = "0.0.0.0:9464"
+    tls: HttpTlsConfig = field(default_factory=HttpTlsConfig)
 
 
 @dataclass(frozen=True)
@@ -451,6 +477,41 @@ def split_hostport(text: str) -> tuple[str, int] | None:
     return (host, int(port)) if host else None
 
 
+TLS_VERSIONS = ("1.2",)
+"""The minimum TLS versions the ALS server can enforce: gRPC's Python server takes no other."""
+
+
+def _check_tls(path: str, tls: TlsConfig | HttpTlsConfig) -> list[str]:
+    """Both files or neither, each readable, the key the certificate's, a CA file that parses."""
+    import ssl  # noqa: PLC0415 - only configurations with TLS need it
+
+    if not tls.enabled:
+        if isinstance(tls, TlsConfig) and tls.client_ca_file:
+            return [f"{path}.client_ca_file: needs cert_file and key_file (mutual TLS is TLS first)"]
+        return []
+    problems = []
+    for key in ("cert_file", "key_file") + (("client_ca_file",) if isinstance(tls, TlsConfig) else ()):
+        name = getattr(tls, key)
+        if key != "client_ca_file" and not name:
+            problems.append(f"{path}.{key}: must be set with the other of cert_file and key_file")
+        elif name and not os.access(name, os.R_OK):
+            problems.append(f"{path}.{key}: cannot read {name}")
+    if problems:
+        return problems
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(tls.cert_file or "", tls.key_file or "")
+    except (ssl.SSLError, OSError) as exc:
+        problems.append(
+            f"{path}.key_file: not the key of {tls.cert_file}, or not a PEM key and certificate ({exc})"
+        )
+    if isinstance(tls, TlsConfig) and tls.client_ca_file:
+        try:
+            ssl.create_default_context(cafile=tls.client_ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            problems.append(f"{path}.client_ca_file: not PEM certificates ({exc})")
+    return problems
+
+
 MIN_REQUEST_SIZE = 64 * 1024
 """The smallest ``max_request_size``: one span or histogram point, with its resource, fits many times over."""
 
@@ -497,6 +558,13 @@ def _check_values(config: Config) -> list[str]:
     for i, label in enumerate(config.mx_mesh.service_name_labels):
         if not label.strip():
             problems.append(f"mx_mesh.service_name_labels[{i}]: must not be empty")
+    problems.extend(_check_tls("receiver.tls", config.receiver.tls))
+    problems.extend(_check_tls("http.tls", config.http.tls))
+    if config.receiver.tls.min_version not in TLS_VERSIONS:
+        problems.append(
+            f'receiver.tls.min_version: must be "1.2" (gRPC\'s servers negotiate TLS 1.2 or 1.3 and let '
+            f"no other minimum be set), got {config.receiver.tls.min_version!r}"
+        )
     if config.log_level.lower() not in LOG_LEVELS:
         problems.append(f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {config.log_level!r}")
     return problems

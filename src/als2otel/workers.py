@@ -56,7 +56,7 @@ _SPAWN = multiprocessing.get_context("spawn")
 def worker_config(config: cfg.Config, index: int, instance_id: str) -> cfg.Config:
     """A worker's configuration: the shared ALS port, a private HTTP port, its own identity."""
     receiver = dataclasses.replace(config.receiver, workers=cfg.Workers(1))
-    http = dataclasses.replace(config.http, listen="127.0.0.1:0")
+    http = dataclasses.replace(config.http, listen="127.0.0.1:0", tls=cfg.HttpTlsConfig())
     metrics = dataclasses.replace(config.metrics, instance_id=f"{instance_id}-w{index}")
     return dataclasses.replace(config, receiver=receiver, http=http, metrics=metrics)
 
@@ -116,6 +116,7 @@ class Supervisor:
             ready=self._ready,
             topology=self._topology,
             closed=self.stats.http_connections_closed,
+            tls=config.http.tls,
         )
 
     @property

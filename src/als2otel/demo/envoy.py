@@ -82,6 +82,9 @@ class ProxySpec:
     routes: list[Route] = field(default_factory=list)
     cluster_id: str = "Kubernetes"
     als_address: tuple[str, int] = ("127.0.0.1", 11800)
+    # Mutual TLS to the ALS port, as Istio's envoyAccessLogService.tlsSettings (mode MUTUAL)
+    # configures it: the client certificate, its key, and the CA that signed the server's.
+    als_tls: tuple[str, str, str] | None = None
     buffer_flush_interval: str = "0.2s"
     extra_metadata: dict[str, Any] = field(default_factory=dict)
     # Istio's header-based metadata exchange: our metadata on outbound requests and inbound responses.
@@ -196,6 +199,24 @@ def _cluster(
     return cluster
 
 
+def _client_tls(cert: str, key: str, ca: str) -> dict[str, Any]:
+    """An UpstreamTlsContext presenting ``cert`` and trusting ``ca``: Istio's MUTUAL tlsSettings."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": _TYPES + "transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": "localhost",
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [
+                    {"certificate_chain": {"filename": cert}, "private_key": {"filename": key}}
+                ],
+                "validation_context": {"trusted_ca": {"filename": ca}},
+            },
+        },
+    }
+
+
 def render_config(spec: ProxySpec) -> dict[str, Any]:
     """Envoy's bootstrap for one proxy, as a JSON-able dict."""
     metadata = spec.node_metadata()
@@ -211,6 +232,8 @@ def render_config(spec: ProxySpec) -> dict[str, Any]:
     )
     listeners = []
     clusters = [_cluster("als2otel_als", [spec.als_address], None, http2=True)]
+    if spec.als_tls is not None:
+        clusters[0]["transport_socket"] = _client_tls(*spec.als_tls)
     if spec.inbound_port is not None and spec.app_port is not None:
         inbound = f"inbound|{spec.inbound_port}||"
         listeners.append(

@@ -24,8 +24,10 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from .. import istio
+from ..config import TlsConfig
 from ..model import Proxy
 from ..stats import LogLimiter, Stats
+from ..tls import CertificateFiles
 from ._proto import als_pb2
 from .identity import identify
 
@@ -66,8 +68,10 @@ class AlsServer:
         name_labels: tuple[str, ...] = istio.NAME_LABELS,
         max_connection_age: float = 0.0,
         max_connection_age_grace: float = 0.0,
+        tls: TlsConfig | None = None,
     ) -> None:
         self._listen = listen
+        self._tls = tls
         self._max_age = max_connection_age
         self._max_age_grace = max_connection_age_grace
         self._name_labels = name_labels
@@ -101,13 +105,21 @@ class AlsServer:
             for version, service in SERVICES.items()
         }
         server.add_generic_rpc_handlers(tuple(handlers.values()))
-        port = server.add_insecure_port(self._listen)
+        if self._tls is not None and self._tls.enabled:
+            port = server.add_secure_port(self._listen, CertificateFiles(self._tls).grpc_credentials())
+        else:
+            port = server.add_insecure_port(self._listen)
         if port == 0:
             raise OSError(f"cannot listen for ALS on {self._listen}")
         self.port = port
         await server.start()
         self._server = server
-        log.info("ALS receiver listening on %s (port %d)", self._listen, port)
+        mode = (
+            "plaintext"
+            if self._tls is None or not self._tls.enabled
+            else ("mutual TLS" if self._tls.client_ca_file else "TLS")
+        )
+        log.info("ALS receiver listening on %s (port %d, %s)", self._listen, port, mode)
 
     async def stop(self, grace: float) -> None:
         """Stop taking streams; give open ones ``grace`` seconds to deliver what they sent."""

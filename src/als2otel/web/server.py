@@ -12,16 +12,18 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web, web_response
 
-from ..config import parse_duration, split_hostport
+from ..config import HttpTlsConfig, parse_duration, split_hostport
 from ..stats import Counter
+from ..tls import CertificateFiles
 from ..translation.topology import MAX_WINDOW
-from .connections import IDLE_TIMEOUT, ConnectionGuard, RateLimitedLog
+from .connections import IDLE_TIMEOUT, REQUEST_HEAD_TIMEOUT, ConnectionGuard, RateLimitedLog
 
 T = TypeVar("T")
 
@@ -31,6 +33,9 @@ log = logging.getLogger("als2otel.http")
 
 MAX_QUERY_VALUE = 32
 """Characters of a query parameter's value read at most (``window=``); a longer one is a 400."""
+
+CERTIFICATE_CHECK_INTERVAL = 5.0
+"""Seconds between looks at the HTTP certificate's files."""
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -68,8 +73,11 @@ class HttpServer:
         healthy: Callable[[], bool] = lambda: True,
         topology: Callable[[float, bool], dict[str, Any] | Awaitable[dict[str, Any]]] | None = None,
         closed: Counter | None = None,
+        tls: HttpTlsConfig | None = None,
     ) -> None:
         """Each provider may answer at once or be awaited (a supervisor asks its workers)."""
+        self._tls = CertificateFiles(tls) if tls is not None and tls.enabled else None
+        self._refresh: asyncio.Task[None] | None = None
         self._topology = topology
         self._healthy = healthy
         self._listen = listen
@@ -104,13 +112,29 @@ class HttpServer:
         await self._runner.setup()
         handlers = self._runner.server
         assert handlers is not None
+        context = self._tls.ssl_context() if self._tls is not None else None
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: self._guard.protocol(handlers()), host or None, port, reuse_address=True
+            lambda: self._guard.protocol(handlers()),
+            host or None,
+            port,
+            reuse_address=True,
+            ssl=context,
+            ssl_handshake_timeout=REQUEST_HEAD_TIMEOUT if context is not None else None,
         )
+        if self._tls is not None and context is not None:
+            self._refresh = asyncio.ensure_future(self._refresh_certificates(self._tls, context))
         self.port = self._server.sockets[0].getsockname()[1] if self._server.sockets else port
         log.info("HTTP endpoints on %s (port %d)", self._listen, self.port)
 
+    async def _refresh_certificates(self, files: CertificateFiles, context: ssl.SSLContext) -> None:
+        while True:
+            await asyncio.sleep(CERTIFICATE_CHECK_INTERVAL)
+            files.refresh(context)
+
     async def stop(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+            self._refresh = None
         if self._server is not None:
             self._server.close()
             self._server = None

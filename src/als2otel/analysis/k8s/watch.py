@@ -43,7 +43,7 @@ class NoKubernetesConfig(Exception):
 
 
 def api_client(kubeconfig: str | None) -> client.ApiClient:
-    """As INTERFACE.md says: the given file, else in-cluster, else $KUBECONFIG, else ~/.kube/config."""
+    """As config/als2otel.yaml says: the file given, else in-cluster, $KUBECONFIG, ~/.kube/config."""
     configuration = client.Configuration()
     try:
         if kubeconfig:

@@ -1,0 +1,249 @@
+"""TLS and mutual TLS on the ALS port (and TLS on the HTTP port): real Envoys with client
+certificates, a certificate from another CA refused, certificates rotated without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from conftest import bridge_config
+from support import als, certs
+from support.apps import StatusApp
+from support.net import free_port
+from support.otlp_receiver import GrpcOtlpReceiver
+from support.waiting import eventually
+
+from als2otel import config as cfg
+from als2otel.demo.envoy import EnvoyProcess, ProxySpec, Route
+
+NODE = "sidecar~10.1.0.4~productpage-v1-6b746f74dc-9stfq.default~default.svc.cluster.local"
+META = als.sidecar_metadata("productpage-v1-6b746f74dc-9stfq", "default", "productpage")
+SPIFFE = "URI:spiffe://cluster.local/ns/default/sa/productpage"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: Any) -> dict[str, certs.Issued]:
+    """The bridge's CA with a server and a client certificate, and another CA's client certificate."""
+    directory = tmp_path_factory.mktemp("pki")
+    mesh, other = certs.ca(directory, "mesh-ca"), certs.ca(directory, "other-ca")
+    return {
+        "ca": mesh,
+        "server": certs.issue(directory, "server", mesh, "DNS:localhost,IP:127.0.0.1"),
+        "server2": certs.issue(directory, "server2", mesh, "DNS:localhost,IP:127.0.0.1"),
+        "client": certs.issue(directory, "client", mesh, SPIFFE, client=True),
+        "stranger": certs.issue(directory, "stranger", other, SPIFFE, client=True),
+    }
+
+
+def mtls_receiver(pki: dict[str, certs.Issued], directory: Path) -> dict[str, Any]:
+    """receiver.tls with copies of the server's files (so a test may rotate them)."""
+    cert, key = directory / "tls.crt", directory / "tls.key"
+    shutil.copy(pki["server"].cert, cert)
+    shutil.copy(pki["server"].key, key)
+    return {
+        "listen": "127.0.0.1:0",
+        "tls": {"cert_file": str(cert), "key_file": str(key), "client_ca_file": str(pki["ca"].cert)},
+    }
+
+
+async def send_tls(
+    port: int, client: certs.Issued | None, ca: certs.Issued, count: int, first: int = 0
+) -> Any:
+    """One ALS stream over TLS with ``client``'s certificate (or none); the error if it failed."""
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=ca.cert.read_bytes(),
+        private_key=client.key.read_bytes() if client else None,
+        certificate_chain=client.cert.read_bytes() if client else None,
+    )
+    entries = [
+        als.http_entry(
+            downstream_remote=("10.1.0.4", 40000 + i),
+            downstream_local=("10.96.0.9", 9080),
+            upstream_remote=("10.1.0.9", 9080),
+            upstream_local=("10.1.0.4", 50000 + i),
+            cluster="outbound|9080||reviews.default.svc.cluster.local",
+        )
+        for i in range(first, first + count)
+    ]
+    message = als.http_message(entries, als.identifier(NODE, META)).SerializeToString()
+    async with grpc.aio.secure_channel(
+        f"127.0.0.1:{port}", credentials, options=[("grpc.ssl_target_name_override", "localhost")]
+    ) as channel:
+        call = channel.stream_unary(
+            als.V3_METHOD, request_serializer=lambda b: b, response_deserializer=lambda b: b
+        )
+        try:
+            await asyncio.wait_for(call(iter([message])), 10)
+        except grpc.aio.AioRpcError as error:
+            return error
+    return None
+
+
+class TestMutualTls:
+    async def test_certificates_from_the_ca_only(self, make_bridge: Any, pki: Any, tmp_path: Path) -> None:
+        """A client with the CA's certificate streams; one with another CA's, or none, is refused at the
+        handshake while the first keeps going."""
+        bridge = await make_bridge(bridge_config(None, receiver=mtls_receiver(pki, tmp_path)))
+        port = bridge.receiver.port
+        assert await send_tls(port, pki["client"], pki["ca"], 10) is None
+        stranger = await send_tls(port, pki["stranger"], pki["ca"], 10)
+        anonymous = await send_tls(port, None, pki["ca"], 10)
+        assert stranger is not None and stranger.code() == grpc.StatusCode.UNAVAILABLE
+        assert anonymous is not None and anonymous.code() == grpc.StatusCode.UNAVAILABLE
+        assert await send_tls(port, pki["client"], pki["ca"], 10, first=10) is None
+        await bridge.pipeline.drain()
+        assert bridge.stats.entries_received.get("v3", "http") == 20
+        assert bridge.stats.calls.get("client") == 20
+
+    async def test_rotated_certificate_is_used_without_a_restart(
+        self, make_bridge: Any, pki: Any, tmp_path: Path
+    ) -> None:
+        """Rewriting the certificate and key files: the next connection gets the new certificate."""
+        receiver = mtls_receiver(pki, tmp_path)
+        bridge = await make_bridge(bridge_config(None, receiver=receiver))
+        port = bridge.receiver.port
+        first = await asyncio.to_thread(server_certificate_mtls, port, pki)
+        new_cert, new_key = tmp_path / "new.crt", tmp_path / "new.key"
+        shutil.copy(pki["server2"].cert, new_cert)
+        shutil.copy(pki["server2"].key, new_key)
+        new_key.replace(receiver["tls"]["key_file"])
+        new_cert.replace(receiver["tls"]["cert_file"])
+        second = await asyncio.to_thread(server_certificate_mtls, port, pki)
+        third = await asyncio.to_thread(server_certificate_mtls, port, pki)
+        assert first != third and second in (first, third)  # the connection after the change at the latest
+        assert ssl.DER_cert_to_PEM_cert(third).strip() == pki["server2"].cert.read_text().strip()
+        assert await send_tls(port, pki["client"], pki["ca"], 5) is None
+
+
+def server_certificate_mtls(port: int, pki: Any) -> bytes:
+    """The certificate the port presents, to a client holding the CA's client certificate."""
+    import socket
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    context.load_cert_chain(pki["client"].cert, pki["client"].key)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, context.wrap_socket(raw) as tls:
+        return tls.getpeercert(binary_form=True) or b""
+
+
+@pytest.fixture
+def reviews_app() -> Any:
+    app = StatusApp("127.0.0.12", free_port("127.0.0.12")).start()
+    yield app
+    app.stop()
+
+
+async def test_real_envoys_over_mutual_tls(
+    make_bridge: Any, otlp: GrpcOtlpReceiver, pki: Any, reviews_app: Any, tmp_path: Path
+) -> None:
+    """Envoy with Istio's MUTUAL tlsSettings streams over mTLS and every request becomes its span; an
+    Envoy whose certificate another CA signed is refused, and the first keeps flowing."""
+    bridge = await make_bridge(
+        bridge_config(otlp.endpoint, receiver=mtls_receiver(pki, tmp_path)), clock=time.time_ns
+    )
+    app_port = reviews_app._server.server_address[1]
+
+    def envoy(ip: str, client: certs.Issued, pod: str) -> tuple[EnvoyProcess, int]:
+        port = free_port(ip)
+        spec = ProxySpec(
+            role="sidecar",
+            ip=ip,
+            pod=pod,
+            namespace="default",
+            labels={"app": "productpage", "version": "v1"},
+            workload="productpage-v1",
+            outbound_port=port,
+            routes=[
+                Route("reviews.default.svc.cluster.local", 9080, [("127.0.0.12", app_port)], ["reviews:9080"])
+            ],
+            als_address=("127.0.0.1", bridge.receiver.port),
+            als_tls=(str(client.cert), str(client.key), str(pki["ca"].cert)),
+            buffer_flush_interval="0.1s",
+        )
+        return EnvoyProcess(spec, tmp_path / pod), port
+
+    trusted, trusted_port = envoy("127.0.0.21", pki["client"], "productpage-v1-aaaaa")
+    stranger, stranger_port = envoy("127.0.0.22", pki["stranger"], "productpage-v1-bbbbb")
+    await asyncio.to_thread(trusted.start)
+    await asyncio.to_thread(stranger.start)
+    try:
+        import http.client
+
+        def request(ip: str, port: int) -> int:
+            connection = http.client.HTTPConnection(ip, port, timeout=10)
+            try:
+                connection.request("GET", "/status/200", headers={"Host": "reviews:9080"})
+                response = connection.getresponse()
+                response.read()
+                return response.status
+            finally:
+                connection.close()
+
+        for _ in range(10):
+            assert await asyncio.to_thread(request, "127.0.0.21", trusted_port) == 200
+            assert await asyncio.to_thread(request, "127.0.0.22", stranger_port) == 200
+        assert await eventually(lambda: len(otlp.received.spans()) >= 10, 20)
+        await asyncio.sleep(1.0)
+        spans = otlp.received.spans()
+        assert len(spans) == 10
+        assert {resource["k8s.pod.name"] for resource, _ in spans} == {"productpage-v1-aaaaa"}
+    finally:
+        await asyncio.to_thread(trusted.stop)
+        await asyncio.to_thread(stranger.stop)
+
+
+class TestHttpsAndChecks:
+    async def test_http_endpoints_over_tls(self, make_bridge: Any, pki: Any) -> None:
+        """http.tls serves /healthz and /metrics over HTTPS."""
+        tls = {"cert_file": str(pki["server"].cert), "key_file": str(pki["server"].key)}
+        bridge = await make_bridge(bridge_config(None, http={"listen": "127.0.0.1:0", "tls": tls}))
+        import urllib.request
+
+        context = ssl.create_default_context(cafile=str(pki["ca"].cert))
+
+        def get(path: str) -> int:
+            with urllib.request.urlopen(f"https://localhost:{bridge.http.port}{path}", context=context) as r:
+                return int(r.status)
+
+        assert await asyncio.to_thread(get, "/healthz") == 200
+        assert await asyncio.to_thread(get, "/metrics") == 200
+
+    def test_check_config_reports_tls_problems(self, pki: Any, tmp_path: Path) -> None:
+        """A missing file, a key of another certificate and a version gRPC cannot enforce: each reported."""
+        with pytest.raises(cfg.ConfigError) as caught:
+            cfg.parse(
+                {
+                    "receiver": {
+                        "tls": {
+                            "cert_file": str(pki["server"].cert),
+                            "key_file": str(pki["client"].key),
+                            "client_ca_file": str(tmp_path / "missing.crt"),
+                            "min_version": "1.0",
+                        }
+                    },
+                    "http": {"tls": {"cert_file": str(pki["server"].cert)}},
+                },
+                {},
+            )
+        problems = "\n".join(caught.value.problems)
+        assert "receiver.tls.client_ca_file: cannot read" in problems
+        assert "receiver.tls.min_version" in problems
+        assert "http.tls.key_file: must be set" in problems
+        with pytest.raises(cfg.ConfigError) as caught:
+            cfg.parse(
+                {
+                    "receiver": {
+                        "tls": {"cert_file": str(pki["server"].cert), "key_file": str(pki["client"].key)}
+                    }
+                },
+                {},
+            )
+        assert any(p.startswith("receiver.tls.key_file: not the key of") for p in caught.value.problems)
