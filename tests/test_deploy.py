@@ -1,44 +1,138 @@
-"""deploy/kubernetes.yaml stays consistent with what als2otel needs and accepts."""
+"""deploy/: the kustomize base and overlays render with a real kubectl, every object passes the
+Kubernetes schemas, and they stay consistent with what als2otel needs and accepts."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
+import kubernetes_validate
+import pytest
 import yaml
 
 from als2otel import config as cfg
+from als2otel.analysis.k8s import watch
 
-MANIFEST = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes.yaml"
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+KUBECTL = Path(sys.executable).with_name("kubectl")
+TARGETS = ["", "overlays/hpa", "overlays/mtls-cert-manager"]
+KUBERNETES = "1.30.0"
+"""The oldest Kubernetes the manifests are checked against (policy/v1, autoscaling/v2, appProtocol)."""
+CUSTOM_KINDS = {
+    "ServiceMonitor": "monitoring.coreos.com/v1",
+    "Certificate": "cert-manager.io/v1",
+    "Issuer": "cert-manager.io/v1",
+}
 
 
-def documents() -> list[dict]:  # type: ignore[type-arg]
-    return [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d]
+def render(target: str) -> list[dict[str, Any]]:
+    """``kubectl kustomize deploy/<target>``: what ``kubectl apply -k`` would send."""
+    out = subprocess.run(
+        [str(KUBECTL), "kustomize", str(DEPLOY / target)], check=True, capture_output=True, text=True
+    )
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
-def test_rbac_is_get_list_watch_on_four_resources() -> None:
-    """The ClusterRole grants get/list/watch on pods, services, nodes and endpointslices only."""
-    (role,) = [d for d in documents() if d["kind"] == "ClusterRole"]
+def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (found,) = [o for o in objects if o["kind"] == kind]
+    return found
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_object_passes_the_kubernetes_schemas(target: str) -> None:
+    """Each rendered object validates strictly; custom resources are only the operators' own kinds."""
+    objects = render(target)
+    assert objects
+    for obj in objects:
+        if obj["kind"] in CUSTOM_KINDS:
+            assert obj["apiVersion"] == CUSTOM_KINDS[obj["kind"]] and target, obj["kind"]
+            continue
+        kubernetes_validate.validate(obj, KUBERNETES, strict=True)
+
+
+def test_base_has_what_a_production_install_needs() -> None:
+    """Namespace, least-privilege RBAC, config, a hardened Deployment, Service and PDB."""
+    objects = render("")
+    assert sorted(o["kind"] for o in objects) == sorted(
+        [
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "Deployment",
+            "Service",
+            "PodDisruptionBudget",
+        ]
+    )
+    assert {
+        o["metadata"].get("namespace", "als2otel")
+        for o in objects
+        if o["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding")
+    } == {"als2otel"}
+
+
+def test_rbac_is_exactly_what_the_cache_watches() -> None:
+    """get/list/watch on the resources the Kubernetes cache lists and watches, nothing more."""
+    role = one(render(""), "ClusterRole")
     granted = {(g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
-    assert granted == {("", "pods"), ("", "services"), ("", "nodes"), ("discovery.k8s.io", "endpointslices")}
+    assert granted == set(watch.WATCHED.values())
     assert all(sorted(rule["verbs"]) == ["get", "list", "watch"] for rule in role["rules"])
+    assert set(watch._resources(watch.client.ApiClient())) == set(watch.WATCHED)
 
 
-def test_configmap_config_is_valid() -> None:
-    """The configuration shipped in the ConfigMap passes check-config."""
-    (configmap,) = [d for d in documents() if d["kind"] == "ConfigMap"]
-    raw = yaml.safe_load(configmap["data"]["als2otel.yaml"])
-    config = cfg.parse(raw, {})
-    assert config.exporters.otlp.endpoint == "otel-collector.observability:4317"
+@pytest.mark.parametrize("target", ["", "overlays/mtls-cert-manager"])
+def test_configmap_passes_check_config(target: str) -> None:
+    """The configuration the ConfigMap carries is valid, with the pod's name as the instance id."""
+    raw = yaml.safe_load(one(render(target), "ConfigMap")["data"]["als2otel.yaml"])
+    config = cfg.parse(raw, {"POD_NAME": "als2otel-7d9c8b6f5-x2x7p"}) if not raw.get("receiver") else None
+    if config is None:  # mutual TLS: the files are mounted in the pod; everything else must parse
+        raw["receiver"].pop("tls")
+        config = cfg.parse(raw, {"POD_NAME": "als2otel-7d9c8b6f5-x2x7p"})
+    assert config.metrics.instance_id == "als2otel-7d9c8b6f5-x2x7p"
 
 
-def test_probes_and_ports_match_the_defaults() -> None:
-    """Ports and probes are the bridge's own defaults."""
-    (deployment,) = [d for d in documents() if d["kind"] == "Deployment"]
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
-    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+def test_deployment_is_hardened_and_matches_the_defaults() -> None:
+    """Non-root, read-only root, no capabilities, RuntimeDefault seccomp, probes on the bridge's paths,
+    resources set, the pod name handed in, and a grace period longer than shutdown_timeout."""
+    objects = render("")
+    deployment = one(objects, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert {"requests", "limits"} <= set(container["resources"])
+    assert container["env"][0]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    config = cfg.parse(yaml.safe_load(one(objects, "ConfigMap")["data"]["als2otel.yaml"]), {"POD_NAME": "x"})
+    assert pod["terminationGracePeriodSeconds"] > config.shutdown_timeout
     defaults = cfg.Config()
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {
         "grpc-als": int(defaults.receiver.listen.rsplit(":", 1)[1]),
         "http": int(defaults.http.listen.rsplit(":", 1)[1]),
     }
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    service = one(objects, "Service")
+    assert {p["port"]: p["appProtocol"] for p in service["spec"]["ports"]} == {11800: "grpc", 9464: "http"}
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9464"
+
+
+def test_mtls_overlay_mounts_what_its_config_names() -> None:
+    """The overlay's receiver.tls files are in the secret cert-manager keeps, mounted where it says."""
+    objects = render("overlays/mtls-cert-manager")
+    tls = yaml.safe_load(one(objects, "ConfigMap")["data"]["als2otel.yaml"])["receiver"]["tls"]
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "tls")
+    secret = next(v for v in pod["volumes"] if v["name"] == "tls")["secret"]["secretName"]
+    certificate = next(o for o in objects if o["kind"] == "Certificate" and o["spec"]["secretName"] == secret)
+    assert certificate["spec"]["usages"] == ["server auth"]
+    for key, file in (("cert_file", "tls.crt"), ("key_file", "tls.key"), ("client_ca_file", "ca.crt")):
+        assert tls[key] == f"{mount['mountPath']}/{file}"

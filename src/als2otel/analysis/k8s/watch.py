@@ -60,6 +60,15 @@ def api_client(kubeconfig: str | None) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+WATCHED = {
+    "Node": ("", "nodes"),
+    "Service": ("", "services"),
+    "EndpointSlice": ("discovery.k8s.io", "endpointslices"),
+    "Pod": ("", "pods"),
+}
+"""What the cache lists and watches, as (API group, resource): the RBAC it needs (get, list, watch)."""
+
+
 def _resources(api: client.ApiClient) -> dict[str, Callable[..., Any]]:
     core, discovery = client.CoreV1Api(api), client.DiscoveryV1Api(api)
     return {
