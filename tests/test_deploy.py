@@ -136,3 +136,63 @@ def test_mtls_overlay_mounts_what_its_config_names() -> None:
     assert certificate["spec"]["usages"] == ["server auth"]
     for key, file in (("cert_file", "tls.crt"), ("key_file", "tls.key"), ("client_ca_file", "ca.crt")):
         assert tls[key] == f"{mount['mountPath']}/{file}"
+
+
+ISTIO = DEPLOY / "istio"
+
+
+def istio_documents(name: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((ISTIO / name).read_text()) if d]
+
+
+def test_istio_providers_are_what_the_test_envoys_are_configured_from() -> None:
+    """deploy/istio/telemetry.yaml's providers hold the same fields and values the demo's and the
+    end-to-end tests' Envoys are configured from, pointed at the Service's ALS port."""
+    from als2otel.demo import envoy
+
+    operator, telemetry = istio_documents("telemetry.yaml")
+    providers = {p["name"]: p for p in operator["spec"]["meshConfig"]["extensionProviders"]}
+    http, tcp = providers["als2otel-http"]["envoyHttpAls"], providers["als2otel-tcp"]["envoyTcpAls"]
+    for provider in (http, tcp):
+        assert (provider.pop("service"), provider.pop("port")) == (
+            "als2otel.als2otel.svc.cluster.local",
+            11800,
+        )
+    assert http == envoy.HTTP_ALS_PROVIDER
+    assert tcp == envoy.TCP_ALS_PROVIDER
+    assert telemetry["kind"] == "Telemetry" and telemetry["metadata"]["namespace"] == "istio-system"
+    assert [p["name"] for p in telemetry["spec"]["accessLogging"][0]["providers"]] == list(providers)
+    config = envoy.render_config(
+        envoy.ProxySpec("sidecar", "127.0.0.1", "p", "default", {}, "w", outbound_port=1)
+    )
+    logger = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+        "access_log"
+    ][0]
+    common = logger["typed_config"]["common_config"]
+    assert common["log_name"] == http["logName"]
+    assert common["filter_state_objects_to_log"] == http["filterStateObjectsToLog"]
+    assert (
+        logger["typed_config"]["additional_request_headers_to_log"][
+            : len(http["additionalRequestHeadersToLog"])
+        ]
+        == http["additionalRequestHeadersToLog"]
+    )
+
+
+def test_istio_meshconfig_points_at_the_service_with_mutual_tls() -> None:
+    """The meshConfig route turns ALS on at the Service's port, with the MUTUAL tlsSettings the
+    mTLS test's Envoys use (client certificate, key and the CA that signed the bridge)."""
+    (operator,) = istio_documents("meshconfig.yaml")
+    mesh = operator["spec"]["meshConfig"]
+    assert mesh["enableEnvoyAccessLogService"] is True
+    als = mesh["defaultConfig"]["envoyAccessLogService"]
+    assert als["address"] == "als2otel.als2otel.svc.cluster.local:11800"
+    assert als["tlsSettings"]["mode"] == "MUTUAL"
+    assert {"clientCertificate", "privateKey", "caCertificates", "sni"} <= set(als["tlsSettings"])
+    from als2otel.demo import envoy
+
+    tls = envoy._client_tls("c", "k", "ca")["typed_config"]["common_tls_context"]
+    assert tls["tls_certificates"] == [
+        {"certificate_chain": {"filename": "c"}, "private_key": {"filename": "k"}}
+    ]
+    assert tls["validation_context"] == {"trusted_ca": {"filename": "ca"}}

@@ -24,16 +24,41 @@ from typing import Any
 
 _TYPES = "type.googleapis.com/envoy.extensions."
 
-PEER_KEYS = ["upstream_peer", "downstream_peer", "wasm.upstream_peer", "wasm.downstream_peer"]
 PEER_HEADER = "x-envoy-peer-metadata"
-LOGGED_REQUEST_HEADERS = [
-    "traceparent",
-    "tracestate",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "content-type",
-    PEER_HEADER,
-]
+
+HTTP_ALS_PROVIDER: dict[str, Any] = {
+    "logName": "http_envoy_accesslog",
+    # The peer metadata of every Istio generation: Struct (1.24+) and FlatNode (earlier).
+    "filterStateObjectsToLog": [
+        "upstream_peer",
+        "downstream_peer",
+        "wasm.upstream_peer",
+        "wasm.upstream_peer_id",
+        "wasm.downstream_peer",
+        "wasm.downstream_peer_id",
+    ],
+    # Trace context (W3C and B3) for the trace ids; content-type tells gRPC apart.
+    "additionalRequestHeadersToLog": [
+        "traceparent",
+        "tracestate",
+        "b3",
+        "x-b3-traceid",
+        "x-b3-spanid",
+        "content-type",
+    ],
+    "additionalResponseHeadersToLog": ["grpc-status"],
+    "additionalResponseTrailersToLog": ["grpc-status"],
+}
+"""Istio's ``envoyHttpAls`` extension provider as deploy/istio/telemetry.yaml ships it (its Telemetry
+API field names); the demo's Envoys are configured from it, and a test keeps the two the same."""
+
+TCP_ALS_PROVIDER: dict[str, Any] = {
+    "logName": "tcp_envoy_accesslog",
+    "filterStateObjectsToLog": HTTP_ALS_PROVIDER["filterStateObjectsToLog"],
+}
+"""Istio's ``envoyTcpAls`` extension provider as deploy/istio/telemetry.yaml ships it."""
+
+PEER_KEYS = HTTP_ALS_PROVIDER["filterStateObjectsToLog"]
 
 
 def envoy_binary() -> str:
@@ -122,21 +147,31 @@ def _address(ip: str, port: int) -> dict[str, Any]:
 
 
 def _access_log(spec: ProxySpec) -> list[dict[str, Any]]:
+    """The HTTP gRPC access logger Istio makes of :data:`HTTP_ALS_PROVIDER`."""
+    provider = HTTP_ALS_PROVIDER
     return [
         {
             "name": "envoy.access_loggers.http_grpc",
             "typed_config": {
                 "@type": _TYPES + "access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
                 "common_config": {
-                    "log_name": "http_envoy_accesslog",
+                    "log_name": provider["logName"],
                     "transport_api_version": "V3",
                     "buffer_flush_interval": spec.buffer_flush_interval,
                     "grpc_service": {"envoy_grpc": {"cluster_name": "als2otel_als"}},
-                    "filter_state_objects_to_log": PEER_KEYS,
+                    "filter_state_objects_to_log": provider["filterStateObjectsToLog"],
                 },
-                "additional_request_headers_to_log": LOGGED_REQUEST_HEADERS,
-                "additional_response_trailers_to_log": ["grpc-status"],
-                "additional_response_headers_to_log": ["grpc-status", PEER_HEADER],
+                # Istio's exchange carries peer metadata in filter state; the demo's plain Envoys
+                # carry it in the x-envoy-peer-metadata header instead, so they log that too.
+                "additional_request_headers_to_log": [
+                    *provider["additionalRequestHeadersToLog"],
+                    PEER_HEADER,
+                ],
+                "additional_response_trailers_to_log": provider["additionalResponseTrailersToLog"],
+                "additional_response_headers_to_log": [
+                    *provider["additionalResponseHeadersToLog"],
+                    PEER_HEADER,
+                ],
             },
         }
     ]
