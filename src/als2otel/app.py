@@ -96,7 +96,9 @@ class Bridge:
             start_ns=clock(), stats=self.stats, expire_after=config.metrics.expire_after
         )
         self.topology = Topology(
-            self.stats.dropped, clock=lambda: self._clock() / 1e9, expired=self.stats.expired
+            self.stats.dropped,
+            clock=time.time if clock is time.time_ns else lambda: clock() / 1e9,
+            expired=self.stats.expired,
         )
         otlp = config.exporters.otlp
         self.exporter: OtlpExporter | None = None

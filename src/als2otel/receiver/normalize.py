@@ -280,11 +280,12 @@ def normalize_http(raw: accesslog_pb2.HTTPAccessLogEntry, api_version: str) -> E
     entry.http_version = _HTTP_VERSIONS.get(raw.protocol_version, "")
     request = raw.request
     entry.method = _METHODS.get(request.request_method, "")
-    entry.scheme = _text(request.scheme)
-    entry.authority = _text(request.authority)
-    entry.path = _text(request.path)
-    entry.user_agent = _text(request.user_agent)
-    entry.request_id = _text(request.request_id)
+    # What _text does, inline: five calls an entry cost more than the decoding itself.
+    entry.scheme = request.scheme.decode("utf-8", "replace")
+    entry.authority = request.authority.decode("utf-8", "replace")
+    entry.path = request.path.decode("utf-8", "replace")
+    entry.user_agent = request.user_agent.decode("utf-8", "replace")
+    entry.request_id = request.request_id.decode("utf-8", "replace")
     request_headers = entry.request_headers = _text_map(request.request_headers)
     response = raw.response
     entry.response_code = response.response_code.value
