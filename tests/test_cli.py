@@ -12,15 +12,13 @@ import urllib.request
 from pathlib import Path
 
 import yaml
-from support import als
+from support import als, mesh
 from support.net import free_port
 from support.otlp_receiver import GrpcOtlpReceiver
 
 from als2otel import __version__
 
 CLI = [sys.executable, "-m", "als2otel"]
-NODE = "sidecar~10.1.0.4~productpage-v1-6b746f74dc-9stfq.default~default.svc.cluster.local"
-META = als.sidecar_metadata("productpage-v1-6b746f74dc-9stfq", "default", "productpage")
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -100,7 +98,7 @@ class TestGracefulShutdown:
                 )
                 for i in range(300)
             ]
-            message = als.http_message(entries, als.identifier(NODE, META))
+            message = als.http_message(entries, mesh.productpage())
             assert asyncio.run(als.send(f"127.0.0.1:{als_port}", [message])) is None
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=20) == 0

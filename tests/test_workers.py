@@ -14,28 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from support import als
+from support import als, mesh
 from support.net import free_port
 from support.otlp_receiver import GrpcOtlpReceiver, attributes
 
 from als2otel import config as cfg
 from als2otel.workers import Supervisor
 
-NODE = "sidecar~10.1.0.4~productpage-v1-6b746f74dc-9stfq.default~default.svc.cluster.local"
-META = als.sidecar_metadata("productpage-v1-6b746f74dc-9stfq", "default", "productpage")
 STREAMS = 16
-
-
-def outbound(i: int) -> Any:
-    return als.http_entry(
-        downstream_remote=("10.1.0.4", 40000 + i % 20000),
-        downstream_local=("10.96.0.9", 9080),
-        upstream_remote=("10.1.0.9", 9080),
-        upstream_local=("10.1.0.4", 10000 + i % 50000),
-        cluster="outbound|9080||reviews.default.svc.cluster.local",
-        request_id=f"00000000-0000-4000-8000-{i:012d}",
-        start_ms=als.real_now_ms(),
-    )
 
 
 async def send_streams(port: int, per_stream: int) -> None:
@@ -43,7 +29,8 @@ async def send_streams(port: int, per_stream: int) -> None:
     messages = [
         [
             als.http_message(
-                [outbound(s * per_stream + i) for i in range(per_stream)], als.identifier(NODE, META)
+                [mesh.outbound(s * per_stream + i, start_ms=als.real_now_ms()) for i in range(per_stream)],
+                mesh.productpage(),
             )
         ]
         for s in range(STREAMS)

@@ -31,6 +31,29 @@ def request(port: int, method: str, path: str, host: str) -> int:
         connection.close()
 
 
+def productpage_sidecar(als_port: int, reviews_app: StatusApp) -> ProxySpec:
+    """productpage's sidecar, its outbound listener routing reviews:9080 to the app, flushing every 0.1 s."""
+    return ProxySpec(
+        role="sidecar",
+        ip=CLIENT_IP,
+        pod="productpage-v1-6b746f74dc-9stfq",
+        namespace="default",
+        labels={"app": "productpage", "version": "v1", "service.istio.io/canonical-name": "productpage"},
+        workload="productpage-v1",
+        outbound_port=free_port(CLIENT_IP),
+        routes=[
+            Route(
+                "reviews.default.svc.cluster.local",
+                9080,
+                [(SERVER_IP, reviews_app._server.server_address[1])],
+                domains=["reviews", "reviews:9080"],
+            )
+        ],
+        als_address=("127.0.0.1", als_port),
+        buffer_flush_interval="0.1s",
+    )
+
+
 @pytest.fixture
 def reviews_app() -> Any:
     app = StatusApp(SERVER_IP, free_port(SERVER_IP)).start()
@@ -43,27 +66,8 @@ async def test_sidecar_outbound_calls_become_client_spans(
 ) -> None:
     """Every request sent through the sidecar is one CLIENT span on productpage, with metrics to match."""
     bridge = await make_bridge(bridge_config(otlp.endpoint), clock=time.time_ns)
-    app_port = reviews_app._server.server_address[1]
-    outbound_port = free_port(CLIENT_IP)
-    spec = ProxySpec(
-        role="sidecar",
-        ip=CLIENT_IP,
-        pod="productpage-v1-6b746f74dc-9stfq",
-        namespace="default",
-        labels={"app": "productpage", "version": "v1", "service.istio.io/canonical-name": "productpage"},
-        workload="productpage-v1",
-        outbound_port=outbound_port,
-        routes=[
-            Route(
-                "reviews.default.svc.cluster.local",
-                9080,
-                [(SERVER_IP, app_port)],
-                domains=["reviews", "reviews:9080"],
-            )
-        ],
-        als_address=("127.0.0.1", bridge.receiver.port),
-        buffer_flush_interval="0.1s",
-    )
+    spec = productpage_sidecar(bridge.receiver.port, reviews_app)
+    outbound_port = spec.outbound_port
     envoy = EnvoyProcess(spec, tmp_path)
     await asyncio.to_thread(envoy.start)
     try:
@@ -128,24 +132,8 @@ async def test_streams_reconnect_at_max_connection_age_and_lose_nothing(
         receiver={"listen": "127.0.0.1:0", "max_connection_age": "1s", "max_connection_age_grace": "1s"},
     )
     bridge = await make_bridge(config, clock=time.time_ns)
-    app_port = reviews_app._server.server_address[1]
-    outbound_port = free_port(CLIENT_IP)
-    spec = ProxySpec(
-        role="sidecar",
-        ip=CLIENT_IP,
-        pod="productpage-v1-6b746f74dc-9stfq",
-        namespace="default",
-        labels={"app": "productpage", "version": "v1", "service.istio.io/canonical-name": "productpage"},
-        workload="productpage-v1",
-        outbound_port=outbound_port,
-        routes=[
-            Route(
-                "reviews.default.svc.cluster.local", 9080, [(SERVER_IP, app_port)], domains=["reviews:9080"]
-            )
-        ],
-        als_address=("127.0.0.1", bridge.receiver.port),
-        buffer_flush_interval="0.1s",
-    )
+    spec = productpage_sidecar(bridge.receiver.port, reviews_app)
+    outbound_port = spec.outbound_port
     envoy = EnvoyProcess(spec, tmp_path)
     await asyncio.to_thread(envoy.start)
     try:

@@ -42,6 +42,22 @@ def _stream(side: str, entries: list[Any]) -> list[Any]:
     return stream(CALLER, "10.1.0.4", entries) if side == "caller" else stream(CALLEE, "10.1.0.9", entries)
 
 
+async def deliver_calls(make_bridge: Any, receiver: Any, protocol: str, calls: int) -> Bridge:
+    """Both sides of ``calls`` calls through a bridge exporting to ``receiver``; waits until every
+    span has arrived exactly once (and a little longer, so that a duplicate would show)."""
+    exporters = {"otlp": {"endpoint": receiver.endpoint, "protocol": protocol}}
+    bridge: Bridge = await make_bridge(
+        bridge_config(receiver.endpoint, analyzers=["mx-mesh"], exporters=exporters)
+    )
+    await stream_calls(bridge, calls)
+    bridge.flush_spans()
+    assert await eventually(lambda: sum(span_ids(receiver.received).values()) >= 2 * calls, 60)
+    await asyncio.sleep(0.5)
+    ids = span_ids(receiver.received)
+    assert len(ids) == 2 * calls and set(ids.values()) == {1}
+    return bridge
+
+
 class TestBoundedRequests:
     @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
     async def test_every_span_once_to_a_default_backend(self, make_bridge: Any, protocol: str) -> None:
@@ -49,16 +65,7 @@ class TestBoundedRequests:
         requests within 4 MiB, to a receiver with gRPC's default limit (or plain HTTP)."""
         receiver = GrpcOtlpReceiver().start() if protocol == "grpc" else HttpOtlpReceiver().start()
         try:
-            exporters = {"otlp": {"endpoint": receiver.endpoint, "protocol": protocol}}
-            bridge = await make_bridge(
-                bridge_config(receiver.endpoint, analyzers=["mx-mesh"], exporters=exporters)
-            )
-            await stream_calls(bridge, 20_000)
-            bridge.flush_spans()
-            assert await eventually(lambda: sum(span_ids(receiver.received).values()) >= 40_000, 60)
-            await asyncio.sleep(0.5)
-            ids = span_ids(receiver.received)
-            assert len(ids) == 40_000 and set(ids.values()) == {1}
+            bridge = await deliver_calls(make_bridge, receiver, protocol, 20_000)
             sizes = [r.ByteSize() for r in receiver.received.traces]
             assert max(sizes) <= 4 * MiB < 2 * 4 * MiB < sum(sizes)  # one flush would have been larger
             assert bridge.stats.dropped.values == {}
@@ -76,16 +83,7 @@ class TestBoundedRequests:
         else:
             receiver = HttpOtlpReceiver(max_body=MiB).start()
         try:
-            exporters = {"otlp": {"endpoint": receiver.endpoint, "protocol": protocol}}
-            bridge = await make_bridge(
-                bridge_config(receiver.endpoint, analyzers=["mx-mesh"], exporters=exporters)
-            )
-            await stream_calls(bridge, 6_000)
-            bridge.flush_spans()
-            assert await eventually(lambda: sum(span_ids(receiver.received).values()) >= 12_000, 60)
-            await asyncio.sleep(0.5)
-            ids = span_ids(receiver.received)
-            assert len(ids) == 12_000 and set(ids.values()) == {1}
+            bridge = await deliver_calls(make_bridge, receiver, protocol, 6_000)
             assert bridge.stats.export_failures.get("traces") > 0  # the refusals happened
             assert bridge.stats.dropped.get("traces", "too_large") == 0
         finally:

@@ -10,32 +10,17 @@ from typing import Any
 
 import pytest
 from conftest import bridge_config
-from support import als
+from support import als, mesh
 from support.net import free_port
 from support.otlp_receiver import GrpcOtlpReceiver, HttpOtlpReceiver, Received, attributes
 from support.waiting import eventually
 
-NODE = "sidecar~10.1.0.4~productpage-v1-6b746f74dc-9stfq.default~default.svc.cluster.local"
-META = als.sidecar_metadata("productpage-v1-6b746f74dc-9stfq", "default", "productpage")
-
-
-def outbound(i: int) -> Any:
-    return als.http_entry(
-        downstream_remote=("10.1.0.4", 40000 + i % 20000),
-        downstream_local=("10.96.0.9", 9080),
-        upstream_remote=("10.1.0.9", 9080),
-        upstream_local=("10.1.0.4", 10000 + i % 50000),
-        cluster="outbound|9080||reviews.default.svc.cluster.local",
-        path=f"/reviews/{i}",
-        request_id=f"00000000-0000-4000-8000-{i:012d}",
-    )
-
 
 async def send_calls(bridge: Any, first: int, count: int) -> None:
-    ident = als.identifier(NODE, META)
+    ident = mesh.productpage()
     messages = [
         als.http_message(
-            [outbound(i) for i in range(start, min(start + 100, first + count))],
+            [mesh.outbound(i) for i in range(start, min(start + 100, first + count))],
             ident if start == first else None,
         )
         for start in range(first, first + count, 100)

@@ -8,13 +8,10 @@ import urllib.request
 from typing import Any
 
 from conftest import bridge_config
-from support import als
+from support import als, mesh
 
 from als2otel.export.prometheus import label_name, render
 from als2otel.stats import Stats
-
-NODE = "sidecar~10.1.0.4~productpage-v1-6b746f74dc-9stfq.default~default.svc.cluster.local"
-META = als.sidecar_metadata("productpage-v1-6b746f74dc-9stfq", "default", "productpage")
 
 SAMPLE = re.compile(
     r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (\S+)$'
@@ -45,9 +42,7 @@ class TestExposition:
             )
             for i in range(8)
         ]
-        await als.send(
-            f"127.0.0.1:{bridge.receiver.port}", [als.http_message(entries, als.identifier(NODE, META))]
-        )
+        await als.send(f"127.0.0.1:{bridge.receiver.port}", [als.http_message(entries, mesh.productpage())])
         await asyncio.sleep(0.1)
         status, content_type, text = await asyncio.to_thread(
             fetch, f"http://127.0.0.1:{bridge.http.port}/metrics"

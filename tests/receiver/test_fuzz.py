@@ -16,7 +16,7 @@ from typing import Any
 from conftest import bridge_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import als, peers
+from support import als, mesh, peers
 
 from als2otel import config as cfg
 from als2otel.app import Bridge
@@ -34,12 +34,7 @@ FUZZ = settings(
 )
 
 PEER = peers.pod("reviews")
-SIDECAR = identify(
-    als.identifier(
-        "sidecar~10.1.0.4~productpage-v1-6b746f74dc-9stfq.default~default.svc.cluster.local",
-        als.sidecar_metadata("productpage-v1-6b746f74dc-9stfq", "default", "productpage"),
-    )
-)
+SIDECAR = identify(mesh.productpage())
 GATEWAY = identify(
     als.identifier(
         "router~10.1.0.2~istio-ingressgateway-x.istio-system~istio-system.svc.cluster.local",
@@ -209,15 +204,9 @@ class TestFuzz:
         """Real entries with bytes flipped, cut, repeated or inserted: never an unexpected error."""
         rng = random.Random(12)
         originals = [
-            als.http_entry(
-                downstream_remote=("10.1.0.4", 40000 + i),
-                downstream_local=("10.96.0.9", 9080),
-                upstream_remote=("10.1.0.9", 9080),
-                upstream_local=("10.1.0.4", 50000 + i),
-                cluster="outbound|9080||reviews.default.svc.cluster.local",
-                path=f"/reviews/{i}",
+            mesh.outbound(
+                i,
                 authority="reviews:9080",
-                request_id=f"00000000-0000-4000-8000-{i:012d}",
                 headers={"traceparent": f"00-{i + 1:032x}-{i + 1:016x}-01"},
                 filter_state=peers.filter_state("flatnode" if i % 2 else "struct", "upstream", PEER),
                 start_ms=i,
@@ -256,20 +245,9 @@ class TestFuzzStreams:
         process and the pipeline go on, and a clean stream afterwards counts every call."""
         bridge = await make_bridge(bridge_config(None, analyzers=["mx-mesh"]))
         target = f"127.0.0.1:{bridge.receiver.port}"
-        ident = als.identifier(
-            "sidecar~10.1.0.4~productpage-v1-6b746f74dc-9stfq.default~default.svc.cluster.local",
-            als.sidecar_metadata("productpage-v1-6b746f74dc-9stfq", "default", "productpage"),
-        )
+        ident = mesh.productpage()
         entries = [
-            als.http_entry(
-                downstream_remote=("10.1.0.4", 40000 + i),
-                downstream_local=("10.96.0.9", 9080),
-                upstream_remote=("10.1.0.9", 9080),
-                upstream_local=("10.1.0.4", 50000 + i),
-                cluster="outbound|9080||reviews.default.svc.cluster.local",
-                filter_state=peers.filter_state("flatnode", "upstream", PEER),
-            )
-            for i in range(10)
+            mesh.outbound(i, filter_state=peers.filter_state("flatnode", "upstream", PEER)) for i in range(10)
         ]
         original = als.http_message(entries, ident).SerializeToString()
         rng = random.Random(7)

@@ -11,29 +11,15 @@ from typing import Any
 import grpc
 import pytest
 from conftest import bridge_config
-from support import als
+from support import als, mesh
 from support.otlp_receiver import GrpcOtlpReceiver
 from support.waiting import eventually
 
 from als2otel.app import Bridge
 from als2otel.receiver._proto import accesslog_pb2
 
-NODE = "sidecar~10.1.0.4~productpage-v1-6b746f74dc-9stfq.default~default.svc.cluster.local"
-META = als.sidecar_metadata("productpage-v1-6b746f74dc-9stfq", "default", "productpage")
-
-
-def outbound(i: int, **kwargs: Any) -> accesslog_pb2.HTTPAccessLogEntry:
-    args: dict[str, Any] = {
-        "downstream_remote": ("10.1.0.4", 40000 + i % 20000),
-        "downstream_local": ("10.96.0.9", 9080),
-        "upstream_remote": ("10.1.0.9", 9080),
-        "upstream_local": ("10.1.0.4", 50000 + i % 10000),
-        "cluster": "outbound|9080||reviews.default.svc.cluster.local",
-        "request_id": f"00000000-0000-4000-8000-{i:012d}",
-        "start_ms": 1000 + i,
-    }
-    args.update(kwargs)
-    return als.http_entry(**args)
+NODE = mesh.PRODUCTPAGE_NODE
+META = mesh.PRODUCTPAGE_META
 
 
 def target(bridge: Bridge) -> str:
@@ -42,9 +28,9 @@ def target(bridge: Bridge) -> str:
 
 async def clean_batch_becomes_its_spans(bridge: Bridge, otlp: GrpcOtlpReceiver, first: int) -> None:
     """20 good entries after the poison: the pipeline still turns each into its client span."""
-    entries = [outbound(first + i) for i in range(20)]
+    entries = [mesh.outbound(first + i) for i in range(20)]
     ids = {e.request.request_id.decode() for e in entries}
-    assert await als.send(target(bridge), [als.http_message(entries, als.identifier(NODE, META))]) is None
+    assert await als.send(target(bridge), [als.http_message(entries, mesh.productpage())]) is None
     await bridge.pipeline.drain()
     bridge.flush_spans()
 
@@ -67,11 +53,9 @@ class TestPoisonedValues:
     ) -> None:
         """A grpc-status trailer that is not a short ASCII number reads as no status; nothing stops."""
         bridge = await make_bridge(bridge_config(otlp.endpoint))
-        poison = outbound(0, headers={"content-type": "application/grpc"})
+        poison = mesh.outbound(0, headers={"content-type": "application/grpc"})
         poison.response.response_trailers["grpc-status"] = status.encode()
-        assert (
-            await als.send(target(bridge), [als.http_message([poison], als.identifier(NODE, META))]) is None
-        )
+        assert await als.send(target(bridge), [als.http_message([poison], mesh.productpage())]) is None
         await bridge.pipeline.drain()
         assert bridge.stats.calls.get("client") == 1
         assert bridge.stats.entries_invalid.get("unexpected_error") == 0
@@ -80,11 +64,11 @@ class TestPoisonedValues:
     async def test_invalid_utf8_spoils_only_its_field(self, make_bridge: Any, otlp: GrpcOtlpReceiver) -> None:
         """A byte that is not UTF-8 in a header or the user agent among 99 good entries: all 100 count."""
         bridge = await make_bridge(bridge_config(otlp.endpoint))
-        entries = [outbound(i) for i in range(100)]
+        entries = [mesh.outbound(i) for i in range(100)]
         entries[50].request.user_agent = b"curl/\xff\xfe"
         entries[50].request.request_headers["traceparent"] = b"00-\xc3\x28-01"
         entries[50].request.path = b"/reviews/\x80"
-        assert await als.send(target(bridge), [als.http_message(entries, als.identifier(NODE, META))]) is None
+        assert await als.send(target(bridge), [als.http_message(entries, mesh.productpage())]) is None
         await bridge.pipeline.drain()
         bridge.flush_spans()
         assert await eventually(lambda: len(otlp.received.spans()) == 100)
@@ -100,7 +84,7 @@ class TestPoisonedValues:
     async def test_entry_that_does_not_parse_spoils_only_itself(self, make_bridge: Any) -> None:
         """Bytes that are no entry, inside a message that parses: that entry alone is counted invalid."""
         bridge = await make_bridge(bridge_config(None))
-        message = als.http_message([outbound(i) for i in range(10)], als.identifier(NODE, META))
+        message = als.http_message([mesh.outbound(i) for i in range(10)], mesh.productpage())
         message.http_logs.log_entry.insert(5, b"\x0a\xff\xff\xff\xff\x0f")
         assert await als.send(target(bridge), [message]) is None
         await bridge.pipeline.drain()
@@ -146,10 +130,10 @@ class TestPoisonedValues:
     async def test_negative_duration(self, make_bridge: Any) -> None:
         """A negative duration is invalid with its own reason."""
         bridge = await make_bridge(bridge_config(None))
-        entry = outbound(0)
+        entry = mesh.outbound(0)
         entry.common_properties.time_to_last_downstream_tx_byte.seconds = -5
         entry.common_properties.time_to_last_downstream_tx_byte.nanos = 0
-        assert await als.send(target(bridge), [als.http_message([entry], als.identifier(NODE, META))]) is None
+        assert await als.send(target(bridge), [als.http_message([entry], mesh.productpage())]) is None
         await bridge.pipeline.drain()
         assert bridge.stats.entries_invalid.get("bad_duration") == 1
         assert bridge.stats.calls.get("client") == 0
@@ -159,7 +143,7 @@ class TestPoisonedValues:
         """NaN or infinity anywhere in the node's metadata: the stream is read as any other."""
         bridge = await make_bridge(bridge_config(otlp.endpoint))
         meta = {**META, "ISTIO_VERSION": value, "LABELS": {**META["LABELS"], "weight": value}}
-        message = als.http_message([outbound(0)], als.identifier(NODE, meta))
+        message = als.http_message([mesh.outbound(0)], als.identifier(NODE, meta))
         assert await als.send(target(bridge), [message]) is None
         await bridge.pipeline.drain()
         assert bridge.stats.calls.get("client") == 1
@@ -172,31 +156,6 @@ class TestPoisonedValues:
         error = await als.send(target(bridge), [b"\x0a\x05\x0a\x03\xff\xfe\xfd"])
         assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert error.details() == ("malformed_message: message does not parse as StreamAccessLogsMessage")
-
-
-class TestStreams:
-    async def test_client_cancellation_is_counted_as_such(self, make_bridge: Any) -> None:
-        """A client that cancels its call mid-stream counts as client_cancelled, not client_closed."""
-        bridge = await make_bridge(bridge_config(None))
-        async with grpc.aio.insecure_channel(target(bridge)) as channel:
-            call = channel.stream_unary(
-                als.V3_METHOD,
-                request_serializer=lambda m: m.SerializeToString(),
-                response_deserializer=lambda b: b,
-            )
-            queue: asyncio.Queue[Any] = asyncio.Queue()
-
-            async def requests() -> Any:
-                while True:
-                    yield await queue.get()
-
-            rpc = call(requests())
-            await queue.put(als.http_message([outbound(0)], als.identifier(NODE, META)))
-            assert await eventually(lambda: bridge.stats.entries_received.get("v3", "http") == 1)
-            rpc.cancel()
-            assert await eventually(lambda: bridge.stats.streams_active.value == 0)
-        assert bridge.stats.streams_ended.get("client_cancelled") == 1
-        assert bridge.stats.streams_ended.get("client_closed") == 0
 
 
 class TestProcessingStops:
@@ -214,8 +173,7 @@ class TestProcessingStops:
         self.break_the_pipeline(monkeypatch)
         bridge = await make_bridge(bridge_config(None))
         assert (
-            await als.send(target(bridge), [als.http_message([outbound(0)], als.identifier(NODE, META))])
-            is None
+            await als.send(target(bridge), [als.http_message([mesh.outbound(0)], mesh.productpage())]) is None
         )
         assert await eventually(bridge.failed.is_set)
         reader, writer = await asyncio.open_connection("127.0.0.1", bridge.http.port)
@@ -242,7 +200,7 @@ class TestProcessingStops:
             {},
         )
         served = asyncio.ensure_future(cli._serve(config))
-        message = als.http_message([outbound(0, start_ms=als.real_now_ms())], als.identifier(NODE, META))
+        message = als.http_message([mesh.outbound(0, start_ms=als.real_now_ms())], mesh.productpage())
         for _ in range(200):
             with contextlib.suppress(OSError):
                 _, writer = await asyncio.open_connection("127.0.0.1", http_port)
@@ -258,9 +216,9 @@ class TestBigMessages:
         """One message of ~64 MiB (≈100,000 entries): processed a slice at a time; /healthz answers
         between slices and every entry counts."""
         bridge = await make_bridge(bridge_config(None))
-        entry = outbound(0, path="/reviews/" + "x" * 450).SerializeToString()
+        entry = mesh.outbound(0, path="/reviews/" + "x" * 450).SerializeToString()
         count = (64 * 1024 * 1024 - 4096) // (len(entry) + 3)
-        message = als.http_message([], als.identifier(NODE, META))
+        message = als.http_message([], mesh.productpage())
         message.http_logs.log_entry.extend([entry] * count)
         assert message.ByteSize() > 60 * 1024 * 1024
         sent = asyncio.ensure_future(als.send(target(bridge), [message]))

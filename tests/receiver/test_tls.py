@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 from conftest import bridge_config
-from support import als, certs
+from support import als, certs, mesh
 from support.apps import StatusApp
 from support.net import free_port
 from support.otlp_receiver import GrpcOtlpReceiver
@@ -22,8 +22,6 @@ from support.waiting import eventually
 from als2otel import config as cfg
 from als2otel.demo.envoy import EnvoyProcess, ProxySpec, Route
 
-NODE = "sidecar~10.1.0.4~productpage-v1-6b746f74dc-9stfq.default~default.svc.cluster.local"
-META = als.sidecar_metadata("productpage-v1-6b746f74dc-9stfq", "default", "productpage")
 SPIFFE = "URI:spiffe://cluster.local/ns/default/sa/productpage"
 
 
@@ -61,17 +59,8 @@ async def send_tls(
         private_key=client.key.read_bytes() if client else None,
         certificate_chain=client.cert.read_bytes() if client else None,
     )
-    entries = [
-        als.http_entry(
-            downstream_remote=("10.1.0.4", 40000 + i),
-            downstream_local=("10.96.0.9", 9080),
-            upstream_remote=("10.1.0.9", 9080),
-            upstream_local=("10.1.0.4", 50000 + i),
-            cluster="outbound|9080||reviews.default.svc.cluster.local",
-        )
-        for i in range(first, first + count)
-    ]
-    message = als.http_message(entries, als.identifier(NODE, META)).SerializeToString()
+    entries = [mesh.outbound(i) for i in range(first, first + count)]
+    message = als.http_message(entries, mesh.productpage()).SerializeToString()
     async with grpc.aio.secure_channel(
         f"127.0.0.1:{port}", credentials, options=[("grpc.ssl_target_name_override", "localhost")]
     ) as channel:

@@ -1,11 +1,36 @@
-"""A small mesh's traffic for tests: both sides of many productpage -> reviews calls, as Istio's
-sidecars log them (peer metadata in filter state), and the streams that carry them."""
+"""A small mesh's traffic for tests: productpage's sidecar and its outbound entries, both sides of
+many productpage -> reviews calls as Istio's sidecars log them (peer metadata in filter state),
+and the streams that carry them."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from support import als, peers
+
+PRODUCTPAGE_NODE = "sidecar~10.1.0.4~productpage-v1-6b746f74dc-9stfq.default~default.svc.cluster.local"
+PRODUCTPAGE_META = als.sidecar_metadata("productpage-v1-6b746f74dc-9stfq", "default", "productpage")
+
+
+def productpage() -> Any:
+    """The identifier productpage's sidecar opens its ALS streams with."""
+    return als.identifier(PRODUCTPAGE_NODE, PRODUCTPAGE_META)
+
+
+def outbound(i: int = 0, **overrides: Any) -> Any:
+    """productpage's sidecar calling reviews: request ``i`` (its own ports, path and request id)."""
+    args: dict[str, Any] = {
+        "downstream_remote": ("10.1.0.4", 40000 + i % 20000),
+        "downstream_local": ("10.96.0.9", 9080),
+        "upstream_remote": ("10.1.0.9", 9080),
+        "upstream_local": ("10.1.0.4", 10000 + i % 50000),
+        "cluster": "outbound|9080||reviews.default.svc.cluster.local",
+        "path": f"/reviews/{i}",
+        "request_id": f"00000000-0000-4000-8000-{i:012d}",
+    }
+    args.update(overrides)
+    return als.http_entry(**args)
+
 
 CALLER, CALLEE = peers.pod("productpage"), peers.pod("reviews", suffix="5f7b9c6d8-qwert")
 
