@@ -111,10 +111,9 @@ async def main(pods: int, services: int) -> None:
 def serve_rss(api: FakeKubeApi, directory: Path) -> None:
     """Resident memory of `als2otel serve` processes, idle, with and without this cluster cached."""
     import subprocess
-    import urllib.request
 
     import yaml
-    from support.net import free_port
+    from support.net import free_port, wait_ready
 
     for analyzers in (["mx-mesh"], ["mx-mesh", "k8s-mesh"]):
         http_port = free_port()
@@ -133,14 +132,7 @@ def serve_rss(api: FakeKubeApi, directory: Path) -> None:
         )
         process = subprocess.Popen([sys.executable, "-m", "als2otel", "serve", "--config", str(config)])
         try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=1) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    time.sleep(0.2)
+            assert wait_ready(http_port, 120)
             time.sleep(2)
             with open(f"/proc/{process.pid}/status") as status:
                 rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024

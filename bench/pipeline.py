@@ -300,12 +300,11 @@ def run_serve(total: int, spec: tuple[int, int, bool, int], workers: int, result
     until the OTLP receiver has every span (including up to one 1 s flush tick at the end)."""
     import subprocess
     import tempfile
-    import urllib.request
 
     import yaml
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from support.net import free_port
+    from support.net import free_port, wait_ready
 
     port_queue: Any = SPAWN.Queue()
     counts: Any = SPAWN.Value("q", 0)
@@ -324,13 +323,7 @@ def run_serve(total: int, spec: tuple[int, int, bool, int], workers: int, result
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as file:
         yaml.safe_dump(config, file)
     bridge = subprocess.Popen([sys.executable, "-m", "als2otel", "serve", "--config", file.name])
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=1):
-                break
-        except OSError:
-            time.sleep(0.1)
+    assert wait_ready(http_port)
     ready, go = SPAWN.Event(), SPAWN.Event()
     proc = SPAWN.Process(target=sender, args=(f"127.0.0.1:{als_port}", spec, ready, go))
     proc.start()

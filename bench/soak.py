@@ -52,7 +52,7 @@ def main() -> None:
 
     from support import als, peers
     from support.mesh import sides, stream
-    from support.net import free_port
+    from support.net import free_port, wait_ready
     from support.otlp_receiver import GrpcOtlpReceiver
 
     receiver = GrpcOtlpReceiver().start()
@@ -70,12 +70,7 @@ def main() -> None:
         yaml.safe_dump(config, file)
     bridge = subprocess.Popen([sys.executable, "-m", "als2otel", "serve", "--config", file.name])
     try:
-        for _ in range(100):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.1)
+        assert wait_ready(http_port)
         started = time.monotonic()
         sent = generation = 0
         next_report = started + 60

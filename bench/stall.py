@@ -81,7 +81,7 @@ async def poll_healthz(port: int, done: asyncio.Event) -> float:
 
 async def main() -> None:
     from conftest import bridge_config
-    from support import als
+    from support import als, mesh
 
     from als2otel.app import Bridge
     from als2otel.model import Workload
@@ -90,19 +90,9 @@ async def main() -> None:
     bridge = Bridge(bridge_config(None))
     await bridge.start()
     ticker = Ticker()
-    node = "sidecar~10.1.0.4~productpage-v1-6b746f74dc-9stfq.default~default.svc.cluster.local"
-    meta = als.sidecar_metadata("productpage-v1-6b746f74dc-9stfq", "default", "productpage")
-    entry = als.http_entry(
-        downstream_remote=("10.1.0.4", 40000),
-        downstream_local=("10.96.0.9", 9080),
-        upstream_remote=("10.1.0.9", 9080),
-        upstream_local=("10.1.0.4", 50000),
-        cluster="outbound|9080||reviews.default.svc.cluster.local",
-        path="/reviews/" + "x" * 450,
-        start_ms=als.real_now_ms(),
-    ).SerializeToString()
+    entry = mesh.outbound(0, path="/reviews/" + "x" * 450, start_ms=als.real_now_ms()).SerializeToString()
     count = (64 * 1024 * 1024 - 4096) // (len(entry) + 3)
-    message = als.http_message([], als.identifier(node, meta))
+    message = als.http_message([], mesh.productpage())
     message.http_logs.log_entry.extend([entry] * count)
     raw = message.SerializeToString()
 

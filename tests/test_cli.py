@@ -7,13 +7,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import yaml
 from support import als, mesh
-from support.net import free_port
+from support.net import free_port, wait_ready
 from support.otlp_receiver import GrpcOtlpReceiver
 
 from als2otel import __version__
@@ -79,14 +77,7 @@ class TestGracefulShutdown:
         )
         process = subprocess.Popen([*CLI, "serve", "--config", str(config)])
         try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=1) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    time.sleep(0.1)
+            assert wait_ready(http_port)
             entries = [
                 als.http_entry(
                     downstream_remote=("10.1.0.4", 40000 + i),
