@@ -2,7 +2,8 @@
 
 from .metric_sets import MetricRecorder
 from .metrics import MetricStore
-from .spans import SpanBatch, Translator
+from .spans import SpanBatch
 from .topology import Topology
+from .translator import Translator
 
 __all__ = ["MetricRecorder", "MetricStore", "SpanBatch", "Topology", "Translator"]

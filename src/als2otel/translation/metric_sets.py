@@ -9,6 +9,8 @@ own to report (a host outside the mesh), as the connector's virtual nodes do.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from ..model import USER, Call, Workload
 from . import semconv
 from .metrics import HTTP_DURATION_BUCKETS, Attributes, Kind, MetricDef, MetricStore, Series
@@ -131,8 +133,13 @@ ISTIO_TCP_RECEIVED = MetricDef(
 )
 
 
-Plan = tuple[Series | None, Series | None, Series | None, Series | None]
-"""The series one call shape updates: http duration, servicegraph duration, edge requests, edge failures."""
+class Plan(NamedTuple):
+    """The series one call shape updates (each None where its set is off or does not count it)."""
+
+    http: Series | None  # http.{server,client}.request.duration
+    duration: Series | None  # the servicegraph's server or client duration
+    requests: Series | None  # the edge's requests (counted by one side)
+    failed: Series | None  # the edge's failures, when this shape failed
 
 
 class MetricRecorder:
@@ -198,7 +205,7 @@ class MetricRecorder:
                     failed = failed_series
             if duration is None:
                 return None
-        return http, duration, requests, failed
+        return Plan(http, duration, requests, failed)
 
     def record_istio(self, call: Call, seconds: float) -> None:
         """The istio set: its labels hold per-call values (principal, mTLS), so no plan."""
