@@ -196,3 +196,16 @@ def test_istio_meshconfig_points_at_the_service_with_mutual_tls() -> None:
         {"certificate_chain": {"filename": "c"}, "private_key": {"filename": "k"}}
     ]
     assert tls["validation_context"] == {"trusted_ca": {"filename": "ca"}}
+
+
+def test_istio_otel_provider_asks_for_every_attribute_als2otel_reads() -> None:
+    """deploy/istio/otel-als.yaml's envoyOtelAls labels are the attribute set the code reads, with
+    the same Envoy command operators."""
+    from als2otel.receiver.otlp_logs import ATTRIBUTES
+
+    operator, telemetry = istio_documents("otel-als.yaml")
+    (provider,) = operator["spec"]["meshConfig"]["extensionProviders"]
+    labels = provider["envoyOtelAls"]["logFormat"]["labels"]
+    assert labels == {k: v for k, v in ATTRIBUTES.items() if k != "envoy.log_type"}
+    assert provider["envoyOtelAls"]["port"] == 11800
+    assert telemetry["spec"]["accessLogging"][0]["providers"] == [{"name": provider["name"]}]

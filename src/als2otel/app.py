@@ -142,6 +142,7 @@ class Bridge:
             ),
             closed=self.stats.http_connections_closed,
             tls=config.http.tls,
+            logs=self.receiver.accept_logs,
         )
         self._ready = False
         self._stopped = False

@@ -115,7 +115,7 @@ class Stats:
         )
         self.topology_edges = Gauge("als2otel_topology_edges", "Topology edges held (idle ones expire).")
         # Known label sets start at 0, so rate() and alerts work from the first scrape.
-        for api_version in ("v2", "v3"):
+        for api_version in ("v2", "v3", "otlp"):
             for log_type in ("http", "tcp"):
                 self.entries_received.inc(api_version, log_type, by=0)
         self.worker_restarts.inc(by=0)

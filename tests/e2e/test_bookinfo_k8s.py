@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import bridge_config
 from support import als, kube_api, servicegraph
 from support.kube_api import FakeKubeApi
@@ -263,9 +264,13 @@ async def _synced(bridge: Any) -> bool:
     return True
 
 
-async def test_real_envoys_resolved_by_ip(make_bridge: Any, otlp: GrpcOtlpReceiver, tmp_path: Path) -> None:
+@pytest.mark.parametrize("loggers", ["als", "otel", "mixed"])
+async def test_real_envoys_resolved_by_ip(
+    make_bridge: Any, otlp: GrpcOtlpReceiver, tmp_path: Path, loggers: str
+) -> None:
     """Bookinfo on real Envoys with no metadata exchange: k8s-mesh names every hop from the IPs the
-    API server knows, and the edges count exactly what the apps themselves counted."""
+    API server knows, and the edges count exactly what the apps themselves counted, whether the
+    proxies use Envoy's gRPC access logger (ALS), its OpenTelemetry one, or half of each."""
     kube = FakeKubeApi().start()
     bridge = None
     mesh = None
@@ -275,7 +280,11 @@ async def test_real_envoys_resolved_by_ip(make_bridge: Any, otlp: GrpcOtlpReceiv
         populate(kube, pods)
         bridge = await version_rule_bridge(make_bridge, otlp, kube, tmp_path, clock=time.time_ns)
         mesh = bookinfo.Bookinfo(
-            ("127.0.0.1", bridge.receiver.port), tmp_path / "envoy", rate=20, exchange_metadata=False
+            ("127.0.0.1", bridge.receiver.port),
+            tmp_path / "envoy",
+            rate=20,
+            exchange_metadata=False,
+            loggers=loggers,
         )
         await asyncio.to_thread(mesh.start)
         await asyncio.sleep(4)

@@ -157,3 +157,40 @@ async def test_streams_reconnect_at_max_connection_age_and_lose_nothing(
         assert ended >= 3  # the stream was closed and reopened along the way
     finally:
         await asyncio.to_thread(envoy.stop)
+
+
+async def test_opentelemetry_access_logger_gives_the_same_spans(
+    make_bridge: Any, otlp: GrpcOtlpReceiver, reviews_app: StatusApp, tmp_path: Any
+) -> None:
+    """A real Envoy with the OpenTelemetry access logger, configured with the attribute set
+    deploy/istio/otel-als.yaml ships, sends OTLP logs to the ALS port: every request becomes its
+    CLIENT span on productpage, with the same attributes the ALS logger's entries give."""
+    import dataclasses
+
+    bridge = await make_bridge(bridge_config(otlp.endpoint), clock=time.time_ns)
+    spec = dataclasses.replace(productpage_sidecar(bridge.receiver.port, reviews_app), otel_logger=True)
+    envoy = EnvoyProcess(spec, tmp_path)
+    await asyncio.to_thread(envoy.start)
+    try:
+        assert spec.outbound_port is not None
+        plan = [("GET", "/status/200")] * 8 + [("POST", "/status/404")] * 3 + [("GET", "/status/503")] * 2
+        for method, path in plan:
+            await asyncio.to_thread(request, spec.outbound_port, method, path, "reviews:9080")
+        assert await eventually(lambda: len(otlp.received.spans()) >= len(plan), 20)
+        await asyncio.sleep(0.5)
+        spans = otlp.received.spans()
+        assert len(spans) == len(plan) == len(reviews_app.requests)
+        seen = Counter()
+        for resource, span in spans:
+            attrs = attributes(span.attributes)
+            assert span.kind == 3 and resource["service.name"] == "productpage"
+            assert resource["k8s.pod.name"] == spec.pod
+            assert attrs["peer.service"] == "reviews"
+            assert attrs["envoy.upstream_cluster"] == "outbound|9080||reviews.default.svc.cluster.local"
+            assert span.end_time_unix_nano > span.start_time_unix_nano
+            seen[(attrs["http.request.method"], attrs["http.response.status_code"])] += 1
+        assert seen == Counter({("GET", 200): 8, ("POST", 404): 3, ("GET", 503): 2})
+        assert bridge.stats.entries_received.get("otlp", "http") == len(plan)
+        assert sum(bridge.stats.entries_invalid.values.values()) == 0
+    finally:
+        await asyncio.to_thread(envoy.stop)

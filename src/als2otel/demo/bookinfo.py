@@ -13,6 +13,7 @@ bridge, which serves the live topology.
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import logging
 import random
@@ -83,8 +84,14 @@ def _route(service: str) -> Route:
     )
 
 
-def proxy_specs(als: tuple[str, int], exchange_metadata: bool = True) -> list[ProxySpec]:
-    """The gateway and one sidecar per pod; without ``exchange_metadata`` only IPs tell who called."""
+def proxy_specs(
+    als: tuple[str, int], exchange_metadata: bool = True, loggers: str = "als"
+) -> list[ProxySpec]:
+    """The gateway and one sidecar per pod; without ``exchange_metadata`` only IPs tell who called.
+
+    ``loggers``: "als" (Envoy's gRPC access loggers), "otel" (its OpenTelemetry access logger), or
+    "mixed" (every other proxy on each).
+    """
     labels = {
         "app": "istio-ingressgateway",
         "istio": "ingressgateway",
@@ -110,7 +117,7 @@ def proxy_specs(als: tuple[str, int], exchange_metadata: bool = True) -> list[Pr
         exchange_metadata=exchange_metadata,
     )
     specs = [gateway]
-    for pod in PODS:
+    for pod in PODS:  # the sidecars
         specs.append(
             ProxySpec(
                 role="sidecar",
@@ -132,6 +139,11 @@ def proxy_specs(als: tuple[str, int], exchange_metadata: bool = True) -> list[Pr
                 exchange_metadata=exchange_metadata,
             )
         )
+    if loggers != "als":
+        specs = [
+            dataclasses.replace(spec, otel_logger=True) if loggers == "otel" or i % 2 else spec
+            for i, spec in enumerate(specs)
+        ]
     return specs
 
 
@@ -203,10 +215,11 @@ class Bookinfo:
         rate: float = 8.0,
         seed: int = 1,
         exchange_metadata: bool = True,
+        loggers: str = "als",
     ) -> None:
         self._rng = random.Random(seed)
         self.apps = [_App(pod, self._rng) for pod in PODS]
-        self.envoys = [EnvoyProcess(spec, workdir) for spec in proxy_specs(als, exchange_metadata)]
+        self.envoys = [EnvoyProcess(spec, workdir) for spec in proxy_specs(als, exchange_metadata, loggers)]
         self._rate = rate
         self._stop = threading.Event()
         self._load = threading.Thread(target=self._load_loop, name="load", daemon=True)

@@ -110,6 +110,8 @@ class ProxySpec:
     # Mutual TLS to the ALS port, as Istio's envoyAccessLogService.tlsSettings (mode MUTUAL)
     # configures it: the client certificate, its key, and the CA that signed the server's.
     als_tls: tuple[str, str, str] | None = None
+    # Envoy's OpenTelemetry access logger (Istio's envoyOtelAls) instead of the ALS one.
+    otel_logger: bool = False
     buffer_flush_interval: str = "0.2s"
     extra_metadata: dict[str, Any] = field(default_factory=dict)
     # Istio's header-based metadata exchange: our metadata on outbound requests and inbound responses.
@@ -146,8 +148,31 @@ def _address(ip: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": ip, "port_value": port}}
 
 
+def _otel_access_log(spec: ProxySpec) -> list[dict[str, Any]]:
+    """The OpenTelemetry access logger Istio makes of deploy/istio/otel-als.yaml's provider."""
+    from ..receiver.otlp_logs import ATTRIBUTES
+
+    return [
+        {
+            "name": "envoy.access_loggers.open_telemetry",
+            "typed_config": {
+                "@type": _TYPES + "access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+                "log_name": "otel_envoy_accesslog",
+                "grpc_service": {"envoy_grpc": {"cluster_name": "als2otel_als"}},
+                "buffer_flush_interval": spec.buffer_flush_interval,
+                "disable_builtin_labels": True,
+                "attributes": {
+                    "values": [{"key": k, "value": {"string_value": v}} for k, v in ATTRIBUTES.items()]
+                },
+            },
+        }
+    ]
+
+
 def _access_log(spec: ProxySpec) -> list[dict[str, Any]]:
     """The HTTP gRPC access logger Istio makes of :data:`HTTP_ALS_PROVIDER`."""
+    if spec.otel_logger:
+        return _otel_access_log(spec)
     provider = HTTP_ALS_PROVIDER
     return [
         {

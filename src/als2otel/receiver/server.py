@@ -22,14 +22,17 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 
 from .. import istio
 from ..config import TlsConfig
 from ..model import Proxy
 from ..stats import LogLimiter, Stats
 from ..tls import CertificateFiles
+from . import otlp_logs
 from ._proto import als_pb2
 from .identity import identify
+from .normalize import InvalidEntry
 
 log = logging.getLogger("als2otel.receiver")
 
@@ -38,6 +41,11 @@ SERVICES = {
     "v2": "envoy.service.accesslog.v2.AccessLogService",
 }
 METHOD = "StreamAccessLogs"
+LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
+"""OTLP logs, from Envoy's OpenTelemetry access logger, on the same port."""
+
+YIELD_EVERY_RECORDS = 128
+"""OTLP records read between two yields to the event loop."""
 
 # Envoy's first message on a stream carries a ~70 KB node description; a batch
 # at a large buffer_size_bytes can be several MB.
@@ -78,6 +86,7 @@ class AlsServer:
         self._sink = sink
         self._stats = stats
         self._limiter = LogLimiter(log)
+        self._records = otlp_logs.RecordReader(name_labels)
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -104,7 +113,10 @@ class AlsServer:
             )
             for version, service in SERVICES.items()
         }
-        server.add_generic_rpc_handlers(tuple(handlers.values()))
+        logs = grpc.method_handlers_generic_handler(
+            LOGS_SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(self._export_logs)}
+        )
+        server.add_generic_rpc_handlers((*handlers.values(), logs))
         if self._tls is not None and self._tls.enabled:
             port = server.add_secure_port(self._listen, CertificateFiles(self._tls).grpc_credentials())
         else:
@@ -135,6 +147,56 @@ class AlsServer:
         self._stats.streams_ended.inc(reason)
         self._limiter.warning(reason, "ALS stream from %s sent %s; ending the stream", context.peer(), what)
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{reason}: {status}")
+
+    async def _export_logs(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        """OTLP/gRPC ``LogsService/Export``: INVALID_ARGUMENT for a request that does not parse."""
+        try:
+            return await self.accept_logs(raw, context.peer())
+        except DecodeError:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "malformed_message: not an ExportLogsServiceRequest"
+            )
+            raise  # not reached: abort raises
+
+    async def accept_logs(self, raw: bytes, peer: str) -> bytes:
+        """An ``ExportLogsServiceRequest``'s records into the pipeline, as the entries ALS would carry;
+        the serialized response, whose ``partial_success`` counts the records refused.
+
+        Raises :class:`DecodeError` (counted) for a request that does not parse.
+        """
+        stats = self._stats
+        try:
+            request = logs_service_pb2.ExportLogsServiceRequest.FromString(raw)
+        except DecodeError:
+            stats.entries_invalid.inc("malformed_message")
+            self._limiter.warning("malformed_logs", "OTLP logs from %s do not parse", peer)
+            raise
+        batches: dict[tuple[Proxy, str], list[bytes]] = {}
+        refused = 0
+        reasons: set[str] = set()
+        for count, (attributes, time_unix_nano) in enumerate(otlp_logs.records(request), 1):
+            log_type = "tcp" if attributes.get("envoy.log_type") == "tcp" else "http"
+            stats.entries_received.inc("otlp", log_type)
+            try:
+                proxy, log_type, encoded = self._records.read(attributes, time_unix_nano)
+            except InvalidEntry as exc:
+                refused += 1
+                reasons.add(exc.reason)
+                stats.entries_invalid.inc(exc.reason)
+                self._limiter.warning(exc.reason, "skipping an OTLP log record from %s: %s", peer, exc)
+            else:
+                batches.setdefault((proxy, log_type), []).append(encoded)
+            if count % YIELD_EVERY_RECORDS == 0:
+                await asyncio.sleep(0)
+        for (proxy, log_type), entries in batches.items():
+            self._sink(EntryBatch(proxy, "otlp", log_type, entries))
+        response = logs_service_pb2.ExportLogsServiceResponse()
+        if refused:
+            response.partial_success.rejected_log_records = refused
+            response.partial_success.error_message = (
+                f"{refused} records without the attributes als2otel reads ({', '.join(sorted(reasons))})"
+            )
+        return response.SerializeToString()
 
     def _handler(self, api_version: str) -> Callable[..., Any]:
         async def stream_access_logs(

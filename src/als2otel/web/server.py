@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web, web_response
+from google.protobuf.message import DecodeError
+from google.rpc import status_pb2  # type: ignore[import-untyped]
 
 from ..config import HttpTlsConfig, parse_duration, split_hostport
 from ..stats import Counter
@@ -37,10 +39,18 @@ MAX_QUERY_VALUE = 32
 CERTIFICATE_CHECK_INTERVAL = 5.0
 """Seconds between looks at the HTTP certificate's files."""
 
+MAX_LOGS_BODY = 16 * 1024 * 1024
+"""Bytes of an OTLP/HTTP logs request read at most (decompressed); a larger one is a 413."""
+
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 CLIENT_CAUSED_LOGGERS = ("aiohttp.server", "aiohttp.web", "asyncio")
 """Where aiohttp and asyncio log what a client's malformed request or dropped connection did."""
+
+
+def _otlp_error(status: int, message: str) -> web.Response:
+    body = status_pb2.Status(code=3 if status == 400 else 0, message=message).SerializeToString()
+    return web.Response(status=status, body=body, content_type="application/x-protobuf")
 
 
 async def _resolved(value: T | Awaitable[T]) -> T:
@@ -74,11 +84,13 @@ class HttpServer:
         topology: Callable[[float, bool], dict[str, Any] | Awaitable[dict[str, Any]]] | None = None,
         closed: Counter | None = None,
         tls: HttpTlsConfig | None = None,
+        logs: Callable[[bytes, str], Awaitable[bytes]] | None = None,
     ) -> None:
         """Each provider may answer at once or be awaited (a supervisor asks its workers)."""
         self._tls = CertificateFiles(tls) if tls is not None and tls.enabled else None
         self._refresh: asyncio.Task[None] | None = None
         self._topology = topology
+        self._logs = logs
         self._healthy = healthy
         self._listen = listen
         self._metrics = metrics
@@ -92,11 +104,13 @@ class HttpServer:
         self.port = 0
 
     def _app(self) -> web.Application:
-        app = web.Application(middlewares=[self._guard.middleware])
+        app = web.Application(middlewares=[self._guard.middleware], client_max_size=MAX_LOGS_BODY)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         if self._metrics is not None:
             app.router.add_get("/metrics", self._serve_metrics)
+        if self._logs is not None:
+            app.router.add_post("/v1/logs", self._otlp_logs)
         if self._topology is not None:
             app.router.add_get("/api/topology", self._api_topology)
             app.router.add_get("/topology", self._topology_page)
@@ -168,6 +182,23 @@ class HttpServer:
             )
         histograms = request.query.get("histograms") == "1"
         return web.json_response(await _resolved(self._topology(window, histograms)))
+
+    async def _otlp_logs(self, request: web.Request) -> web.Response:
+        """OTLP/HTTP logs (protobuf, gzip or not): 400 with a google.rpc.Status for what does not parse."""
+        assert self._logs is not None
+        if request.content_type != "application/x-protobuf":
+            return _otlp_error(415, "als2otel takes OTLP/HTTP logs as application/x-protobuf")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _otlp_error(413, f"request body larger than {MAX_LOGS_BODY} bytes")
+        except (ValueError, OSError):  # a body that does not decompress
+            return _otlp_error(400, "malformed_message: the body does not decompress")
+        try:
+            reply = await self._logs(body, request.remote or "")
+        except DecodeError:
+            return _otlp_error(400, "malformed_message: not an ExportLogsServiceRequest")
+        return web.Response(body=reply, content_type="application/x-protobuf")
 
     async def _topology_page(self, request: web.Request) -> web.Response:
         return web.Response(text=_PAGE, content_type="text/html")

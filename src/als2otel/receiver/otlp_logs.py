@@ -1,0 +1,288 @@
+"""Envoy's OpenTelemetry access logger in: OTLP log records into the entries ALS would carry.
+
+Envoy's ``envoy.access_loggers.open_telemetry`` (Istio's ``envoyOtelAls`` provider) sends
+each access log as an OTLP log record whose attributes its configuration names; Istio
+sends nothing usable unless the provider's ``logFormat.labels`` ask for it. The attribute
+set below is the contract: :data:`ATTRIBUTES` maps each name to the Envoy command operator
+that fills it (deploy/istio/otel-als.yaml configures exactly these). Each record becomes
+the encoded ALS entry the same call would have arrived as, and its proxy the identity an
+ALS stream's identifier would give, so both loggers give the same spans (ids included),
+metric series and topology edges. A record without the proxy's node id, or with a value
+that cannot be read, is invalid with its reason; nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from google.protobuf import any_pb2, struct_pb2
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+
+from .. import istio
+from ..model import Proxy
+from ._proto import accesslog_pb2, als_pb2, core_pb2
+from .identity import identify
+from .normalize import RESPONSE_FLAG_CODES, InvalidEntry
+
+STRUCT = "type.googleapis.com/google.protobuf.Struct"
+PEER_KEYS = ("upstream_peer", "downstream_peer")
+NODE_METADATA = ("NAME", "NAMESPACE", "WORKLOAD_NAME", "OWNER", "CLUSTER_ID", "INSTANCE_IPS")
+NODE_LABELS = (
+    "app",
+    "version",
+    "service.istio.io/canonical-name",
+    "service.istio.io/canonical-revision",
+    "app.kubernetes.io/name",
+)
+
+ATTRIBUTES: dict[str, str] = {
+    # The reporting proxy (what an ALS stream's identifier carries).
+    "envoy.node.id": "%CEL(xds.node.id)%",
+    **{f"envoy.node.metadata.{key}": f"%CEL(xds.node.metadata.{key})%" for key in NODE_METADATA},
+    **{f"envoy.node.labels.{label}": f"%CEL(xds.node.metadata.LABELS['{label}'])%" for label in NODE_LABELS},
+    # The connection and the request's path through the proxy.
+    "envoy.downstream.remote_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
+    "envoy.downstream.direct_remote_address": "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%",
+    "envoy.downstream.local_address": "%DOWNSTREAM_LOCAL_ADDRESS%",
+    "envoy.upstream.remote_address": "%UPSTREAM_REMOTE_ADDRESS%",
+    "envoy.upstream.local_address": "%UPSTREAM_LOCAL_ADDRESS%",
+    "envoy.upstream.cluster": "%UPSTREAM_CLUSTER_RAW%",
+    "envoy.route_name": "%ROUTE_NAME%",
+    "envoy.access_log_type": "%ACCESS_LOG_TYPE%",
+    "envoy.response_flags": "%RESPONSE_FLAGS%",
+    "envoy.downstream.peer_uri_san": "%DOWNSTREAM_PEER_URI_SAN%",
+    # Times: the record's time is the start; offsets from it in nanoseconds.
+    "envoy.start_time": "%START_TIME(%s.%9f)%",
+    "envoy.duration_ns": "%COMMON_DURATION(DS_RX_BEG:DS_TX_END:ns)%",
+    "envoy.upstream.request_start_ns": "%COMMON_DURATION(DS_RX_BEG:US_TX_BEG:ns)%",
+    "envoy.upstream.response_end_ns": "%COMMON_DURATION(DS_RX_BEG:US_RX_END:ns)%",
+    # HTTP, named as OpenTelemetry's semantic conventions name them where they do.
+    "http.request.method": "%REQ(:METHOD)%",
+    "url.scheme": "%REQ(:SCHEME)%",
+    "http.request.header.host": "%REQ(:AUTHORITY)%",
+    "url.path": "%REQ(:PATH)%",  # with the query, as :path carries it
+    "user_agent.original": "%REQ(USER-AGENT)%",
+    "http.request.header.x-request-id": "%REQ(X-REQUEST-ID)%",
+    "http.request.header.traceparent": "%REQ(TRACEPARENT)%",
+    "http.request.header.tracestate": "%REQ(TRACESTATE)%",
+    "http.request.header.b3": "%REQ(B3)%",
+    "http.request.header.x-b3-traceid": "%REQ(X-B3-TRACEID)%",
+    "http.request.header.x-b3-spanid": "%REQ(X-B3-SPANID)%",
+    "http.request.header.content-type": "%REQ(CONTENT-TYPE)%",
+    "http.response.status_code": "%RESPONSE_CODE%",
+    "http.response.header.grpc-status": "%RESP(GRPC-STATUS)%",
+    "http.response.trailer.grpc-status": "%TRAILER(GRPC-STATUS)%",
+    "network.protocol.name": "%PROTOCOL%",
+    # TCP (a record with envoy.log_type "tcp").
+    "envoy.log_type": "http",
+    "envoy.bytes_received": "%BYTES_RECEIVED%",
+    "envoy.bytes_sent": "%BYTES_SENT%",
+    # Istio's exchanged peer metadata (1.24+: a Struct, serialised as JSON).
+    **{f"envoy.filter_state.{key}": f"%FILTER_STATE({key})%" for key in PEER_KEYS},
+}
+"""Every attribute als2otel reads from a record, and the Envoy command operator that fills it."""
+
+_METHODS = {name: number for number, name in enumerate(
+    ("", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+) if name}  # fmt: skip
+_PROTOCOLS = {"HTTP/1.0": 1, "HTTP/1.1": 2, "HTTP/2": 3, "HTTP/3": 4}
+_FLAG_FIELDS = {code: name for name, code in RESPONSE_FLAG_CODES}
+_ACCESS_LOG_TYPES = {name: number for name, number in accesslog_pb2.AccessLogType.items()}
+MAX_CACHED_PROXIES = 4096
+"""Reporting proxies kept identified (by their node attributes); the table starts over when full."""
+
+
+def records(request: logs_service_pb2.ExportLogsServiceRequest) -> Iterator[tuple[dict[str, str], int]]:
+    """Each record's attributes (resource attributes first, the record's own over them) and time."""
+    for resource_logs in request.resource_logs:
+        resource = _strings(resource_logs.resource.attributes)
+        for scope_logs in resource_logs.scope_logs:
+            for record in scope_logs.log_records:
+                yield {**resource, **_strings(record.attributes)}, record.time_unix_nano
+
+
+def _strings(key_values: Any) -> dict[str, str]:
+    out = {}
+    for kv in key_values:
+        value = kv.value
+        kind = value.WhichOneof("value")
+        if kind == "string_value":
+            out[kv.key] = value.string_value
+        elif kind in ("int_value", "double_value", "bool_value"):
+            out[kv.key] = str(getattr(value, kind))
+    return out
+
+
+class RecordReader:
+    """Turns records into (proxy, log type, encoded ALS entry); remembers the proxies it identified."""
+
+    def __init__(self, name_labels: tuple[str, ...] = istio.NAME_LABELS) -> None:
+        self._name_labels = name_labels
+        self._proxies: dict[tuple[str, ...], Proxy] = {}
+
+    def read(self, attributes: Mapping[str, str], time_unix_nano: int) -> tuple[Proxy, str, bytes]:
+        """Raises :class:`InvalidEntry` (``missing_node``, ``malformed_attribute``)."""
+        return self.proxy(attributes), *entry_of(attributes, time_unix_nano)
+
+    def proxy(self, attributes: Mapping[str, str]) -> Proxy:
+        node_id = _value(attributes, "envoy.node.id")
+        if not node_id:
+            raise InvalidEntry("missing_node", "the record has no envoy.node.id")
+        key = tuple(attributes.get(name, "") for name in _NODE_KEYS)
+        proxy = self._proxies.get(key)
+        if proxy is None:
+            if len(self._proxies) >= MAX_CACHED_PROXIES:
+                self._proxies.clear()
+            proxy = self._proxies[key] = identify(identifier_of(attributes), self._name_labels)
+        return proxy
+
+
+_NODE_KEYS = tuple(name for name in ATTRIBUTES if name.startswith("envoy.node."))
+
+
+def identifier_of(attributes: Mapping[str, str]) -> als_pb2.StreamAccessLogsMessage.Identifier:
+    """The identifier an ALS stream of the same proxy would carry (node id and metadata)."""
+    identifier = als_pb2.StreamAccessLogsMessage.Identifier(log_name="otel_envoy_accesslog")
+    identifier.node.id = _value(attributes, "envoy.node.id")
+    metadata: dict[str, Any] = {}
+    for key in NODE_METADATA:
+        value = _value(attributes, f"envoy.node.metadata.{key}")
+        if value:
+            metadata[key] = value
+    labels = {label: v for label in NODE_LABELS if (v := _value(attributes, f"envoy.node.labels.{label}"))}
+    if labels:
+        metadata["LABELS"] = labels
+    if metadata:
+        identifier.node.metadata.update(metadata)
+    return identifier
+
+
+def entry_of(attributes: Mapping[str, str], time_unix_nano: int) -> tuple[str, bytes]:
+    """The log type and the encoded ALS entry of a record."""
+    tcp = attributes.get("envoy.log_type") == "tcp"
+    entry: Any = accesslog_pb2.TCPAccessLogEntry() if tcp else accesslog_pb2.HTTPAccessLogEntry()
+    common = entry.common_properties
+    start = time_unix_nano or _start_time(attributes)
+    if not start:
+        raise InvalidEntry("missing_start_time", "the record has neither a time nor envoy.start_time")
+    common.start_time.FromNanoseconds(start)
+    for field, name in (
+        ("downstream_remote_address", "envoy.downstream.remote_address"),
+        ("downstream_direct_remote_address", "envoy.downstream.direct_remote_address"),
+        ("downstream_local_address", "envoy.downstream.local_address"),
+        ("upstream_remote_address", "envoy.upstream.remote_address"),
+        ("upstream_local_address", "envoy.upstream.local_address"),
+    ):
+        address = _value(attributes, name)
+        if address:
+            setattr(common, field, _address(address, name))
+    common.upstream_cluster = _value(attributes, "envoy.upstream.cluster")
+    common.route_name = _value(attributes, "envoy.route_name")
+    kind = _value(attributes, "envoy.access_log_type")
+    if kind:
+        common.access_log_type = _ACCESS_LOG_TYPES.get(kind, accesslog_pb2.NotSet)
+    for field, name in (
+        ("duration" if tcp else "time_to_last_downstream_tx_byte", "envoy.duration_ns"),
+        ("time_to_first_upstream_tx_byte", "envoy.upstream.request_start_ns"),
+        ("time_to_last_upstream_rx_byte", "envoy.upstream.response_end_ns"),
+    ):
+        nanos = _number(attributes, name)
+        if nanos:
+            getattr(common, field).FromNanoseconds(nanos)
+    for code in _value(attributes, "envoy.response_flags").split(","):
+        flag = _FLAG_FIELDS.get(code)
+        if flag is not None and flag != "unauthorized_details":
+            setattr(common.response_flags, flag, True)
+    san = _value(attributes, "envoy.downstream.peer_uri_san")
+    if san:
+        common.tls_properties.peer_certificate_properties.subject_alt_name.add().uri = san.encode()
+    for key in PEER_KEYS:
+        state = _value(attributes, f"envoy.filter_state.{key}")
+        if state:
+            common.filter_state_objects[key].CopyFrom(_struct_any(state, key))
+    if tcp:
+        entry.connection_properties.received_bytes = _number(attributes, "envoy.bytes_received")
+        entry.connection_properties.sent_bytes = _number(attributes, "envoy.bytes_sent")
+        return "tcp", entry.SerializeToString()
+    _http(entry, attributes)
+    return "http", entry.SerializeToString()
+
+
+def _http(entry: accesslog_pb2.HTTPAccessLogEntry, attributes: Mapping[str, str]) -> None:
+    entry.protocol_version = _PROTOCOLS.get(_value(attributes, "network.protocol.name"), 0)  # type: ignore[assignment]
+    request = entry.request
+    request.request_method = _METHODS.get(_value(attributes, "http.request.method"), 0)  # type: ignore[assignment]
+    request.scheme = _value(attributes, "url.scheme").encode()
+    request.authority = _value(attributes, "http.request.header.host").encode()
+    request.path = _value(attributes, "url.path").encode()
+    request.user_agent = _value(attributes, "user_agent.original").encode()
+    request.request_id = _value(attributes, "http.request.header.x-request-id").encode()
+    for name in ("traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "content-type"):
+        value = _value(attributes, f"http.request.header.{name}")
+        if value:
+            request.request_headers[name] = value.encode()
+    code = _number(attributes, "http.response.status_code")
+    if code:
+        entry.response.response_code.value = code
+    status = _value(attributes, "http.response.header.grpc-status")
+    if status:
+        entry.response.response_headers["grpc-status"] = status.encode()
+    status = _value(attributes, "http.response.trailer.grpc-status")
+    if status:
+        entry.response.response_trailers["grpc-status"] = status.encode()
+
+
+def _value(attributes: Mapping[str, str], name: str) -> str:
+    """An attribute's text; Envoy's "-" (nothing there) reads as empty."""
+    value = attributes.get(name, "")
+    return "" if value == "-" else value
+
+
+def _number(attributes: Mapping[str, str], name: str) -> int:
+    text = _value(attributes, name)
+    if not text:
+        return 0
+    if not (text.isascii() and text.isdigit()) or len(text) > 20:
+        raise InvalidEntry("malformed_attribute", f"{name} is not a whole number")
+    return int(text)
+
+
+def _start_time(attributes: Mapping[str, str]) -> int:
+    text = _value(attributes, "envoy.start_time")
+    seconds, _, fraction = text.partition(".")
+    if not text:
+        return 0
+    if not (seconds.isascii() and seconds.isdigit() and len(seconds) <= 12) or not (
+        fraction == "" or (fraction.isascii() and fraction.isdigit() and len(fraction) <= 9)
+    ):
+        raise InvalidEntry("malformed_attribute", "envoy.start_time is not seconds.nanoseconds")
+    return int(seconds) * 1_000_000_000 + int(fraction.ljust(9, "0") or 0)
+
+
+def _address(text: str, name: str) -> bytes:
+    """``ip:port`` or ``[v6]:port`` as an encoded ``Address``."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit()) or int(port) > 0xFFFF or not host:
+        raise InvalidEntry("malformed_attribute", f"{name} is not ip:port")
+    socket = core_pb2.SocketAddress(address=host.strip("[]"), port_value=int(port))
+    return core_pb2.Address(socket_address=socket).SerializeToString()
+
+
+def _struct_any(text: str, key: str) -> any_pb2.Any:
+    """Filter state serialised as JSON (Istio's peer metadata Struct) as the Any ALS would carry."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise InvalidEntry("malformed_attribute", f"envoy.filter_state.{key} is not JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidEntry("malformed_attribute", f"envoy.filter_state.{key} is not a JSON object")
+    struct = struct_pb2.Struct()
+    try:
+        struct.update(value)
+    except (ValueError, TypeError):
+        raise InvalidEntry("malformed_attribute", f"envoy.filter_state.{key} is not a Struct") from None
+    wrapped = any_pb2.Any()
+    wrapped.Pack(struct)
+    return wrapped
