@@ -92,6 +92,21 @@ class TestSupervisor:
             ]
             assert sum(per_worker) == total and min(per_worker) > 0
             assert await asyncio.to_thread(get, port, "/readyz") == (200, "ready\n")
+            # OTLP/HTTP logs on the parent's port are handed to a worker.
+            from support.otlp_logs import export_request, post_logs, record_of
+
+            records = [
+                record_of(mesh.outbound(10_000 + i, start_ms=als.real_now_ms()), mesh.productpage())
+                for i in range(5)
+            ]
+            status, _ = await asyncio.to_thread(post_logs, port, export_request(records).SerializeToString())
+            assert status == 200
+            for _ in range(100):
+                page = await merged()
+                if sample(page, 'als2otel_calls_total{side="client"}') == total + 5:
+                    break
+                await asyncio.sleep(0.1)
+            assert sample(page, 'als2otel_entries_received_total{api_version="otlp",log_type="http"}') == 5
         finally:
             assert await supervisor.stop() == 0
 

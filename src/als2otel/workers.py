@@ -35,6 +35,8 @@ from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
+from google.protobuf.message import DecodeError
+
 from . import config as cfg
 from .app import Bridge
 from .export.prometheus import merge_pages, render
@@ -117,7 +119,9 @@ class Supervisor:
             topology=self._topology,
             closed=self.stats.http_connections_closed,
             tls=config.http.tls,
+            logs=self._forward_logs,
         )
+        self._next_worker = 0
 
     @property
     def worker_pids(self) -> list[int]:
@@ -242,6 +246,27 @@ class Supervisor:
                 return 503, b""
 
         return await asyncio.to_thread(fetch)
+
+    async def _forward_logs(self, body: bytes, peer: str) -> bytes:
+        """OTLP/HTTP logs handed to the workers in turn (over their private HTTP port)."""
+        worker = self._workers[self._next_worker % len(self._workers)]
+        self._next_worker += 1
+
+        def post() -> bytes:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{worker.http_port}/v1/logs",
+                data=body,
+                headers={"Content-Type": "application/x-protobuf"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    return bytes(response.read())
+            except urllib.error.HTTPError as error:
+                if error.code == 400:
+                    raise DecodeError("the worker could not parse the request") from error
+                raise
+
+        return await asyncio.to_thread(post)
 
     async def _ready(self) -> bool:
         answers = await asyncio.gather(*(self._get(w, "/readyz") for w in self._workers))

@@ -198,6 +198,8 @@ class HttpServer:
             reply = await self._logs(body, request.remote or "")
         except DecodeError:
             return _otlp_error(400, "malformed_message: not an ExportLogsServiceRequest")
+        except OSError:  # a supervisor's worker that could not take it: the client may retry
+            return _otlp_error(503, "the request could not be handed to a worker; retry")
         return web.Response(body=reply, content_type="application/x-protobuf")
 
     async def _topology_page(self, request: web.Request) -> web.Response:
