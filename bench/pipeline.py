@@ -11,7 +11,9 @@ gRPC as fast as the receiver reads them.
   last span has arrived at that receiver (the spans left after the last entry
   are exported at once rather than at the next 1 s flush tick);
 * pipeline+mx-mesh: the same with the mx-mesh analyzer resolving both peers
-  from Istio's peer metadata on every entry (when the analyzer exists).
+  from Istio's peer metadata on every entry (when the analyzer exists);
+* pipeline+otlp: the same entries as OTLP log records (Envoy's OpenTelemetry
+  access logger with als2otel's attribute set), one Export call per message.
 
 Each mode reports entries per second of wall clock and per CPU-second of its
 process (all its threads; on a shared machine the wall clock also counts time
@@ -137,12 +139,42 @@ def add_traffic_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def sender(target: str, spec: tuple[int, int, bool, int], ready: Any, go: Any) -> None:
+def as_otlp_logs(streams: list[list[bytes]]) -> list[list[bytes]]:
+    """The same entries as Envoy's OpenTelemetry access logger would send them: one
+    ExportLogsServiceRequest per ALS message, its records carrying the documented attributes."""
+    from support.otlp_logs import export_request, record_of
+
+    from als2otel.receiver._proto import accesslog_pb2, als_pb2
+
+    out = []
+    for messages in streams:
+        ident = als_pb2.StreamAccessLogsMessage.FromString(messages[0]).identifier
+        requests = []
+        for raw in messages:
+            entries = als_pb2.StreamAccessLogsMessage.FromString(raw).http_logs.log_entry
+            records = [record_of(accesslog_pb2.HTTPAccessLogEntry.FromString(e), ident) for e in entries]
+            requests.append(export_request(records).SerializeToString())
+        out.append(requests)
+    return out
+
+
+def sender(target: str, spec: tuple[int, int, bool, int], ready: Any, go: Any, otlp: bool = False) -> None:
     pin(1)
     messages = build_messages(*spec)
+    if otlp:
+        messages = as_otlp_logs(messages)
     import grpc
 
     async def stream(channel: Any, batch: list[bytes]) -> None:
+        if otlp:  # Envoy's OpenTelemetry logger: one Export call per flush, in turn
+            export = channel.unary_unary(
+                "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+                request_serializer=lambda b: b,
+                response_deserializer=lambda b: b,
+            )
+            for request in batch:
+                await export(request)
+            return
         call = channel.stream_unary(
             "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs",
             request_serializer=lambda b: b,
@@ -234,7 +266,9 @@ def run_bare(total: int, spec: tuple[int, int, bool, int], result: Any) -> None:
     result.put(out)
 
 
-def run_pipeline(total: int, spec: tuple[int, int, bool, int], analyzers: list[str], result: Any) -> None:
+def run_pipeline(
+    total: int, spec: tuple[int, int, bool, int], analyzers: list[str], result: Any, otlp: bool = False
+) -> None:
     pin(0)
     from als2otel import config as cfg
     from als2otel.app import Bridge
@@ -259,7 +293,7 @@ def run_pipeline(total: int, spec: tuple[int, int, bool, int], analyzers: list[s
         bridge = Bridge(config)
         await bridge.start()
         ready, go = SPAWN.Event(), SPAWN.Event()
-        proc = SPAWN.Process(target=sender, args=(f"127.0.0.1:{bridge.receiver.port}", spec, ready, go))
+        proc = SPAWN.Process(target=sender, args=(f"127.0.0.1:{bridge.receiver.port}", spec, ready, go, otlp))
         proc.start()
         ready.wait()
         rss_samples = []
@@ -376,6 +410,8 @@ def main() -> None:
             proc_args: tuple[Any, ...] = (total, plain, queue)
         elif mode == "pipeline":
             target, proc_args = run_pipeline, (total, plain, [], queue)
+        elif mode == "pipeline+otlp":  # the same entries through Envoy's OpenTelemetry logger's path
+            target, proc_args = run_pipeline, (total, plain, [], queue, True)
         elif mode == "pipeline+mx-mesh":
             from als2otel.config import ANALYZERS
 
