@@ -209,3 +209,18 @@ def test_istio_otel_provider_asks_for_every_attribute_als2otel_reads() -> None:
     assert labels == {k: v for k, v in ATTRIBUTES.items() if k != "envoy.log_type"}
     assert provider["envoyOtelAls"]["port"] == 11800
     assert telemetry["spec"]["accessLogging"][0]["providers"] == [{"name": provider["name"]}]
+
+
+def test_envoy_otel_access_log_snippet_matches_the_code() -> None:
+    """deploy/envoy/otel-access-log.yaml carries the attribute set the code reads and the demo's
+    Envoys run with (the real-Envoy test configures its logger the same way)."""
+    from als2otel.demo import envoy
+    from als2otel.receiver.otlp_logs import ATTRIBUTES
+
+    (logger,) = yaml.safe_load((DEPLOY / "envoy" / "otel-access-log.yaml").read_text())["access_log"]
+    config = logger["typed_config"]
+    assert {v["key"]: v["value"]["string_value"] for v in config["attributes"]["values"]} == ATTRIBUTES
+    demo = envoy._otel_access_log(envoy.ProxySpec("sidecar", "127.0.0.1", "p", "default", {}, "w"))[0]
+    assert demo["typed_config"]["attributes"] == config["attributes"]
+    assert demo["typed_config"]["@type"] == config["@type"]
+    assert demo["typed_config"]["disable_builtin_labels"] is config["disable_builtin_labels"] is True

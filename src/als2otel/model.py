@@ -1,8 +1,9 @@
 """The few types that cross als2otel's stages.
 
-receiver -> :class:`Entry` (one access-log entry, v2 or v3, HTTP or TCP) and
-:class:`Proxy` (who sent it) -> analysis -> :class:`Call` (one side of a call
-between two :class:`Workload` s) -> translation -> OTLP spans and metrics.
+receiver (encoded entries, and :class:`Proxy`: who sent them) -> normalisation
+(``receiver/normalize.py``: :class:`Entry`, one access-log entry, v2, v3 or OTLP,
+HTTP or TCP) -> analysis -> :class:`Call` (one side of a call between two
+:class:`Workload` s) -> translation -> OTLP spans and metrics.
 """
 
 from __future__ import annotations
