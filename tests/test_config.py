@@ -150,3 +150,16 @@ class TestEnvironment:
         """Choosing http/protobuf without an endpoint talks to localhost:4318."""
         otlp = cfg.parse({"exporters": {"otlp": {"protocol": "http/protobuf"}}}, {}).exporters.otlp
         assert otlp.endpoint == "localhost:4318"
+
+
+class TestDeprecatedKeys:
+    def test_mx_mesh_service_name_labels_still_works(self, caplog: pytest.LogCaptureFixture) -> None:
+        """The old mx_mesh.service_name_labels fills the top-level key, with a deprecation warning."""
+        config = cfg.parse({"mx_mesh": {"service_name_labels": ["team"]}}, {})
+        assert config.service_name_labels == ["team"]
+        assert any("deprecated" in r.getMessage() for r in caplog.records)
+
+    def test_the_top_level_key_wins(self) -> None:
+        """With both keys set, the top-level one is used."""
+        config = cfg.parse({"service_name_labels": ["a"], "mx_mesh": {"service_name_labels": ["b"]}}, {})
+        assert config.service_name_labels == ["a"]

@@ -45,7 +45,7 @@ TransportFactory = Callable[[str, cfg.OtlpConfig], Transport]
 
 def name_labels(config: cfg.Config) -> tuple[str, ...]:
     """The labels naming a workload's service, for every place that names one from labels."""
-    return tuple(config.mx_mesh.service_name_labels)
+    return tuple(config.service_name_labels)
 
 
 def build_analyzers(config: cfg.Config, kube: KubeCache | None) -> list[Analyzer]:

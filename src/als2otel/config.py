@@ -10,6 +10,7 @@ from the environment as in the OpenTelemetry Collector; every other ``${...}``
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -22,6 +23,8 @@ from typing import Any, Literal
 from urllib.parse import unquote
 
 import yaml
+
+from . import istio
 
 ANALYZERS = ("mx-mesh", "k8s-mesh")
 METRIC_SETS = ("http", "servicegraph", "istio")
@@ -98,9 +101,8 @@ class K8sConfig:
 
 @dataclass(frozen=True)
 class MxMeshConfig:
-    service_name_labels: list[str] = field(
-        default_factory=lambda: ["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"]
-    )
+    service_name_labels: list[str] | None = None
+    """Deprecated: the top-level ``service_name_labels`` (which it fills when that is left out)."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,7 @@ class HttpConfig:
 class Config:
     receiver: ReceiverConfig = field(default_factory=ReceiverConfig)
     analyzers: list[str] = field(default_factory=lambda: ["mx-mesh", "k8s-mesh"])
+    service_name_labels: list[str] = field(default_factory=lambda: list(istio.NAME_LABELS))
     mx_mesh: MxMeshConfig = field(default_factory=MxMeshConfig)
     k8s: K8sConfig = field(default_factory=K8sConfig)
     exporters: ExportersConfig = field(default_factory=ExportersConfig)
@@ -206,7 +209,24 @@ def parse(raw: Any, environ: Mapping[str, str]) -> Config:
     if problems:
         raise ConfigError(problems)
     assert isinstance(config, Config)
-    return _with_protocol_default_endpoint(config, raw)
+    return _with_deprecated_keys(_with_protocol_default_endpoint(config, raw), raw)
+
+
+log = logging.getLogger("als2otel.config")
+
+
+def _with_deprecated_keys(config: Config, raw: dict[str, Any]) -> Config:
+    """``mx_mesh.service_name_labels`` still works, as the top-level key it became, with a warning."""
+    old = config.mx_mesh.service_name_labels
+    if old is None:
+        return config
+    if "service_name_labels" in raw:
+        log.warning(
+            "mx_mesh.service_name_labels is deprecated and service_name_labels is set: using the latter"
+        )
+        return config
+    log.warning("mx_mesh.service_name_labels is deprecated: use the top-level service_name_labels")
+    return dataclasses.replace(config, service_name_labels=list(old))
 
 
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -555,9 +575,13 @@ def _check_values(config: Config) -> list[str]:
         NameRule(config.k8s.service_name_rule)
     except RuleError as exc:
         problems.append(f"k8s.service_name_rule: {exc}")
-    for i, label in enumerate(config.mx_mesh.service_name_labels):
-        if not label.strip():
-            problems.append(f"mx_mesh.service_name_labels[{i}]: must not be empty")
+    for path, labels in (
+        ("service_name_labels", config.service_name_labels),
+        ("mx_mesh.service_name_labels", config.mx_mesh.service_name_labels or []),
+    ):
+        for i, label in enumerate(labels):
+            if not label.strip():
+                problems.append(f"{path}[{i}]: must not be empty")
     problems.extend(_check_tls("receiver.tls", config.receiver.tls))
     problems.extend(_check_tls("http.tls", config.http.tls))
     if config.receiver.tls.min_version not in TLS_VERSIONS:

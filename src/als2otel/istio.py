@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any, get_args
 
-from .model import Role, Workload
+from .model import Entry, Role, Workload
 
 CANONICAL_NAME = "service.istio.io/canonical-name"
 CANONICAL_REVISION = "service.istio.io/canonical-revision"
@@ -48,7 +48,7 @@ def workload_name_from_pod(pod: str) -> str:
 
 
 NAME_LABELS = (CANONICAL_NAME, APP_NAME, "app")
-"""The labels that name a workload's service, first found wins (``mx_mesh.service_name_labels``)."""
+"""The labels that name a workload's service, first found wins: ``service_name_labels``'s default."""
 
 
 def service_name_from_labels(
@@ -166,3 +166,12 @@ def _strip_port(host: str) -> str:
         return host[1 : host.find("]")] if "]" in host else host
     name, sep, port = host.rpartition(":")
     return name if sep and port.isdigit() and ":" not in name else host
+
+
+def destination_by_name(entry: Entry) -> Workload | None:
+    """The destination as the entry names it: cluster host, else authority, else the upstream address."""
+    named = host_workload(cluster_host(entry.upstream_cluster)) or host_workload(entry.authority)
+    if named is None and entry.upstream_remote is not None:
+        # Passthrough to an address nothing names: the address itself, never a made-up service.
+        named = Workload(service_name=entry.upstream_remote.ip, external=True)
+    return named

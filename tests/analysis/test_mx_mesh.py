@@ -236,7 +236,7 @@ class TestFormats:
         assert flat.service_name == node_keys.service_name == expected
 
     def test_naming_labels_configured(self) -> None:
-        """``mx_mesh.service_name_labels`` names peers and the reporting proxy alike."""
+        """``service_name_labels`` names peers and the reporting proxy alike."""
         labels = ("team.example.com/service", "app")
         caller = dataclasses.replace(PRODUCTPAGE, labels={**PRODUCTPAGE.labels, labels[0]: "storefront"})
         proxy = identify(

@@ -135,9 +135,9 @@ async def test_online_boutique_topology(make_bridge: Any, otlp: GrpcOtlpReceiver
 
 
 async def test_naming_labels_from_config(make_bridge: Any, otlp: GrpcOtlpReceiver) -> None:
-    """``mx_mesh.service_name_labels`` reaches both sides: with no such label, workloads name services."""
+    """``service_name_labels`` reaches both sides: with no such label, workloads name services."""
     config = bridge_config(
-        otlp.endpoint, analyzers=["mx-mesh"], mx_mesh={"service_name_labels": ["team.example.com/service"]}
+        otlp.endpoint, analyzers=["mx-mesh"], service_name_labels=["team.example.com/service"]
     )
     bridge = await make_bridge(config)
     spans = await send_all(bridge, otlp, "flatnode")

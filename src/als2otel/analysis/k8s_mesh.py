@@ -17,10 +17,10 @@ Lookups are in-memory dict reads on the index the watch cache keeps live.
 
 from __future__ import annotations
 
+from .. import istio
 from ..model import Call, Direction, Entry, Proxy, Workload
 from .chain import Resolution
 from .k8s import KubeIndex
-from .proxy import destination_by_name
 
 
 class K8sMeshAnalyzer:
@@ -63,7 +63,7 @@ class K8sMeshAnalyzer:
             if destination is not None:
                 calls.append(Call("client", entry, proxy, own, destination))
             else:
-                named = destination_by_name(entry)
+                named = istio.destination_by_name(entry)
                 if named is not None and named.external:
                     # Outside the mesh, as the cluster or authority names it: that is the answer.
                     calls.append(Call("client", entry, proxy, own, named))

@@ -10,19 +10,8 @@ provisional: mx-mesh and k8s-mesh, where they resolve, take precedence.
 from __future__ import annotations
 
 from .. import istio
-from ..model import Call, Direction, Entry, Proxy, Workload
+from ..model import Call, Direction, Entry, Proxy
 from .chain import Resolution
-
-
-def destination_by_name(entry: Entry) -> Workload | None:
-    """The destination as the entry names it: cluster host, else authority, else the upstream address."""
-    named = istio.host_workload(istio.cluster_host(entry.upstream_cluster)) or istio.host_workload(
-        entry.authority
-    )
-    if named is None and entry.upstream_remote is not None:
-        # Passthrough to an address nothing names: the address itself, never a made-up service.
-        named = Workload(service_name=entry.upstream_remote.ip, external=True)
-    return named
 
 
 class ProxyAnalyzer:
@@ -38,7 +27,7 @@ class ProxyAnalyzer:
         if direction in ("inbound", "gateway"):
             calls.append(Call("server", entry, proxy, None, own, direction == "gateway", False))
         if direction in ("outbound", "gateway"):
-            destination = destination_by_name(entry)
+            destination = istio.destination_by_name(entry)
             if destination is None:
                 return calls, "unknown_destination"
             calls.append(Call("client", entry, proxy, own, destination, False, False))
