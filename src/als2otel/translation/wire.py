@@ -12,9 +12,22 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
-# Common field tags (field number << 3 | wire type).
-TAG_1_LEN = b"\x0a"
-TAG_2_LEN = b"\x12"
+# Field tags (field number << 3 | wire type: 0 varint, 1 fixed64, 2 length-delimited),
+# named by the message and field they open.
+EXPORT_RESOURCE_SPANS = b"\x0a"  # ExportTraceServiceRequest.resource_spans = 1
+RESOURCE_SPANS_RESOURCE = b"\x0a"  # ResourceSpans.resource = 1
+RESOURCE_SPANS_SCOPE_SPANS = b"\x12"  # ResourceSpans.scope_spans = 2
+RESOURCE_ATTRIBUTE = b"\x0a"  # Resource.attributes = 1
+SCOPE_SPANS_SCOPE = b"\x0a"  # ScopeSpans.scope = 1
+SCOPE_SPANS_SPAN = b"\x12"  # ScopeSpans.spans = 2
+SCOPE_NAME = b"\x0a"  # InstrumentationScope.name = 1
+SCOPE_VERSION = b"\x12"  # InstrumentationScope.version = 2
+KEY_VALUE_KEY = b"\x0a"  # KeyValue.key = 1
+KEY_VALUE_VALUE = b"\x12"  # KeyValue.value = 2
+ANY_STRING = b"\x0a"  # AnyValue.string_value = 1
+ANY_INT = b"\x18"  # AnyValue.int_value = 3, varint
+SPAN_START_TIME = 0x39  # Span.start_time_unix_nano = 7, fixed64
+SPAN_END_TIME = 0x41  # Span.end_time_unix_nano = 8, fixed64
 SPAN_TRACE_ID = b"\x0a\x10"  # field 1, 16 bytes
 SPAN_SPAN_ID = b"\x12\x08"  # field 2, 8 bytes
 SPAN_PARENT_ID = b"\x22\x08"  # field 4, 8 bytes
@@ -45,7 +58,7 @@ def length_delimited(tag: bytes, payload: bytes) -> bytes:
 
 def key(name: str) -> bytes:
     """A ``KeyValue``'s key (field 1), encoded once for :func:`string_attribute` and :func:`int_attribute`."""
-    return length_delimited(TAG_1_LEN, name.encode())
+    return length_delimited(KEY_VALUE_KEY, name.encode())
 
 
 _KEYS: dict[str, bytes] = {}
@@ -54,9 +67,9 @@ _KEYS: dict[str, bytes] = {}
 def _any_value(value: str | int) -> bytes:
     """An ``AnyValue``: string = 1, int = 3 (negative ints as two's complement)."""
     if isinstance(value, int):
-        return b"\x18" + varint(value if value >= 0 else value & 0xFFFFFFFFFFFFFFFF)
+        return ANY_INT + varint(value if value >= 0 else value & 0xFFFFFFFFFFFFFFFF)
     text = value.encode()
-    return TAG_1_LEN + varint(len(text)) + text
+    return ANY_STRING + varint(len(text)) + text
 
 
 def key_value(name: str, value: str | int) -> bytes:
@@ -65,7 +78,7 @@ def key_value(name: str, value: str | int) -> bytes:
     if encoded is None:  # a fixed, small set of attribute names
         encoded = _KEYS[name] = key(name)
     any_value = _any_value(value)
-    return encoded + TAG_2_LEN + varint(len(any_value)) + any_value
+    return encoded + KEY_VALUE_VALUE + varint(len(any_value)) + any_value
 
 
 def attribute(name: str, value: str | int) -> bytes:
@@ -81,18 +94,18 @@ def string_attribute(encoded_key: bytes, value: str) -> bytes:
     size = len(encoded_key) + n + 4  # the KeyValue when every length fits one byte
     if size < 128:
         return b"".join(
-            (SPAN_ATTRIBUTE, _SMALL_VARINTS[size], encoded_key, b"\x12", _SMALL_VARINTS[n + 2], b"\x0a",
-             _SMALL_VARINTS[n], text)
+            (SPAN_ATTRIBUTE, _SMALL_VARINTS[size], encoded_key, KEY_VALUE_VALUE, _SMALL_VARINTS[n + 2],
+             ANY_STRING, _SMALL_VARINTS[n], text)
         )  # fmt: skip
-    any_value = TAG_1_LEN + varint(n) + text
-    kv = encoded_key + TAG_2_LEN + varint(len(any_value)) + any_value
+    any_value = ANY_STRING + varint(n) + text
+    kv = encoded_key + KEY_VALUE_VALUE + varint(len(any_value)) + any_value
     return SPAN_ATTRIBUTE + varint(len(kv)) + kv
 
 
 def int_attribute(encoded_key: bytes, value: int) -> bytes:
     """:func:`attribute` for an int, with the key from :func:`key`."""
-    any_value = b"\x18" + varint(value if value >= 0 else value & 0xFFFFFFFFFFFFFFFF)
-    kv = encoded_key + TAG_2_LEN + varint(len(any_value)) + any_value
+    any_value = ANY_INT + varint(value if value >= 0 else value & 0xFFFFFFFFFFFFFFFF)
+    kv = encoded_key + KEY_VALUE_VALUE + varint(len(any_value)) + any_value
     return SPAN_ATTRIBUTE + varint(len(kv)) + kv
 
 
@@ -116,7 +129,7 @@ def span(
     error: str,
 ) -> bytes:
     """One ``Span``; ``name`` from :func:`span_name`, ``kind`` from :func:`span_kind`."""
-    times = _PACK_TIMES(0x39, start_ns, 0x41, end_ns)
+    times = _PACK_TIMES(SPAN_START_TIME, start_ns, SPAN_END_TIME, end_ns)
     if parent_span_id:
         ids = (SPAN_TRACE_ID, trace_id, SPAN_SPAN_ID, span_id, SPAN_PARENT_ID, parent_span_id)
         encoded = b"".join((*ids, name, kind, times, attributes))
@@ -135,18 +148,21 @@ def span_name(name: str) -> bytes:
 
 def resource_spans(resource: Iterable[tuple[str, str]], scope: bytes, spans: list[bytes]) -> bytes:
     """One ``ResourceSpans``: resource = 1 (attributes = 1), scope_spans = 2 (scope = 1, spans = 2)."""
-    resource_bytes = b"".join(length_delimited(TAG_1_LEN, key_value(k, v)) for k, v in resource)
-    scope_spans = scope + b"".join(length_delimited(TAG_2_LEN, s) for s in spans)
-    return length_delimited(TAG_1_LEN, resource_bytes) + length_delimited(TAG_2_LEN, scope_spans)
+    resource_bytes = b"".join(length_delimited(RESOURCE_ATTRIBUTE, key_value(k, v)) for k, v in resource)
+    scope_spans = scope + b"".join(length_delimited(SCOPE_SPANS_SPAN, s) for s in spans)
+    return length_delimited(RESOURCE_SPANS_RESOURCE, resource_bytes) + length_delimited(
+        RESOURCE_SPANS_SCOPE_SPANS, scope_spans
+    )
 
 
 def scope(name: str, version: str) -> bytes:
     """``ScopeSpans.scope`` (field 1): an InstrumentationScope with name = 1, version = 2."""
     return length_delimited(
-        TAG_1_LEN, length_delimited(TAG_1_LEN, name.encode()) + length_delimited(TAG_2_LEN, version.encode())
+        SCOPE_SPANS_SCOPE,
+        length_delimited(SCOPE_NAME, name.encode()) + length_delimited(SCOPE_VERSION, version.encode()),
     )
 
 
 def export_request(groups: Iterable[bytes]) -> bytes:
     """``ExportTraceServiceRequest``: resource_spans = 1, repeated."""
-    return b"".join(length_delimited(TAG_1_LEN, group) for group in groups)
+    return b"".join(length_delimited(EXPORT_RESOURCE_SPANS, group) for group in groups)
