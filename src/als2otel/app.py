@@ -21,6 +21,7 @@ from .analysis.k8s.watch import KubeCache, NoKubernetesConfig, api_client
 from .analysis.k8s_mesh import K8sMeshAnalyzer
 from .analysis.peers import PeerDecoder
 from .export import OtlpExporter, Transport, make_transport, render, render_chunks
+from .export.otlp_metrics import metrics_request
 from .export.split import split_request
 from .model import Workload
 from .pipeline import Pipeline
@@ -217,7 +218,8 @@ class Bridge:
 
     def _export_metrics(self) -> None:
         if self.exporter is not None:
-            request, _ = self.metrics.to_otlp(
+            request, _ = metrics_request(
+                self.metrics,
                 self._clock(),
                 self._self_resource,
                 writer=((INSTANCE_ATTRIBUTE, self.instance_id),),

@@ -92,6 +92,7 @@ class TestBoundedRequests:
     def test_metrics_requests_are_split(self) -> None:
         """68,000 series (a 12 MB snapshot) make several metrics requests, each within the limit,
         with every point once and each keeping its resource and metric."""
+        from als2otel.export.otlp_metrics import metrics_request
         from als2otel.export.split import split_request
         from als2otel.model import Workload
         from als2otel.stats import Stats
@@ -107,7 +108,7 @@ class TestBoundedRequests:
             series = store.series_for(HTTP_SERVER_DURATION, Workload(f"svc{i % 50}"), (("code", str(i)),))
             assert series is not None
             series.record(0.01)
-        request, points = store.to_otlp(1, Workload("als2otel"))
+        request, points = metrics_request(store, 1, Workload("als2otel"))
         assert request.ByteSize() > 4 * MiB
         pieces = split_request("metrics", request, 4 * MiB)
         assert len(pieces) > 1

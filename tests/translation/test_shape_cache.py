@@ -14,6 +14,7 @@ from typing import Any
 from support import als, peers
 
 from als2otel.analysis import AnalyzerChain, MxMeshAnalyzer, ProxyAnalyzer
+from als2otel.export.otlp_metrics import metrics_request
 from als2otel.export.prometheus import render
 from als2otel.model import Call
 from als2otel.receiver import normalize_http, normalize_tcp
@@ -167,7 +168,7 @@ def translate(call_list: list[Call], forget: bool) -> tuple[list[bytes], str, An
         if forget:
             translator.forget_shapes()
         translator.add(call, batch)
-    request, _ = store.to_otlp(2, calls()[0].destination or calls()[0].proxy.workload)  # type: ignore[arg-type]
+    request, _ = metrics_request(store, 2, calls()[0].destination or calls()[0].proxy.workload)  # type: ignore[arg-type]
     return (
         [payload for payload, _ in batch.take(1 << 30)],
         render(store, Stats()),

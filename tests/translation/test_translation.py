@@ -13,6 +13,7 @@ from support.golden import assert_golden
 from support.otlp_receiver import attributes
 
 from als2otel.analysis import AnalyzerChain, ProxyAnalyzer
+from als2otel.export.otlp_metrics import metrics_request
 from als2otel.model import Call, Workload
 from als2otel.receiver import identify, normalize_http, normalize_tcp
 from als2otel.stats import Stats
@@ -290,7 +291,7 @@ class TestMetrics:
     def test_golden_points(self) -> None:
         """http.server/client.request.duration points per resource, with bounded attributes."""
         _, store = translate()
-        request, points = store.to_otlp(2, Workload(service_name="als2otel"))
+        request, points = metrics_request(store, 2, Workload(service_name="als2otel"))
         assert points == 6 + 11  # six http series, and als2otel's own counters that start at 0
         assert_golden("translation/metrics", json_format.MessageToDict(request))
 
