@@ -125,6 +125,15 @@ class Entry:
         return self.downstream_direct_remote or self.downstream_remote
 
 
+# Call's two flags, named where a call is made (positional arguments, which the per-entry
+# path needs: keywords cost more): Call(side, entry, proxy, source, destination, FROM_OUTSIDE).
+FROM_OUTSIDE = True
+"""``Call.from_outside``: the caller is outside the mesh (the servicegraph's ``user``)."""
+FROM_INSIDE = False
+PROVISIONAL = False
+"""``Call.resolved``: named only from the upstream cluster or authority; a later analyzer may do better."""
+
+
 @dataclass(slots=True)
 class Call:
     """One side of a call, as the reporting proxy saw it.

@@ -18,7 +18,7 @@ Lookups are in-memory dict reads on the index the watch cache keeps live.
 from __future__ import annotations
 
 from .. import istio
-from ..model import Call, Direction, Entry, Proxy, Workload
+from ..model import FROM_OUTSIDE, Call, Direction, Entry, Proxy, Workload
 from .chain import Resolution
 from .k8s import KubeIndex
 
@@ -49,7 +49,7 @@ class K8sMeshAnalyzer:
         own = self._own(entry, proxy, direction)
         if own is None:
             return [], "unknown_pod_ip"
-        calls: list[Call] = []  # Call(side, entry, proxy, source, destination[, from_outside]): positional
+        calls: list[Call] = []
         reason = ""
         if direction in ("inbound", "gateway"):
             caller = self._at(entry.caller_address)
@@ -57,7 +57,7 @@ class K8sMeshAnalyzer:
                 calls.append(Call("server", entry, proxy, caller, own))
             else:
                 # No pod holds the caller's address: it called from outside the cluster.
-                calls.append(Call("server", entry, proxy, None, own, True))
+                calls.append(Call("server", entry, proxy, None, own, FROM_OUTSIDE))
         if direction in ("outbound", "gateway"):
             destination = self._at(entry.upstream_remote)
             if destination is not None:

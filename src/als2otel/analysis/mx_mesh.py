@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..model import Call, Direction, Entry, Proxy, Workload
+from ..model import FROM_OUTSIDE, Call, Direction, Entry, Proxy, Workload
 from .chain import Resolution
 from .peers import PeerDecoder, PeerError
 
@@ -39,7 +39,7 @@ class MxMeshAnalyzer:
         own = proxy.workload
         if own is None:
             return [], "unknown_proxy_workload"
-        calls: list[Call] = []  # Call(side, entry, proxy, source, destination[, from_outside]): positional
+        calls: list[Call] = []
         reason = ""
         if direction in ("inbound", "gateway"):
             try:
@@ -52,7 +52,7 @@ class MxMeshAnalyzer:
             if peer is not None:
                 calls.append(Call("server", entry, proxy, peer, own))
             elif direction == "gateway" and not reason:
-                calls.append(Call("server", entry, proxy, None, own, True))
+                calls.append(Call("server", entry, proxy, None, own, FROM_OUTSIDE))
             else:
                 reason = reason or "no_peer_metadata"
         if direction in ("outbound", "gateway"):

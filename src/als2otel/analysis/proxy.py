@@ -10,7 +10,7 @@ provisional: mx-mesh and k8s-mesh, where they resolve, take precedence.
 from __future__ import annotations
 
 from .. import istio
-from ..model import Call, Direction, Entry, Proxy
+from ..model import FROM_INSIDE, FROM_OUTSIDE, PROVISIONAL, Call, Direction, Entry, Proxy
 from .chain import Resolution
 
 
@@ -21,14 +21,13 @@ class ProxyAnalyzer:
         own = proxy.workload
         if own is None:
             return [], "unknown_proxy_workload"
-        # Calls built with positional arguments (side, entry, proxy, source, destination,
-        # from_outside, resolved): keywords cost more, on every entry.
         calls = []
         if direction in ("inbound", "gateway"):
-            calls.append(Call("server", entry, proxy, None, own, direction == "gateway", False))
+            outside = FROM_OUTSIDE if direction == "gateway" else FROM_INSIDE
+            calls.append(Call("server", entry, proxy, None, own, outside, PROVISIONAL))
         if direction in ("outbound", "gateway"):
             destination = istio.destination_by_name(entry)
             if destination is None:
                 return calls, "unknown_destination"
-            calls.append(Call("client", entry, proxy, own, destination, False, False))
+            calls.append(Call("client", entry, proxy, own, destination, FROM_INSIDE, PROVISIONAL))
         return calls, ""
