@@ -327,18 +327,18 @@ class TestIds:
         """Repeats count per (trace, kind, key); a key outlives at least ``max_entries`` newer ones."""
         repeats = ids.Repeats(max_entries=2)
         trace, other = b"t" * 16, b"u" * 16
-        assert [repeats.add(trace, "client", "hop") for _ in range(3)] == [0, 1, 2]
-        assert repeats.add(other, "client", "hop") == 0
-        assert repeats.add(trace, "server", "hop", end=10) == 0
-        assert repeats.add(trace, "server", "hop", end=30) == 1
-        assert repeats.ended_before(trace, "server", "hop", 20) == 1
-        assert repeats.ended_before(trace, "server", "hop", 10) == 0
+        assert [repeats.add(trace, ids.CLIENT, "hop") for _ in range(3)] == [0, 1, 2]
+        assert repeats.add(other, ids.CLIENT, "hop") == 0
+        assert repeats.add(trace, ids.SERVER, "hop", end=10) == 0
+        assert repeats.add(trace, ids.SERVER, "hop", end=30) == 1
+        assert repeats.ended_before(trace, ids.SERVER, "hop", 20) == 1
+        assert repeats.ended_before(trace, ids.SERVER, "hop", 10) == 0
         for i in range(2):
-            repeats.add(trace, "client", f"new-{i}")
-        assert repeats.add(trace, "server", "hop") == 2  # one generation old: still known
+            repeats.add(trace, ids.CLIENT, f"new-{i}")
+        assert repeats.add(trace, ids.SERVER, "hop") == 2  # one generation old: still known
         for i in range(4):
-            repeats.add(trace, "client", f"newer-{i}")
-        assert repeats.add(trace, "client", "hop") == 0  # two generations old: forgotten
+            repeats.add(trace, ids.CLIENT, f"newer-{i}")
+        assert repeats.add(trace, ids.CLIENT, "hop") == 0  # two generations old: forgotten
 
     def test_request_id_uuid_is_the_trace_id(self) -> None:
         """A UUID x-request-id is taken as the 128-bit trace id as it is."""

@@ -109,7 +109,9 @@ def connection_key(client: SocketAddr | None, server: SocketAddr | None) -> str:
 
 CLIENT = b"\x1fclient\x1f"
 SERVER = b"\x1fserver\x1f"
-"""The ``kind`` of :func:`span_id`, with the separators around it."""
+"""The ``kind`` of :func:`span_id` (with the separators around it), and of :class:`Repeats`' keys."""
+HOP = b"\x1fhop\x1f"
+"""The :class:`Repeats` kind counting a server side's view of its hops (a client span id's ``n``)."""
 
 _ZERO_ID = bytes(8)
 
@@ -141,10 +143,10 @@ class Repeats:
 
     def __init__(self, max_entries: int = MAX_REMEMBERED) -> None:
         self._max = max_entries
-        self._new: dict[tuple[bytes, str, str], list[int]] = {}
-        self._old: dict[tuple[bytes, str, str], list[int]] = {}
+        self._new: dict[tuple[bytes, bytes, str], list[int]] = {}
+        self._old: dict[tuple[bytes, bytes, str], list[int]] = {}
 
-    def add(self, trace_id: bytes, kind: str, key: str, end: int = 0) -> int:
+    def add(self, trace_id: bytes, kind: bytes, key: str, end: int = 0) -> int:
         """How many earlier entries had this trace and key; records this one (ending at ``end``)."""
         full_key = (trace_id, kind, key)
         ends = self._new.get(full_key)
@@ -158,7 +160,7 @@ class Repeats:
         ends.append(end)
         return len(ends) - 1
 
-    def ended_before(self, trace_id: bytes, kind: str, key: str, start: int) -> int:
+    def ended_before(self, trace_id: bytes, kind: bytes, key: str, start: int) -> int:
         """How many recorded entries with this trace and key ended before ``start``."""
         full_key = (trace_id, kind, key)
         ends = self._new.get(full_key)
@@ -169,7 +171,7 @@ class Repeats:
             self._remember(full_key, ends)
         return sum(1 for end in ends if end < start)
 
-    def _remember(self, key: tuple[bytes, str, str], ends: list[int]) -> None:
+    def _remember(self, key: tuple[bytes, bytes, str], ends: list[int]) -> None:
         """Into the new generation; a full one becomes the old one, and the old one is dropped."""
         if len(self._new) >= self._max:
             self._old, self._new = self._new, {}

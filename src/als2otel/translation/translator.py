@@ -106,19 +106,19 @@ class Translator:
         node = call.proxy.node_id
         repeats = self._repeats
         if client:
-            span_id = ids.span_id(trace_id, ids.CLIENT, hop, repeats.add(trace_id, "client", hop))
+            span_id = ids.span_id(trace_id, ids.CLIENT, hop, repeats.add(trace_id, ids.CLIENT, hop))
             # Under the app's own span when it propagated one, else under this proxy's server side.
             if not app_span or call.proxy.is_gateway:
                 app_span = ids.span_id(
-                    trace_id, ids.SERVER, node, repeats.ended_before(trace_id, "server", node, start)
+                    trace_id, ids.SERVER, node, repeats.ended_before(trace_id, ids.SERVER, node, start)
                 )
             parent = app_span
             kind = _CLIENT_KIND
         else:
-            span_id = ids.span_id(trace_id, ids.SERVER, node, repeats.add(trace_id, "server", node, end))
+            span_id = ids.span_id(trace_id, ids.SERVER, node, repeats.add(trace_id, ids.SERVER, node, end))
             if call.from_outside:
                 parent = app_span
             else:
-                parent = ids.span_id(trace_id, ids.CLIENT, hop, repeats.add(trace_id, "hop", hop))
+                parent = ids.span_id(trace_id, ids.CLIENT, hop, repeats.add(trace_id, ids.HOP, hop))
             kind = _SERVER_KIND
         batch.add(owner, wire.span(trace_id, span_id, parent, name, kind, start, end, attributes, error))
