@@ -14,7 +14,8 @@ from als2otel.receiver._proto import als_pb2, core_pb2
 
 
 async def settle(bridge: Bridge) -> None:
-    await asyncio.sleep(0.05)
+    """Everything the finished streams sent has been processed (the receiver hands it over before
+    a stream's answer)."""
     await bridge.pipeline.drain()
 
 
