@@ -116,6 +116,7 @@ class Bridge:
             traces=config.traces.enabled and self.exporter is not None,
             sampling_ratio=config.traces.sampling_ratio,
             topology=self.topology,
+            rotations=self.stats.cache_rotations,
         )
         self.kube = build_kube_cache(config, self.stats)
         self.chain = AnalyzerChain(build_analyzers(config, self.kube), ProxyAnalyzer(), self.stats)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from .analysis import AnalyzerChain
 from .receiver import EntryBatch, InvalidEntry
-from .receiver.normalize import IntermediateEntry, decode_entry
+from .receiver.normalize import AddressCache, IntermediateEntry, decode_entry
 from .stats import LogLimiter, Stats
 from .translation import SpanBatch, Translator
 
@@ -60,6 +60,7 @@ class Pipeline:
         self._idle = asyncio.Event()
         self._idle.set()
         self._limiter = LogLimiter(log)
+        self._addresses = AddressCache(stats.cache_rotations)
         self.spans = SpanBatch()
 
     def submit(self, batch: EntryBatch) -> None:
@@ -109,10 +110,11 @@ class Pipeline:
         add = self._translator.add
         spans = self.spans
         now_ns = self._clock()
+        addresses = self._addresses
         client = server = 0
         for encoded in batch.entries[begin:end]:
             try:
-                entry = decode_entry(encoded, log_type, api_version, now_ns)
+                entry = decode_entry(encoded, log_type, api_version, now_ns, addresses)
                 for call in resolve(entry, proxy):
                     add(call, spans)
                     if call.side == "client":

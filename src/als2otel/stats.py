@@ -89,6 +89,11 @@ class Stats:
             "Metric series and topology edges forgotten after going idle (metrics.expire_after), by table.",
             ("table",),
         )
+        self.cache_rotations = Counter(
+            "als2otel_cache_rotations_total",
+            "Bounded caches (decoded addresses, connection keys, call shapes) that filled and started over.",
+            ("cache",),
+        )
         self.streams_ended = Counter(
             "als2otel_streams_ended_total",
             "ALS streams that ended, by reason: the client closed or cancelled it, or sent bad input.",

@@ -15,6 +15,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from ..model import Entry, Protocol, SocketAddr
+from ..stats import Counter
 from ._proto import accesslog_pb2, core_pb2
 
 _FINAL_TYPES = frozenset(
@@ -83,7 +84,7 @@ MAX_DURATION_NS = 366 * 24 * 3600 * 1_000_000_000
 """The longest offset an entry may record (a TCP connection can last for months, not longer)."""
 
 
-def decode_entry(encoded: bytes, log_type: str, api_version: str, now_ns: int) -> Entry:
+def decode_entry(encoded: bytes, log_type: str, api_version: str, now_ns: int, cache: AddressCache) -> Entry:
     """One encoded entry of a message into an :class:`Entry`, checked against the bridge's clock.
 
     Raises :class:`InvalidEntry` (``malformed_entry``, ``time_out_of_range``, or a reason of
@@ -91,9 +92,9 @@ def decode_entry(encoded: bytes, log_type: str, api_version: str, now_ns: int) -
     """
     try:
         if log_type == "http":
-            entry = normalize_http(accesslog_pb2.HTTPAccessLogEntry.FromString(encoded), api_version)
+            entry = normalize_http(accesslog_pb2.HTTPAccessLogEntry.FromString(encoded), api_version, cache)
         else:
-            entry = normalize_tcp(accesslog_pb2.TCPAccessLogEntry.FromString(encoded), api_version)
+            entry = normalize_tcp(accesslog_pb2.TCPAccessLogEntry.FromString(encoded), api_version, cache)
     except DecodeError:
         raise InvalidEntry("malformed_entry", f"a {log_type.upper()} entry that does not parse") from None
     end_ns = entry.start_ns + max(entry.downstream_end_ns, 0)
@@ -119,62 +120,70 @@ def _text_map(values: Any) -> dict[str, str] | None:
 MAX_CACHED_ADDRESSES = 16_384
 """Distinct encoded addresses kept decoded; the cache starts over when full."""
 
-_ADDRESSES: dict[bytes, SocketAddr] = {}
 
+class AddressCache:
+    """Encoded ``Address`` values and ``port_value`` fields, each decoded once.
 
-def _address(encoded: bytes, which_field: str) -> SocketAddr | None:
-    """The socket address an encoded ``Address`` holds, decoded once per distinct value.
-
-    Callers look in ``_ADDRESSES`` first; an unset field (b"") is None.
+    One per pipeline, which the bridge owns. Addresses are bounded by
+    :data:`MAX_CACHED_ADDRESSES` (the table starts over when full, counted in
+    ``rotations``); port fields by what they can encode (65,536 ports).
     """
-    if not encoded:
-        return None
-    found = _ip_socket(encoded) or _any_address(encoded, which_field)
-    if found is not None:
-        if len(_ADDRESSES) >= MAX_CACHED_ADDRESSES:
-            _ADDRESSES.clear()
-        _ADDRESSES[encoded] = found
-    return found
 
+    def __init__(self, rotations: Counter | None = None, max_addresses: int = MAX_CACHED_ADDRESSES) -> None:
+        self.addresses: dict[bytes, SocketAddr] = {}
+        self._ports: dict[bytes, int] = {}
+        self._max = max_addresses
+        self._rotations = rotations
 
-def _ip_socket(encoded: bytes) -> SocketAddr | None:
-    """The usual encoding read directly: ``Address{socket_address{address, port_value}}``.
+    def decode(self, encoded: bytes, which_field: str) -> SocketAddr | None:
+        """The socket address an encoded ``Address`` holds; an unset field (b"") is None.
 
-    None for anything else (UDP, other kinds, named ports, unusual layouts),
-    which :func:`_any_address` then decodes with the generated message.
-    """
-    try:
-        n = encoded[3]  # the IP's length, after socket_address (1) and address (2) tags
-        if encoded[0] != 0x0A or encoded[2] != 0x12 or encoded[1] != len(encoded) - 2:
+        Callers look in :attr:`addresses` first.
+        """
+        if not encoded:
             return None
-        ip = encoded[4 : 4 + n].decode()
-    except (IndexError, UnicodeDecodeError):
-        return None
-    port_field = encoded[4 + n :]
-    port = _PORT_FIELDS.get(port_field)
-    if port is None:
-        port = _port_field(port_field)
-    return _new_tuple(SocketAddr, (ip, port)) if ip and port is not None else None
+        found = self._ip_socket(encoded) or _any_address(encoded, which_field)
+        if found is not None:
+            if len(self.addresses) >= self._max:
+                self.addresses.clear()
+                if self._rotations is not None:
+                    self._rotations.inc("addresses")
+            self.addresses[encoded] = found
+        return found
 
+    def _ip_socket(self, encoded: bytes) -> SocketAddr | None:
+        """The usual encoding read directly: ``Address{socket_address{address, port_value}}``.
 
-_PORT_FIELDS: dict[bytes, int] = {}
-"""Encoded ``port_value`` fields (tag 3 and a varint) and their ports, each decoded once."""
-
-
-def _port_field(field: bytes) -> int | None:
-    """The port a ``port_value`` field of one to three bytes encodes (at most 65,536 kept); else None."""
-    if not 2 <= len(field) <= 4 or field[0] != 0x18:
-        return None
-    port = shift = 0
-    for i, byte in enumerate(field[1:], 1):
-        port |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            if i != len(field) - 1 or port > 0xFFFF:
+        None for anything else (UDP, other kinds, named ports, unusual layouts),
+        which :func:`_any_address` then decodes with the generated message.
+        """
+        try:
+            n = encoded[3]  # the IP's length, after socket_address (1) and address (2) tags
+            if encoded[0] != 0x0A or encoded[2] != 0x12 or encoded[1] != len(encoded) - 2:
                 return None
-            _PORT_FIELDS[field] = port
-            return port
-    return None
+            ip = encoded[4 : 4 + n].decode()
+        except (IndexError, UnicodeDecodeError):
+            return None
+        port_field = encoded[4 + n :]
+        port = self._ports.get(port_field)
+        if port is None:
+            port = self._port_field(port_field)
+        return _new_tuple(SocketAddr, (ip, port)) if ip and port is not None else None
+
+    def _port_field(self, field: bytes) -> int | None:
+        """The port a ``port_value`` field of one to three bytes encodes; else None."""
+        if not 2 <= len(field) <= 4 or field[0] != 0x18:
+            return None
+        port = shift = 0
+        for i, byte in enumerate(field[1:], 1):
+            port |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                if i != len(field) - 1 or port > 0xFFFF:
+                    return None
+                self._ports[field] = port
+                return port
+        return None
 
 
 _new_tuple = tuple.__new__  # SocketAddr without the Python-level __new__ a NamedTuple adds
@@ -209,7 +218,7 @@ def _response_flags(common: accesslog_pb2.AccessLogCommon) -> tuple[str, ...]:
     return tuple(code for name, code in RESPONSE_FLAG_CODES if name in present)
 
 
-def _begin(raw: Any, protocol: Protocol, api_version: str) -> Entry:
+def _begin(raw: Any, protocol: Protocol, api_version: str, cache: AddressCache) -> Entry:
     """An Entry with everything AccessLogCommon holds, HTTP or TCP alike.
 
     The hot path: each field is read once, sub-messages held in locals, since
@@ -230,17 +239,17 @@ def _begin(raw: Any, protocol: Protocol, api_version: str) -> Entry:
             raise InvalidEntry("missing_start_time", "entry has no start_time")
     # Fields set one by one: keyword arguments to a 30-field __init__ cost more than the stores.
     entry = Entry(api_version, protocol, start_ns)
-    cached = _ADDRESSES.get
+    cached, decode = cache.addresses.get, cache.decode
     encoded = common.downstream_remote_address
-    entry.downstream_remote = cached(encoded) or _address(encoded, "downstream_remote_address")
+    entry.downstream_remote = cached(encoded) or decode(encoded, "downstream_remote_address")
     encoded = common.downstream_direct_remote_address
-    entry.downstream_direct_remote = cached(encoded) or _address(encoded, "downstream_direct_remote_address")
+    entry.downstream_direct_remote = cached(encoded) or decode(encoded, "downstream_direct_remote_address")
     encoded = common.downstream_local_address
-    entry.downstream_local = cached(encoded) or _address(encoded, "downstream_local_address")
+    entry.downstream_local = cached(encoded) or decode(encoded, "downstream_local_address")
     encoded = common.upstream_remote_address
-    entry.upstream_remote = cached(encoded) or _address(encoded, "upstream_remote_address")
+    entry.upstream_remote = cached(encoded) or decode(encoded, "upstream_remote_address")
     encoded = common.upstream_local_address
-    entry.upstream_local = cached(encoded) or _address(encoded, "upstream_local_address")
+    entry.upstream_local = cached(encoded) or decode(encoded, "upstream_local_address")
     d = common.time_to_first_upstream_tx_byte
     first_tx = d.seconds * 1_000_000_000 + d.nanos
     d = common.time_to_last_upstream_rx_byte
@@ -274,9 +283,14 @@ def _begin(raw: Any, protocol: Protocol, api_version: str) -> Entry:
     return entry
 
 
-def normalize_http(raw: accesslog_pb2.HTTPAccessLogEntry, api_version: str) -> Entry:
-    """One HTTP entry; raises :class:`InvalidEntry` or :class:`IntermediateEntry`."""
-    entry = _begin(raw, "http", api_version)
+def normalize_http(
+    raw: accesslog_pb2.HTTPAccessLogEntry, api_version: str, cache: AddressCache | None = None
+) -> Entry:
+    """One HTTP entry; raises :class:`InvalidEntry` or :class:`IntermediateEntry`.
+
+    ``cache``: the pipeline's; without one (a single entry, in tests or tools) a fresh one.
+    """
+    entry = _begin(raw, "http", api_version, cache or AddressCache())
     entry.http_version = _HTTP_VERSIONS.get(raw.protocol_version, "")
     request = raw.request
     entry.method = _METHODS.get(request.request_method, "")
@@ -315,9 +329,11 @@ def _grpc_status(value: str | bytes) -> int:
     return int(value)
 
 
-def normalize_tcp(raw: accesslog_pb2.TCPAccessLogEntry, api_version: str) -> Entry:
+def normalize_tcp(
+    raw: accesslog_pb2.TCPAccessLogEntry, api_version: str, cache: AddressCache | None = None
+) -> Entry:
     """One TCP entry; raises :class:`InvalidEntry` or :class:`IntermediateEntry`."""
-    entry = _begin(raw, "tcp", api_version)
+    entry = _begin(raw, "tcp", api_version, cache or AddressCache())
     conn = raw.connection_properties
     entry.received_bytes = conn.received_bytes
     entry.sent_bytes = conn.sent_bytes

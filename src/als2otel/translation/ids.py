@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 
 from ..model import Entry, SocketAddr
+from ..stats import Counter
 
 TraceContext = tuple[bytes, bytes]
 """(trace id, parent span id); the parent is b"" when the request carried no span of its own."""
@@ -90,21 +91,30 @@ def trace_context(entry: Entry, connection: str) -> TraceContext:
 MAX_CACHED_CONNECTIONS = 16_384
 """Connections whose key is kept as text; the cache starts over when full."""
 
-_CONNECTIONS: dict[tuple[SocketAddr | None, SocketAddr | None], str] = {}
 
+class ConnectionKeys:
+    """``client_ip:port>server_ip:port`` per connection, formatted once (its requests share it).
 
-def connection_key(client: SocketAddr | None, server: SocketAddr | None) -> str:
-    """``client_ip:port>server_ip:port``, formatted once per connection (its requests share it)."""
-    addresses = (client, server)
-    key = _CONNECTIONS.get(addresses)
-    if key is None:
-        key = f"{client.ip if client else ''}:{client.port if client else 0}>" + (
-            f"{server.ip}:{server.port}" if server else ""
-        )
-        if len(_CONNECTIONS) >= MAX_CACHED_CONNECTIONS:
-            _CONNECTIONS.clear()
-        _CONNECTIONS[addresses] = key
-    return key
+    Bounded by :data:`MAX_CACHED_CONNECTIONS`; starts over when full, counted in ``rotations``.
+    """
+
+    def __init__(self, rotations: Counter | None = None) -> None:
+        self._keys: dict[tuple[SocketAddr | None, SocketAddr | None], str] = {}
+        self._rotations = rotations
+
+    def key(self, client: SocketAddr | None, server: SocketAddr | None) -> str:
+        addresses = (client, server)
+        key = self._keys.get(addresses)
+        if key is None:
+            key = f"{client.ip if client else ''}:{client.port if client else 0}>" + (
+                f"{server.ip}:{server.port}" if server else ""
+            )
+            if len(self._keys) >= MAX_CACHED_CONNECTIONS:
+                self._keys.clear()
+                if self._rotations is not None:
+                    self._rotations.inc("connection_keys")
+            self._keys[addresses] = key
+        return key
 
 
 CLIENT = b"\x1fclient\x1f"

@@ -67,11 +67,13 @@ _PEER_PORT = wire.key("network.peer.port")
 _REQUEST_ID = wire.key("envoy.request_id")
 _BYTES_RECEIVED = wire.key("envoy.bytes_received")
 _BYTES_SENT = wire.key("envoy.bytes_sent")
-_PORTS: dict[int, bytes] = {}  # network.peer.port, encoded
 
 
-def unique_attributes(call: Call) -> bytes:
-    """A span's encoded attributes that differ per call: URL, ports, request id, byte counts."""
+def unique_attributes(call: Call, ports: dict[int, bytes]) -> bytes:
+    """A span's encoded attributes that differ per call: URL, ports, request id, byte counts.
+
+    ``ports``: ``network.peer.port`` attributes already encoded, by port (at most 65,536).
+    """
     entry = call.entry
     client = call.side == "client"
     out: list[bytes] = []
@@ -93,9 +95,9 @@ def unique_attributes(call: Call) -> bytes:
         out.append(wire.string_attribute(_CLIENT_ADDRESS, entry.downstream_remote.ip))
     peer = entry.upstream_remote if client else entry.caller_address
     if peer is not None:
-        port = _PORTS.get(peer.port)
+        port = ports.get(peer.port)
         if port is None:  # at most one per port number
-            port = _PORTS[peer.port] = wire.int_attribute(_PEER_PORT, peer.port)
+            port = ports[peer.port] = wire.int_attribute(_PEER_PORT, peer.port)
         out.append(port)
     if entry.request_id:
         out.append(wire.string_attribute(_REQUEST_ID, entry.request_id))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from ..model import Call, Workload
+from ..stats import Counter
 from . import ids, semconv, wire
 from .metric_sets import MetricRecorder
 from .shapes import MAX_SHAPES, Shape, shape_key, span_name_and_attributes
@@ -30,13 +31,18 @@ class Translator:
         traces: bool = True,
         sampling_ratio: float = 1.0,
         topology: Topology | None = None,
+        rotations: Counter | None = None,
     ) -> None:
+        """``rotations`` counts the bounded caches here starting over (call shapes, connection keys)."""
         self._metrics = metrics
         self._topology = topology
         self._traces = traces
         self._ratio = sampling_ratio
+        self._rotations = rotations
         self._shapes: dict[tuple[object, ...], Shape] = {}
         self._repeats = ids.Repeats()
+        self._connections = ids.ConnectionKeys(rotations)
+        self._ports: dict[int, bytes] = {}
 
     def add(self, call: Call, batch: SpanBatch) -> None:
         entry = call.entry
@@ -60,7 +66,9 @@ class Translator:
         if self._topology is not None:
             self._topology.record(call, seconds)
         if self._traces:
-            self._add_span(call, owner, batch, start, end, error, name, attributes + unique_attributes(call))
+            self._add_span(
+                call, owner, batch, start, end, error, name, attributes + unique_attributes(call, self._ports)
+            )
 
     def forget_shapes(self) -> None:
         """Work every call shape out again: the metric store removed series that plans held."""
@@ -78,6 +86,8 @@ class Translator:
                 return Shape(error, name, attributes, None)
         if len(self._shapes) >= MAX_SHAPES:
             self._shapes.clear()
+            if self._rotations is not None:
+                self._rotations.inc("call_shapes")
         shape = self._shapes[key] = Shape(error, name, attributes, plan)
         return shape
 
@@ -95,10 +105,10 @@ class Translator:
         entry = call.entry
         client = call.side == "client"
         if client:
-            connection = ids.connection_key(entry.upstream_local, entry.upstream_remote)
+            connection = self._connections.key(entry.upstream_local, entry.upstream_remote)
         else:
             caller = entry.downstream_direct_remote or entry.downstream_remote
-            connection = ids.connection_key(caller, entry.downstream_local)
+            connection = self._connections.key(caller, entry.downstream_local)
         trace_id, app_span = ids.trace_context(entry, connection)
         if self._ratio < 1.0 and not ids.sampled(trace_id, self._ratio):
             return
