@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from support import als
+from support import als, mesh
 
 from als2otel.analysis import AnalyzerChain, ProxyAnalyzer, Resolution, direction_of
 from als2otel.model import Call, Direction, Entry, Proxy, Workload
 from als2otel.receiver import identify, normalize_http
 from als2otel.stats import Stats
 
-SIDECAR = identify(
-    als.identifier(
-        "sidecar~10.1.0.4~productpage-v1-6b746f74dc-9stfq.default~default.svc.cluster.local",
-        als.sidecar_metadata("productpage-v1-6b746f74dc-9stfq", "default", "productpage"),
-    )
-)
+SIDECAR = identify(mesh.productpage())
 GATEWAY = identify(
     als.identifier(
         "router~10.1.0.2~istio-ingressgateway-5d9c7b8f6-abcde.istio-system~istio-system.svc.cluster.local",

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from support import als
+from support import als, mesh
 from support.golden import assert_golden
 from support.otlp_receiver import attributes
 
@@ -19,12 +19,7 @@ from als2otel.receiver import identify, normalize_http, normalize_tcp
 from als2otel.stats import Stats
 from als2otel.translation import MetricRecorder, MetricStore, SpanBatch, Translator, ids
 
-PRODUCTPAGE = identify(
-    als.identifier(
-        "sidecar~10.1.0.4~productpage-v1-6b746f74dc-9stfq.default~default.svc.cluster.local",
-        als.sidecar_metadata("productpage-v1-6b746f74dc-9stfq", "default", "productpage"),
-    )
-)
+PRODUCTPAGE = identify(mesh.productpage())
 REVIEWS = identify(
     als.identifier(
         "sidecar~10.1.0.9~reviews-v1-545db77b95-mffvn.default~default.svc.cluster.local",
