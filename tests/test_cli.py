@@ -78,17 +78,7 @@ class TestGracefulShutdown:
         process = subprocess.Popen([*CLI, "serve", "--config", str(config)])
         try:
             assert wait_ready(http_port)
-            entries = [
-                als.http_entry(
-                    downstream_remote=("10.1.0.4", 40000 + i),
-                    downstream_local=("10.96.0.9", 9080),
-                    upstream_remote=("10.1.0.9", 9080),
-                    upstream_local=("10.1.0.4", 50000 + i),
-                    cluster="outbound|9080||reviews.default.svc.cluster.local",
-                    start_ms=als.real_now_ms(),
-                )
-                for i in range(300)
-            ]
+            entries = [mesh.outbound(i, start_ms=als.real_now_ms()) for i in range(300)]
             message = als.http_message(entries, mesh.productpage())
             assert asyncio.run(als.send(f"127.0.0.1:{als_port}", [message])) is None
             process.send_signal(signal.SIGTERM)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from google.protobuf import any_pb2, struct_pb2, wrappers_pb2
-from support import als, peers
+from support import als, mesh, peers
 from support.golden import assert_golden
 
 from als2otel.analysis import AnalyzerChain, MxMeshAnalyzer, PeerDecoder, PeerError, ProxyAnalyzer
@@ -59,15 +59,7 @@ def outbound(
 
 def inbound(filter_state: dict[str, Any] | None = None, **kwargs: Any) -> Any:
     return normalize_http(
-        als.http_entry(
-            downstream_remote=("10.1.0.4", 50000),
-            downstream_local=("10.1.0.9", 9080),
-            upstream_remote=("10.1.0.9", 9080),
-            upstream_local=("127.0.0.6", 41000),
-            cluster="inbound|9080||",
-            filter_state=filter_state,
-            **kwargs,
-        ),
+        mesh.inbound(filter_state=filter_state, **kwargs),
         "v3",
     )
 

@@ -175,13 +175,7 @@ async def test_bookinfo_with_version_rule(make_bridge: Any, otlp: GrpcOtlpReceiv
                 ("reviews-v3", "ratings-v1"): requests // 3,
             }
         )
-        total = 2 * sum(expected.values()) - requests  # the user has no client span
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and len(otlp.received.spans()) < total:
-            await asyncio.sleep(0.1)
-        spans = otlp.received.spans()
-        assert servicegraph.edges(spans) == expected
-        assert len(spans) == total
+        spans = await spans_matching(otlp, expected, users=requests)
         resources = {r["service.name"]: r for r, _ in spans}
         assert resources["reviews-v2"]["k8s.deployment.name"] == "reviews-v2"
         assert resources["reviews-v2"]["k8s.pod.name"] == "reviews-v2-7bf8c9648f-ddddd"
@@ -255,6 +249,18 @@ async def test_chain_mx_then_k8s(make_bridge: Any, otlp: GrpcOtlpReceiver, tmp_p
         kube.stop()
 
 
+async def spans_matching(otlp: GrpcOtlpReceiver, expected: Counter[tuple[str, str]], users: int) -> list[Any]:
+    """Every span of the expected edges (two a call, one for the user's), which pair into exactly them."""
+    total = 2 * sum(expected.values()) - users  # the user has no client span
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(otlp.received.spans()) < total:
+        await asyncio.sleep(0.1)
+    spans = otlp.received.spans()
+    assert servicegraph.edges(spans) == expected
+    assert len(spans) == total
+    return spans
+
+
 async def _synced(bridge: Any) -> bool:
     deadline = time.monotonic() + 20
     while bridge.kube is None or not bridge.kube.synced.is_set():
@@ -307,13 +313,7 @@ async def test_real_envoys_resolved_by_ip(
         assert apps["productpage-v1"].made["reviews"] == sum(
             apps[f"reviews-{v}"].received for v in ("v1", "v2", "v3")
         )
-        total = 2 * sum(expected.values()) - mesh.sent  # the user has no client span
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and len(otlp.received.spans()) < total:
-            await asyncio.sleep(0.1)
-        spans = otlp.received.spans()
-        assert servicegraph.edges(spans) == expected
-        assert len(spans) == total
+        spans = await spans_matching(otlp, expected, users=mesh.sent)
         assert bridge.stats.entries_unresolved.values == {}
         resources = {r["service.name"]: r for r, _ in spans}
         assert resources["reviews-v3"]["k8s.pod.name"] == next(

@@ -30,18 +30,7 @@ class TestExposition:
     async def test_metrics_endpoint(self, make_bridge: Any) -> None:
         """/metrics serves valid exposition with the http histograms and own counters."""
         bridge = await make_bridge(bridge_config(None))
-        entries = [
-            als.http_entry(
-                downstream_remote=("10.1.0.4", 40000 + i),
-                downstream_local=("10.96.0.9", 9080),
-                upstream_remote=("10.1.0.9", 9080),
-                upstream_local=("10.1.0.4", 50000 + i),
-                cluster="outbound|9080||reviews.default.svc.cluster.local",
-                status=200 if i % 4 else 500,
-                duration_ms=20,
-            )
-            for i in range(8)
-        ]
+        entries = [mesh.outbound(i, status=200 if i % 4 else 500, duration_ms=20) for i in range(8)]
         await als.send(f"127.0.0.1:{bridge.receiver.port}", [als.http_message(entries, mesh.productpage())])
         await asyncio.sleep(0.1)
         status, content_type, text = await asyncio.to_thread(

@@ -66,6 +66,27 @@ def sidecar_metadata(pod: str, namespace: str, app: str, version: str = "v1", **
     }
 
 
+def _connection(
+    c: Any,
+    start_ms: int,
+    downstream_remote: tuple[str, int],
+    downstream_local: tuple[str, int],
+    upstream_remote: tuple[str, int] | None,
+    upstream_local: tuple[str, int] | None,
+    cluster: str,
+) -> None:
+    """What HTTP and TCP entries share: the start time, the addresses and the upstream cluster."""
+    c.start_time.seconds = START_S + start_ms // 1000
+    c.start_time.nanos = (start_ms % 1000) * 1_000_000
+    c.downstream_remote_address = address(*downstream_remote)
+    c.downstream_local_address = address(*downstream_local)
+    if upstream_remote:
+        c.upstream_remote_address = address(*upstream_remote)
+    if upstream_local:
+        c.upstream_local_address = address(*upstream_local)
+    c.upstream_cluster = cluster
+
+
 def http_entry(
     *,
     downstream_remote: tuple[str, int],
@@ -89,17 +110,9 @@ def http_entry(
 ) -> accesslog_pb2.HTTPAccessLogEntry:
     entry = accesslog_pb2.HTTPAccessLogEntry(protocol_version=accesslog_pb2.HTTPAccessLogEntry.HTTP11)
     c = entry.common_properties
-    c.start_time.seconds = START_S + start_ms // 1000
-    c.start_time.nanos = (start_ms % 1000) * 1_000_000
-    c.downstream_remote_address = address(*downstream_remote)
-    c.downstream_local_address = address(*downstream_local)
+    _connection(c, start_ms, downstream_remote, downstream_local, upstream_remote, upstream_local, cluster)
     if downstream_direct_remote:
         c.downstream_direct_remote_address = address(*downstream_direct_remote)
-    if upstream_remote:
-        c.upstream_remote_address = address(*upstream_remote)
-    if upstream_local:
-        c.upstream_local_address = address(*upstream_local)
-    c.upstream_cluster = cluster
     c.time_to_last_rx_byte.nanos = 100_000
     c.time_to_first_upstream_tx_byte.nanos = 200_000
     c.time_to_last_upstream_rx_byte.FromMilliseconds(max(duration_ms - 1, 0))
@@ -139,15 +152,7 @@ def tcp_entry(
 ) -> accesslog_pb2.TCPAccessLogEntry:
     entry = accesslog_pb2.TCPAccessLogEntry()
     c = entry.common_properties
-    c.start_time.seconds = START_S + start_ms // 1000
-    c.start_time.nanos = (start_ms % 1000) * 1_000_000
-    c.downstream_remote_address = address(*downstream_remote)
-    c.downstream_local_address = address(*downstream_local)
-    if upstream_remote:
-        c.upstream_remote_address = address(*upstream_remote)
-    if upstream_local:
-        c.upstream_local_address = address(*upstream_local)
-    c.upstream_cluster = cluster
+    _connection(c, start_ms, downstream_remote, downstream_local, upstream_remote, upstream_local, cluster)
     c.duration.FromMilliseconds(duration_ms)
     c.access_log_type = access_log_type
     entry.connection_properties.received_bytes = received

@@ -35,6 +35,19 @@ def outbound(i: int = 0, **overrides: Any) -> Any:
 CALLER, CALLEE = peers.pod("productpage"), peers.pod("reviews", suffix="5f7b9c6d8-qwert")
 
 
+def inbound(i: int = 0, **overrides: Any) -> Any:
+    """reviews' sidecar handing request ``i`` to its app (from productpage, unless overridden)."""
+    args: dict[str, Any] = {
+        "downstream_remote": ("10.1.0.4", 50000 + i),
+        "downstream_local": ("10.1.0.9", 9080),
+        "upstream_remote": ("10.1.0.9", 9080),
+        "upstream_local": ("127.0.0.6", 41000 + i),
+        "cluster": "inbound|9080||",
+    }
+    args.update(overrides)
+    return als.http_entry(**args)
+
+
 def sides(
     count: int, caller: peers.Peer = CALLER, callee: peers.Peer = CALLEE, first: int = 0
 ) -> tuple[list[Any], list[Any]]:

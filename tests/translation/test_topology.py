@@ -9,7 +9,7 @@ import urllib.request
 from typing import Any
 
 from conftest import bridge_config
-from support import als, peers
+from support import als, mesh, peers
 
 from als2otel.analysis import AnalyzerChain, MxMeshAnalyzer, ProxyAnalyzer
 from als2otel.receiver import identify, normalize_http
@@ -28,16 +28,7 @@ def calls(status: int, duration_ms: int, outside: bool = False) -> list[Any]:
     )
     state = None if outside else peers.filter_state("struct", "downstream", PRODUCTPAGE)
     entry = normalize_http(
-        als.http_entry(
-            downstream_remote=("10.1.0.4", 50000),
-            downstream_local=("10.1.0.9", 9080),
-            upstream_remote=("10.1.0.9", 9080),
-            upstream_local=("127.0.0.6", 41000),
-            cluster="inbound|9080||",
-            status=status,
-            duration_ms=duration_ms,
-            filter_state=state,
-        ),
+        mesh.inbound(status=status, duration_ms=duration_ms, filter_state=state),
         "v3",
     )
     return AnalyzerChain([MxMeshAnalyzer()], ProxyAnalyzer(), Stats()).resolve(entry, proxy)
