@@ -96,11 +96,8 @@ class Bridge:
         self.metrics = MetricStore(
             start_ns=clock(), stats=self.stats, expire_after=config.metrics.expire_after
         )
-        self.topology = Topology(
-            self.stats.dropped,
-            clock=time.time if clock is time.time_ns else lambda: clock() / 1e9,
-            expired=self.stats.expired,
-        )
+        seconds = time.time if clock is time.time_ns else lambda: clock() / 1e9
+        self.topology = Topology(self.stats.dropped, clock=seconds, expired=self.stats.expired)
         otlp = config.exporters.otlp
         self.exporter: OtlpExporter | None = None
         if otlp.enabled:
@@ -139,9 +136,7 @@ class Bridge:
             else None,
             ready=lambda: self._ready and (self.kube is None or self.kube.synced.is_set()),
             healthy=lambda: not self.failed.is_set(),
-            topology=lambda window, histograms: self.topology.snapshot(
-                window, self._clock() / 1e9, histograms
-            ),
+            topology=lambda window, histograms: self.topology.snapshot(window, seconds(), histograms),
             closed=self.stats.http_connections_closed,
             tls=config.http.tls,
             logs=self.receiver.accept_logs,

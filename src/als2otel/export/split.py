@@ -24,7 +24,7 @@ _FRAMING = 12
 
 def count_items(signal: str, payload: bytes) -> int:
     """Spans or data points in a serialized request."""
-    return _Packer(signal, 0).count(_REQUESTS[signal].FromString(payload))
+    return _count(signal == "traces", _REQUESTS[signal].FromString(payload))
 
 
 def split(signal: str, payload: bytes, max_bytes: int) -> list[tuple[bytes, int]]:
@@ -37,7 +37,7 @@ def split(signal: str, payload: bytes, max_bytes: int) -> list[tuple[bytes, int]
 def split_request(signal: str, request: Any, max_bytes: int) -> list[tuple[bytes, int]]:
     """A request message as serialized requests of at most ``max_bytes`` each, with their item counts."""
     if request.ByteSize() <= max_bytes:
-        return [(request.SerializeToString(), _Packer(signal, 0).count(request))]
+        return [(request.SerializeToString(), _count(signal == "traces", request))]
     return _Packer(signal, max_bytes).pack(request)
 
 
@@ -110,7 +110,7 @@ class _Packer:
         cost = 0
         for depth in range(1, len(path) + 1):
             if path[:depth] not in self._containers:
-                cost += _header_size(parents[depth - 1], depth, self._traces) + _FRAMING
+                cost += _header_size(parents[depth - 1], depth) + _FRAMING
         return cost
 
     def _container(self, path: tuple[int, ...], parents: tuple[Any, ...]) -> Any:
@@ -125,12 +125,24 @@ class _Packer:
         return found
 
 
+def _count(traces: bool, request: Any) -> int:
+    """Spans or data points in a request message."""
+    if traces:
+        return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+    return sum(
+        len(_points(metric))
+        for rm in request.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+    )
+
+
 def _points(metric: Any) -> Any:
     kind = metric.WhichOneof("data")
     return getattr(metric, kind).data_points if kind in _POINT_FIELDS else []
 
 
-def _header_size(parent: Any, depth: int, traces: bool) -> int:
+def _header_size(parent: Any, depth: int) -> int:
     """The bytes of a container without its items: resource, scope, or metric description."""
     if depth == 1:
         return int(parent.resource.ByteSize()) + len(parent.schema_url)

@@ -27,11 +27,14 @@ _FINAL_TYPES = frozenset(
     }
 )
 
-# RequestMethod and HTTPVersion enum values -> names; unknown values read as "".
-_METHODS = dict(
-    enumerate(("", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
-)
-_HTTP_VERSIONS = dict(enumerate(("", "1.0", "1.1", "2", "3")))
+METHOD_NAMES = ("", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+"""Envoy's RequestMethod names, by enum value."""
+HTTP_VERSIONS = ("", "1.0", "1.1", "2", "3")
+"""HTTPAccessLogEntry.HTTPVersion as ``network.protocol.version``, by enum value."""
+
+# Enum values -> names; unknown values read as "".
+_METHODS = dict(enumerate(METHOD_NAMES))
+_HTTP_VERSIONS = dict(enumerate(HTTP_VERSIONS))
 
 # ResponseFlags field -> Envoy's short code (%RESPONSE_FLAGS%), in field order.
 RESPONSE_FLAG_CODES = (

@@ -24,7 +24,7 @@ from .. import istio
 from ..model import Proxy
 from ._proto import accesslog_pb2, als_pb2, core_pb2
 from .identity import identify
-from .normalize import RESPONSE_FLAG_CODES, InvalidEntry
+from .normalize import HTTP_VERSIONS, METHOD_NAMES, RESPONSE_FLAG_CODES, InvalidEntry
 
 STRUCT = "type.googleapis.com/google.protobuf.Struct"
 PEER_KEYS = ("upstream_peer", "downstream_peer")
@@ -84,10 +84,9 @@ ATTRIBUTES: dict[str, str] = {
 }
 """Every attribute als2otel reads from a record, and the Envoy command operator that fills it."""
 
-_METHODS = {name: number for number, name in enumerate(
-    ("", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
-) if name}  # fmt: skip
-_PROTOCOLS = {"HTTP/1.0": 1, "HTTP/1.1": 2, "HTTP/2": 3, "HTTP/3": 4}
+# Names -> the enum values ALS carries (the inverse of normalisation's tables).
+_METHODS = {name: number for number, name in enumerate(METHOD_NAMES) if name}
+_PROTOCOLS = {f"HTTP/{version}": number for number, version in enumerate(HTTP_VERSIONS) if version}
 _FLAG_FIELDS = {code: name for name, code in RESPONSE_FLAG_CODES}
 _ACCESS_LOG_TYPES = {name: number for name, number in accesslog_pb2.AccessLogType.items()}
 MAX_CACHED_PROXIES = 4096
@@ -159,9 +158,14 @@ def identifier_of(attributes: Mapping[str, str]) -> als_pb2.StreamAccessLogsMess
     return identifier
 
 
+def log_type_of(attributes: Mapping[str, str]) -> str:
+    """ "tcp" for a record of a TCP connection (``envoy.log_type``), else "http"."""
+    return "tcp" if attributes.get("envoy.log_type") == "tcp" else "http"
+
+
 def entry_of(attributes: Mapping[str, str], time_unix_nano: int) -> tuple[str, bytes]:
     """The log type and the encoded ALS entry of a record."""
-    tcp = attributes.get("envoy.log_type") == "tcp"
+    tcp = log_type_of(attributes) == "tcp"
     entry: Any = accesslog_pb2.TCPAccessLogEntry() if tcp else accesslog_pb2.HTTPAccessLogEntry()
     common = entry.common_properties
     start = time_unix_nano or _start_time(attributes)

@@ -175,8 +175,7 @@ class AlsServer:
         refused = 0
         reasons: set[str] = set()
         for count, (attributes, time_unix_nano) in enumerate(otlp_logs.records(request), 1):
-            log_type = "tcp" if attributes.get("envoy.log_type") == "tcp" else "http"
-            stats.entries_received.inc("otlp", log_type)
+            stats.entries_received.inc("otlp", otlp_logs.log_type_of(attributes))
             try:
                 proxy, log_type, encoded = self._records.read(attributes, time_unix_nano)
             except InvalidEntry as exc:
