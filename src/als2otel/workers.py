@@ -110,8 +110,6 @@ class Supervisor:
         self.instance_id = config.metrics.instance_id or socket.gethostname()
         self._workers = [_Worker(i) for i in range(config.receiver.workers)]
         self._reserved: socket.socket | None = None
-        self._config = config
-        self._stopping = False
         self.http = HttpServer(
             config.http.listen,
             metrics=self._metrics if config.exporters.prometheus.enabled else None,
@@ -129,7 +127,7 @@ class Supervisor:
 
     @property
     def als_port(self) -> int:
-        return cfg.split_hostport(self._config.receiver.listen)[1]  # type: ignore[index]
+        return cfg.split_hostport(self.config.receiver.listen)[1]  # type: ignore[index]
 
     def _reserve_port(self) -> None:
         """With port 0, pick one port for every worker and hold it (SO_REUSEPORT, not listening)."""
@@ -140,7 +138,7 @@ class Supervisor:
         self._reserved = reserved
         chosen = reserved.getsockname()[1]
         listen = f"[{host}]:{chosen}" if ":" in host else f"{host}:{chosen}"
-        self._config = dataclasses.replace(
+        self.config = dataclasses.replace(
             self.config, receiver=dataclasses.replace(self.config.receiver, listen=listen)
         )
 
@@ -157,7 +155,7 @@ class Supervisor:
 
     async def _start(self, worker: _Worker) -> None:
         parent, child = _SPAWN.Pipe()
-        config = worker_config(self._config, worker.index, self.instance_id)
+        config = worker_config(self.config, worker.index, self.instance_id)
         worker.process = _SPAWN.Process(
             target=run_worker, args=(config, child), name=f"als2otel-w{worker.index}"
         )
@@ -211,7 +209,6 @@ class Supervisor:
 
     async def stop(self) -> int:
         """SIGTERM to every worker; 0 when each flushed and exited 0 within ``shutdown_timeout``."""
-        self._stopping = True
         for worker in self._workers:
             if worker.process.is_alive():
                 worker.process.terminate()

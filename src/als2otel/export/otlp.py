@@ -66,7 +66,6 @@ class Outcome(NamedTuple):
     kind: Kind
     detail: str = ""  # the gRPC status or HTTP code and the backend's message
     rejected: int = 0  # items a partial_success says were rejected
-    late: bool = False  # no answer within the timeout: the request may have arrived
 
 
 class Transport(Protocol):
@@ -155,7 +154,7 @@ class _GrpcTransport:
             if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
                 return Outcome("too_large", detail)
             if code in _RETRYABLE_CODES:
-                return Outcome("retry", detail, late=code is grpc.StatusCode.DEADLINE_EXCEEDED)
+                return Outcome("retry", detail)  # DEADLINE_EXCEEDED too: it may have arrived, and goes again
             return Outcome("refused", detail)
         return _partial_success(self._signal, body)
 
@@ -186,9 +185,7 @@ class _HttpTransport:
             return Outcome("retry", f"HTTP request failed: {error}"[:_MAX_DETAIL])
         status = result.status_code
         if status is None:
-            failure = result.error
-            late = failure is not None and "timeout" in type(failure).__name__.lower()
-            return Outcome("retry", f"HTTP no answer: {failure}"[:_MAX_DETAIL], late=late)
+            return Outcome("retry", f"HTTP no answer: {result.error}"[:_MAX_DETAIL])
         if 200 <= status < 300:
             return _partial_success(self._signal, result.content())
         detail = f"HTTP {status}: {_status_message(result.content())}"
