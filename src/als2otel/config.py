@@ -16,7 +16,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -345,6 +345,14 @@ def _build(cls: type[Any], raw: Any, path: str, problems: list[str]) -> Any:
 
 _INVALID = object()
 
+# Plain YAML scalars: what each type accepts (a bool is never a number), and how an error names it.
+_SCALARS: dict[Any, tuple[Callable[[Any], bool], str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+    float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+}
+
 
 def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
     origin = typing.get_origin(tp)
@@ -401,26 +409,13 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
             )
             return _INVALID
         return Size(size)
-    if tp is bool:
-        if not isinstance(value, bool):
-            problems.append(f"{path}: must be true or false, got {value!r}")
+    if tp in _SCALARS:
+        accepts, expected = _SCALARS[tp]
+        if not accepts(value):
+            got = _kind(value) if tp is str else repr(value)
+            problems.append(f"{path}: must be {expected}, got {got}")
             return _INVALID
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            problems.append(f"{path}: must be a whole number, got {value!r}")
-            return _INVALID
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            problems.append(f"{path}: must be a number, got {value!r}")
-            return _INVALID
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            problems.append(f"{path}: must be a string, got {_kind(value)}")
-            return _INVALID
-        return value
+        return tp(value)
     raise TypeError(f"no conversion for {tp!r}")  # pragma: no cover - schema error
 
 

@@ -38,30 +38,12 @@ def proxy_of(peer: peers.Peer, role: str = "sidecar", ip: str = "10.1.0.4") -> A
     )
 
 
-def outbound(
-    filter_state: dict[str, Any] | None = None,
-    cluster: str = "outbound|9080||reviews.default.svc.cluster.local",
-    **kwargs: Any,
-) -> Any:
-    return normalize_http(
-        als.http_entry(
-            downstream_remote=("10.1.0.4", 40000),
-            downstream_local=("10.96.0.9", 9080),
-            upstream_remote=("10.1.0.9", 9080),
-            upstream_local=("10.1.0.4", 50000),
-            cluster=cluster,
-            filter_state=filter_state,
-            **kwargs,
-        ),
-        "v3",
-    )
+def outbound(filter_state: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    return normalize_http(mesh.outbound(filter_state=filter_state, **kwargs), "v3")
 
 
 def inbound(filter_state: dict[str, Any] | None = None, **kwargs: Any) -> Any:
-    return normalize_http(
-        mesh.inbound(filter_state=filter_state, **kwargs),
-        "v3",
-    )
+    return normalize_http(mesh.inbound(filter_state=filter_state, **kwargs), "v3")
 
 
 def summary(calls: list[Call], stats: Stats) -> dict[str, Any]:

@@ -163,20 +163,20 @@ def tcp_entry(
 def http_message(
     entries: Iterable[accesslog_pb2.HTTPAccessLogEntry], ident: Any = None
 ) -> als_pb2.StreamAccessLogsMessage:
-    message = als_pb2.StreamAccessLogsMessage()
-    if ident is not None:
-        message.identifier.CopyFrom(ident)
-    message.http_logs.log_entry.extend(e.SerializeToString() for e in entries)
-    return message
+    return _message("http_logs", entries, ident)
 
 
 def tcp_message(
     entries: Iterable[accesslog_pb2.TCPAccessLogEntry], ident: Any = None
 ) -> als_pb2.StreamAccessLogsMessage:
+    return _message("tcp_logs", entries, ident)
+
+
+def _message(field: str, entries: Iterable[Any], ident: Any) -> als_pb2.StreamAccessLogsMessage:
     message = als_pb2.StreamAccessLogsMessage()
     if ident is not None:
         message.identifier.CopyFrom(ident)
-    message.tcp_logs.log_entry.extend(e.SerializeToString() for e in entries)
+    getattr(message, field).log_entry.extend(e.SerializeToString() for e in entries)
     return message
 
 

@@ -67,16 +67,6 @@ class _Packer:
             self._out.append((self._request.SerializeToString(), self._items))
         self._start()
 
-    def count(self, request: Any) -> int:
-        if self._traces:
-            return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
-        return sum(
-            len(_points(metric))
-            for rm in request.resource_metrics
-            for sm in rm.scope_metrics
-            for metric in sm.metrics
-        )
-
     def pack(self, request: Any) -> list[tuple[bytes, int]]:
         if self._traces:
             for r, rs in enumerate(request.resource_spans):

@@ -11,22 +11,18 @@ from ..model import Workload
 
 @lru_cache(maxsize=65_536)
 def resource_attributes(workload: Workload) -> tuple[tuple[str, str], ...]:
-    attrs = [("service.name", workload.service_name)]
-    if workload.namespace:
-        attrs.append(("service.namespace", workload.namespace))
-    if workload.version:
-        attrs.append(("service.version", workload.version))
-    if workload.instance:
-        attrs.append(("service.instance.id", workload.instance))
-    if workload.pod_name:
-        attrs.append(("k8s.pod.name", workload.pod_name))
-        if workload.namespace:
-            attrs.append(("k8s.namespace.name", workload.namespace))
-    if workload.deployment:
-        attrs.append(("k8s.deployment.name", workload.deployment))
-    if workload.cluster:
-        attrs.append(("k8s.cluster.name", workload.cluster))
-    return tuple(attrs)
+    in_pod = bool(workload.pod_name)
+    named = (
+        ("service.name", workload.service_name),
+        ("service.namespace", workload.namespace),
+        ("service.version", workload.version),
+        ("service.instance.id", workload.instance),
+        ("k8s.pod.name", workload.pod_name),
+        ("k8s.namespace.name", workload.namespace if in_pod else ""),
+        ("k8s.deployment.name", workload.deployment),
+        ("k8s.cluster.name", workload.cluster),
+    )
+    return tuple((key, value) for key, value in named if value or key == "service.name")
 
 
 def set_attributes(target: Any, attributes: Iterable[tuple[str, str | int]]) -> None:
