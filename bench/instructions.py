@@ -35,6 +35,7 @@ def run_passes(entries: int, passes: int, measured: int, peers: bool, per_connec
     sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests"), str(ROOT / "bench")]  # this checkout's code
     from pipeline import build_messages, offline_bridge
 
+    from als2otel.app import tune_garbage_collection
     from als2otel.receiver import identify
     from als2otel.receiver._proto import als_pb2
     from als2otel.receiver.server import EntryBatch
@@ -48,6 +49,7 @@ def run_passes(entries: int, passes: int, measured: int, peers: bool, per_connec
 
     async def main() -> None:
         pipeline = offline_bridge(peers).pipeline
+        tune_garbage_collection()  # as `als2otel serve` does once started
         proxy = identify(als_pb2.StreamAccessLogsMessage.FromString(messages[0]).identifier)
         for messages_ in passes_messages[: 1 + measured]:
             for raw in messages_:

@@ -271,7 +271,7 @@ def run_pipeline(
 ) -> None:
     pin(0)
     from als2otel import config as cfg
-    from als2otel.app import Bridge
+    from als2otel.app import Bridge, tune_garbage_collection
 
     port_queue: Any = SPAWN.Queue()
     counts: Any = SPAWN.Value("q", 0)
@@ -292,6 +292,7 @@ def run_pipeline(
         )
         bridge = Bridge(config)
         await bridge.start()
+        tune_garbage_collection()  # as `als2otel serve` does once started
         ready, go = SPAWN.Event(), SPAWN.Event()
         proc = SPAWN.Process(target=sender, args=(f"127.0.0.1:{bridge.receiver.port}", spec, ready, go, otlp))
         proc.start()

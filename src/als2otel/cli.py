@@ -50,10 +50,11 @@ async def _serve(config: cfg.Config) -> int:
         from . import workers
 
         return await workers.serve(config, stop)
-    from .app import Bridge
+    from .app import Bridge, tune_garbage_collection
 
     bridge = Bridge(config)
     await bridge.start()
+    tune_garbage_collection()
     logging.getLogger("als2otel").info(
         "als2otel %s ready: ALS on %s, HTTP on %s",
         __version__,

@@ -38,7 +38,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from . import config as cfg
-from .app import Bridge
+from .app import Bridge, tune_garbage_collection
 from .export.prometheus import merge_pages, render
 from .stats import Stats
 from .translation.topology import merge_snapshots
@@ -79,6 +79,7 @@ async def _worker(config: cfg.Config, conn: Connection) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await bridge.start()
+    tune_garbage_collection()
     conn.send(("port", bridge.http.port))
     waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(bridge.failed.wait())]
     while not any(w.done() for w in waits):
