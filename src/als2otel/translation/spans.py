@@ -35,8 +35,8 @@ class SpanBatch:
             start = 0
             while start < len(spans):
                 end, used = start, overhead
-                while end < len(spans) and size + used + len(spans[end]) + _FRAMING <= max_bytes:
-                    used += len(spans[end]) + _FRAMING
+                while end < len(spans) and size + used + len(spans[end]) <= max_bytes:
+                    used += len(spans[end])  # framed already
                     end += 1
                 if end == start and groups:  # the request is full: send it, then go on
                     requests.append((wire.export_request(groups), count))
@@ -56,7 +56,7 @@ class SpanBatch:
 
 _SCOPE = wire.scope("als2otel", __version__)
 _FRAMING = 12
-"""Bytes a span's or a group's tag and length add, at most."""
+"""Bytes a group's tag and length add, at most."""
 
 
 _URL_FULL = wire.key("url.full")

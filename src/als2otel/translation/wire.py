@@ -128,18 +128,30 @@ def span(
     attributes: bytes,
     error: str,
 ) -> bytes:
-    """One ``Span``; ``name`` from :func:`span_name`, ``kind`` from :func:`span_kind`."""
+    """One ``Span``, framed as a ``ScopeSpans.spans`` field (2), which is where every span goes:
+    :func:`resource_spans` joins them as they are. ``name`` from :func:`span_name`, ``kind`` from
+    :func:`span_kind`; the ids are 16 and 8 bytes."""
+    status = (
+        length_delimited(SPAN_STATUS, length_delimited(STATUS_MESSAGE, error.encode()) + STATUS_CODE_ERROR)
+        if error
+        else b""
+    )
     times = _PACK_TIMES(SPAN_START_TIME, start_ns, SPAN_END_TIME, end_ns)
+    size = len(name) + len(kind) + len(attributes) + len(status) + _IDS_AND_TIMES_SIZE
     if parent_span_id:
-        ids = (SPAN_TRACE_ID, trace_id, SPAN_SPAN_ID, span_id, SPAN_PARENT_ID, parent_span_id)
-        encoded = b"".join((*ids, name, kind, times, attributes))
-    else:
-        encoded = b"".join((SPAN_TRACE_ID, trace_id, SPAN_SPAN_ID, span_id, name, kind, times, attributes))
-    if error:
-        encoded += length_delimited(
-            SPAN_STATUS, length_delimited(STATUS_MESSAGE, error.encode()) + STATUS_CODE_ERROR
-        )
-    return encoded
+        size += _PARENT_SIZE
+        return b"".join(
+            (SCOPE_SPANS_SPAN, varint(size), SPAN_TRACE_ID, trace_id, SPAN_SPAN_ID, span_id,
+             SPAN_PARENT_ID, parent_span_id, name, kind, times, attributes, status)
+        )  # fmt: skip
+    return b"".join(
+        (SCOPE_SPANS_SPAN, varint(size), SPAN_TRACE_ID, trace_id, SPAN_SPAN_ID, span_id,
+         name, kind, times, attributes, status)
+    )  # fmt: skip
+
+
+_IDS_AND_TIMES_SIZE = 2 + 16 + 2 + 8 + 18  # trace id, span id, start and end with their tags
+_PARENT_SIZE = 2 + 8
 
 
 def span_name(name: str) -> bytes:
@@ -147,9 +159,10 @@ def span_name(name: str) -> bytes:
 
 
 def resource_spans(resource: Iterable[tuple[str, str]], scope: bytes, spans: list[bytes]) -> bytes:
-    """One ``ResourceSpans``: resource = 1 (attributes = 1), scope_spans = 2 (scope = 1, spans = 2)."""
+    """One ``ResourceSpans``: resource = 1 (attributes = 1), scope_spans = 2 (scope = 1, spans = 2);
+    ``spans`` as :func:`span` makes them, framed."""
     resource_bytes = b"".join(length_delimited(RESOURCE_ATTRIBUTE, key_value(k, v)) for k, v in resource)
-    scope_spans = scope + b"".join(length_delimited(SCOPE_SPANS_SPAN, s) for s in spans)
+    scope_spans = scope + b"".join(spans)
     return length_delimited(RESOURCE_SPANS_RESOURCE, resource_bytes) + length_delimited(
         RESOURCE_SPANS_SCOPE_SPANS, scope_spans
     )
