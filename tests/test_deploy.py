@@ -198,6 +198,42 @@ def test_istio_meshconfig_points_at_the_service_with_mutual_tls() -> None:
     assert tls["validation_context"] == {"trusted_ca": {"filename": "ca"}}
 
 
+def test_istio_envoyfilter_loggers_match_the_providers() -> None:
+    """deploy/istio/als-buffers.yaml adds the loggers telemetry.yaml's providers make (same log
+    names, filter state, headers), sending to Istio's cluster for the Service with 256 KiB
+    buffers; the real-Envoy test runs them as they are."""
+    from als2otel.demo import envoy
+
+    (envoyfilter,) = istio_documents("als-buffers.yaml")
+    assert envoyfilter["kind"] == "EnvoyFilter" and envoyfilter["metadata"]["namespace"] == "istio-system"
+    loggers = {}
+    for patch in envoyfilter["spec"]["configPatches"]:
+        assert patch["applyTo"] == "NETWORK_FILTER" and patch["patch"]["operation"] == "MERGE"
+        (logger,) = patch["patch"]["value"]["typed_config"]["access_log"]
+        loggers[patch["match"]["listener"]["filterChain"]["filter"]["name"]] = logger["typed_config"]
+    http = loggers["envoy.filters.network.http_connection_manager"]
+    tcp = loggers["envoy.filters.network.tcp_proxy"]
+    for config, provider in ((http, envoy.HTTP_ALS_PROVIDER), (tcp, envoy.TCP_ALS_PROVIDER)):
+        common = config["common_config"]
+        assert common["log_name"] == provider["logName"]
+        assert common["filter_state_objects_to_log"] == provider["filterStateObjectsToLog"]
+        assert common["grpc_service"]["envoy_grpc"]["cluster_name"] == (
+            "outbound|11800||als2otel.als2otel.svc.cluster.local"
+        )
+        assert (common["buffer_size_bytes"], common["buffer_flush_interval"]) == (262144, "1s")
+    assert (
+        http["additional_request_headers_to_log"] == envoy.HTTP_ALS_PROVIDER["additionalRequestHeadersToLog"]
+    )
+    assert (
+        http["additional_response_headers_to_log"]
+        == envoy.HTTP_ALS_PROVIDER["additionalResponseHeadersToLog"]
+    )
+    assert (
+        http["additional_response_trailers_to_log"]
+        == envoy.HTTP_ALS_PROVIDER["additionalResponseTrailersToLog"]
+    )
+
+
 def test_istio_otel_provider_asks_for_every_attribute_als2otel_reads() -> None:
     """deploy/istio/otel-als.yaml's envoyOtelAls labels are the attribute set the code reads, with
     the same Envoy command operators."""

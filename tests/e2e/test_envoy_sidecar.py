@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 import http.client
+import socket
+import socketserver
+import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from conftest import bridge_config
 from support.apps import StatusApp
 from support.net import free_port
@@ -18,6 +25,7 @@ from support.waiting import eventually
 from als2otel.demo.envoy import EnvoyProcess, ProxySpec, Route
 
 CLIENT_IP, SERVER_IP = "127.0.0.11", "127.0.0.12"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def request(port: int, method: str, path: str, host: str) -> int:
@@ -165,8 +173,6 @@ async def test_opentelemetry_access_logger_gives_the_same_spans(
     """A real Envoy with the OpenTelemetry access logger, configured with the attribute set
     deploy/istio/otel-als.yaml ships, sends OTLP logs to the ALS port: every request becomes its
     CLIENT span on productpage, with the same attributes the ALS logger's entries give."""
-    import dataclasses
-
     bridge = await make_bridge(bridge_config(otlp.endpoint), clock=time.time_ns)
     spec = dataclasses.replace(productpage_sidecar(bridge.receiver.port, reviews_app), otel_logger=True)
     envoy = EnvoyProcess(spec, tmp_path)
@@ -194,3 +200,108 @@ async def test_opentelemetry_access_logger_gives_the_same_spans(
         assert sum(bridge.stats.entries_invalid.values.values()) == 0
     finally:
         await asyncio.to_thread(envoy.stop)
+
+
+class EchoServer:
+    """A TCP server that echoes what it reads until the client closes."""
+
+    def __init__(self, ip: str) -> None:
+        self._server = socketserver.ThreadingTCPServer((ip, 0), self._Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    class _Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            while data := self.request.recv(65536):
+                self.request.sendall(data)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def echo_through(port: int, payload: bytes) -> bytes:
+    with socket.create_connection((CLIENT_IP, port), timeout=10) as connection:
+        connection.sendall(payload)
+        received = b""
+        while len(received) < len(payload):
+            received += connection.recv(65536)
+        return received
+
+
+def mongodb_route(echo: EchoServer) -> tuple[int, Route]:
+    """A TCP listener of productpage's sidecar proxying to mongodb.default (the echo server)."""
+    return free_port(CLIENT_IP), Route("mongodb.default.svc.cluster.local", 27017, [(SERVER_IP, echo.port)])
+
+
+def envoyfilter_loggers() -> dict[str, list[dict[str, Any]]]:
+    """deploy/istio/als-buffers.yaml's loggers by the filter they patch, sending to the test's
+    ALS cluster instead of Istio's cluster for the Service."""
+    (envoyfilter,) = yaml.safe_load_all((ROOT / "deploy" / "istio" / "als-buffers.yaml").read_text())
+    loggers = {}
+    for patch in envoyfilter["spec"]["configPatches"]:
+        access_log = copy.deepcopy(patch["patch"]["value"]["typed_config"]["access_log"])
+        for logger in access_log:
+            service = logger["typed_config"]["common_config"]["grpc_service"]["envoy_grpc"]
+            assert service["cluster_name"] == "outbound|11800||als2otel.als2otel.svc.cluster.local"
+            service["cluster_name"] = "als2otel_als"
+        loggers[patch["match"]["listener"]["filterChain"]["filter"]["name"]] = access_log
+    return loggers
+
+
+@pytest.mark.parametrize("logger", ["envoyfilter", "opentelemetry"])
+async def test_http_and_tcp_through_the_shipped_loggers(
+    logger: str, make_bridge: Any, otlp: GrpcOtlpReceiver, reviews_app: StatusApp, tmp_path: Any
+) -> None:
+    """A real Envoy logging HTTP requests and TCP connections with deploy/istio/als-buffers.yaml's
+    loggers (256 KiB buffers), or with the OpenTelemetry logger and its TCP attribute set: every
+    request and every connection becomes its CLIENT span, TCP ones with their byte counts."""
+    echo = EchoServer(SERVER_IP)
+    bridge = await make_bridge(bridge_config(otlp.endpoint), clock=time.time_ns)
+    spec = dataclasses.replace(
+        productpage_sidecar(bridge.receiver.port, reviews_app), tcp_routes=[mongodb_route(echo)]
+    )
+    if logger == "envoyfilter":
+        loggers = envoyfilter_loggers()
+        spec = dataclasses.replace(
+            spec,
+            access_log=loggers["envoy.filters.network.http_connection_manager"],
+            tcp_access_log=loggers["envoy.filters.network.tcp_proxy"],
+        )
+    else:
+        spec = dataclasses.replace(spec, otel_logger=True)
+    envoy = EnvoyProcess(spec, tmp_path)
+    await asyncio.to_thread(envoy.start)
+    try:
+        assert spec.outbound_port is not None
+        for n in range(12):
+            assert (
+                await asyncio.to_thread(request, spec.outbound_port, "GET", f"/status/200?n={n}", "reviews")
+                == 200
+            )
+        tcp_port = spec.tcp_routes[0][0]
+        payloads = [b"x" * size for size in (10, 2_000, 70_000)]
+        for payload in payloads:
+            assert await asyncio.to_thread(echo_through, tcp_port, payload) == payload
+        expected = 12 + len(payloads)
+        assert await eventually(lambda: len(otlp.received.spans()) >= expected, 20)
+        await asyncio.sleep(0.5)
+        spans = otlp.received.spans()
+        assert len(spans) == expected
+        tcp = []
+        for resource, span in spans:
+            attrs = attributes(span.attributes)
+            assert span.kind == 3 and resource["service.name"] == "productpage"
+            if attrs.get("network.transport") == "tcp":
+                assert attrs["peer.service"] == "mongodb"
+                tcp.append((attrs["envoy.bytes_received"], attrs["envoy.bytes_sent"]))
+            else:
+                assert attrs["peer.service"] == "reviews"
+        assert sorted(tcp) == [(len(p), len(p)) for p in payloads]
+        version = "otlp" if logger == "opentelemetry" else "v3"
+        assert bridge.stats.entries_received.get(version, "tcp") == len(payloads)
+        assert sum(bridge.stats.entries_invalid.values.values()) == 0
+    finally:
+        await asyncio.to_thread(envoy.stop)
+        echo.stop()

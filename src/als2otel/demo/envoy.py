@@ -113,6 +113,12 @@ class ProxySpec:
     # Envoy's OpenTelemetry access logger (Istio's envoyOtelAls) instead of the ALS one.
     otel_logger: bool = False
     buffer_flush_interval: str = "0.2s"
+    # Outbound TCP: a listener port each, proxied (tcp_proxy) to the route's cluster.
+    tcp_routes: list[tuple[int, Route]] = field(default_factory=list)
+    # Access loggers given whole (an Istio EnvoyFilter's, say), in place of the ALS or
+    # OpenTelemetry ones: for HTTP connection managers and for TCP proxies.
+    access_log: list[dict[str, Any]] | None = None
+    tcp_access_log: list[dict[str, Any]] | None = None
     extra_metadata: dict[str, Any] = field(default_factory=dict)
     # Istio's header-based metadata exchange: our metadata on outbound requests and inbound responses.
     exchange_metadata: bool = False
@@ -148,10 +154,12 @@ def _address(ip: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": ip, "port_value": port}}
 
 
-def _otel_access_log(spec: ProxySpec) -> list[dict[str, Any]]:
-    """The OpenTelemetry access logger Istio makes of deploy/istio/otel-als.yaml's provider."""
+def _otel_access_log(spec: ProxySpec, log_type: str = "http") -> list[dict[str, Any]]:
+    """The OpenTelemetry access logger Istio makes of deploy/istio/otel-als.yaml's provider
+    (for TCP, its second provider: the same attributes with ``envoy.log_type`` "tcp")."""
     from ..receiver.otlp_logs import ATTRIBUTES
 
+    attributes = {**ATTRIBUTES, "envoy.log_type": log_type}
     return [
         {
             "name": "envoy.access_loggers.open_telemetry",
@@ -162,7 +170,7 @@ def _otel_access_log(spec: ProxySpec) -> list[dict[str, Any]]:
                 "buffer_flush_interval": spec.buffer_flush_interval,
                 "disable_builtin_labels": True,
                 "attributes": {
-                    "values": [{"key": k, "value": {"string_value": v}} for k, v in ATTRIBUTES.items()]
+                    "values": [{"key": k, "value": {"string_value": v}} for k, v in attributes.items()]
                 },
             },
         }
@@ -171,6 +179,8 @@ def _otel_access_log(spec: ProxySpec) -> list[dict[str, Any]]:
 
 def _access_log(spec: ProxySpec) -> list[dict[str, Any]]:
     """The HTTP gRPC access logger Istio makes of :data:`HTTP_ALS_PROVIDER`."""
+    if spec.access_log is not None:
+        return spec.access_log
     if spec.otel_logger:
         return _otel_access_log(spec)
     provider = HTTP_ALS_PROVIDER
@@ -200,6 +210,52 @@ def _access_log(spec: ProxySpec) -> list[dict[str, Any]]:
             },
         }
     ]
+
+
+def _tcp_access_log(spec: ProxySpec) -> list[dict[str, Any]]:
+    """The TCP gRPC access logger Istio makes of :data:`TCP_ALS_PROVIDER`."""
+    if spec.tcp_access_log is not None:
+        return spec.tcp_access_log
+    if spec.otel_logger:
+        return _otel_access_log(spec, "tcp")
+    return [
+        {
+            "name": "envoy.access_loggers.tcp_grpc",
+            "typed_config": {
+                "@type": _TYPES + "access_loggers.grpc.v3.TcpGrpcAccessLogConfig",
+                "common_config": {
+                    "log_name": TCP_ALS_PROVIDER["logName"],
+                    "transport_api_version": "V3",
+                    "buffer_flush_interval": spec.buffer_flush_interval,
+                    "grpc_service": {"envoy_grpc": {"cluster_name": "als2otel_als"}},
+                    "filter_state_objects_to_log": TCP_ALS_PROVIDER["filterStateObjectsToLog"],
+                },
+            },
+        }
+    ]
+
+
+def _tcp_listener(spec: ProxySpec, port: int, route: Route) -> dict[str, Any]:
+    name = f"tcp_{port}"
+    return {
+        "name": name,
+        "address": _address(spec.ip, port),
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.tcp_proxy",
+                        "typed_config": {
+                            "@type": _TYPES + "filters.network.tcp_proxy.v3.TcpProxy",
+                            "stat_prefix": name,
+                            "cluster": route.cluster,
+                            "access_log": _tcp_access_log(spec),
+                        },
+                    }
+                ]
+            }
+        ],
+    }
 
 
 def _http_listener(
@@ -332,6 +388,9 @@ def render_config(spec: ProxySpec) -> dict[str, Any]:
             )
             clusters.append(_cluster(route.cluster, route.endpoints, spec.ip))
         listeners.append(_http_listener(spec, "outbound", spec.outbound_port, virtual_hosts))
+    for port, route in spec.tcp_routes:
+        listeners.append(_tcp_listener(spec, port, route))
+        clusters.append(_cluster(route.cluster, route.endpoints, spec.ip))
     return {
         "node": {
             "id": spec.node_id,
