@@ -1,15 +1,21 @@
-# A small non-root image with the `als2otel` entry point.
-FROM python:3.11-slim AS build
+# A small non-root image with the `als2otel` entry point. BASE: any image with CPython 3.11+ and
+# its venv module (python:3.11-slim by default; a Debian image with python3-venv builds too).
+ARG BASE=python:3.11-slim
+
+FROM ${BASE} AS build
+# Where a proxy re-signs TLS: pip's CA bundle (mount it at build time, e.g. buildah's --volume).
+ARG PIP_CERT
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN python3 -m venv /opt/als2otel && /opt/als2otel/bin/pip install --no-cache-dir --quiet . \
+ && /opt/als2otel/bin/pip uninstall --quiet --yes pip setuptools
 
-FROM python:3.11-slim
+FROM ${BASE}
 RUN useradd --system --uid 10001 --no-create-home als2otel
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+COPY --from=build /opt/als2otel /opt/als2otel
 COPY config/als2otel.yaml /etc/als2otel/als2otel.yaml
+ENV PATH=/opt/als2otel/bin:$PATH PYTHONDONTWRITEBYTECODE=1
 USER 10001
 # ALS gRPC, HTTP (/metrics, /healthz, /readyz)
 EXPOSE 11800 9464

@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
-    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")  # continuation lines joined
+    lines = text.splitlines()
     return [
         (line.split(None, 1)[0].upper(), line.split(None, 1)[1])
         for line in lines
@@ -53,7 +54,8 @@ def test_wheel_built_from_the_dockerfiles_files_runs_from_its_own_contents(tmp_p
     context = tmp_path / "context"
     context.mkdir()
     steps = dockerfile_instructions()
-    build_stage = steps[: [op for op, _ in steps].index("FROM", 1)]
+    stages = [i for i, (op, _) in enumerate(steps) if op == "FROM"]
+    build_stage = steps[stages[0] : stages[1]]
     for op, arg in build_stage:  # what the build stage copies, and nothing else
         if op == "COPY":
             *sources, _ = shlex.split(arg)
