@@ -9,18 +9,21 @@ from collections import Counter
 from typing import Any
 
 import grpc
+import pytest
 from conftest import bridge_config
 from google.protobuf import json_format
-from support import als, servicegraph
+from support import als, mesh, peers, servicegraph
 from support.mesh import CALLEE, CALLER, sides, stream
 from support.otlp_logs import export_grpc, export_request, otlp_stream, post_logs, record_of
 from support.otlp_receiver import GrpcOtlpReceiver
 from support.waiting import eventually
 
+from als2otel.analysis import AnalyzerChain, MxMeshAnalyzer, ProxyAnalyzer
 from als2otel.app import Bridge
 from als2otel.receiver import identify, normalize_http
 from als2otel.receiver._proto import accesslog_pb2
 from als2otel.receiver.otlp_logs import RecordReader
+from als2otel.stats import Stats
 
 
 class TestSameAnswers:
@@ -40,6 +43,36 @@ class TestSameAnswers:
             assert vars_of(from_otlp) == vars_of(from_als)
             als_proxy = identify(caller_ident)
             assert dataclasses.replace(proxy, log_name="") == dataclasses.replace(als_proxy, log_name="")
+
+    @pytest.mark.parametrize("generation", ["struct", "flatnode"])
+    def test_peer_metadata_of_each_istio_generation_reads_the_same(self, generation: str) -> None:
+        """Both sides of a call with Istio's peer metadata, as 1.24+ (Struct) or up to 1.23 (a FlatNode
+        that Envoy writes as an Any's JSON) keeps it: the same entries as over ALS, and mx-mesh names
+        both ends from them."""
+        reader = RecordReader()
+        chain = AnalyzerChain([MxMeshAnalyzer()], ProxyAnalyzer(), Stats())
+        for side, state, peer, own, ip in (
+            ("client", "upstream", CALLEE, CALLER, "10.1.0.4"),
+            ("server", "downstream", CALLER, CALLEE, "10.1.0.9"),
+        ):
+            raw = mesh.outbound(1) if side == "client" else mesh.inbound(1)
+            raw.common_properties.filter_state_objects.clear()
+            for key, value in peers.filter_state(generation, state, peer).items():
+                raw.common_properties.filter_state_objects[key].CopyFrom(value)
+            ident = als.identifier(
+                f"sidecar~{ip}~{own.name}.default~default.svc.cluster.local", own.node_metadata()
+            )
+            attributes, time_unix_nano = record_of(raw, ident)
+            assert (
+                f"envoy.filter_state.{'wasm.' if generation == 'flatnode' else ''}{state}_peer" in attributes
+            )
+            proxy, _, encoded = reader.read(attributes, time_unix_nano)
+            from_otlp = normalize_http(accesslog_pb2.HTTPAccessLogEntry.FromString(encoded), "v3")
+            assert vars_of(from_otlp) == vars_of(normalize_http(raw, "v3"))
+            (call,) = chain.resolve(from_otlp, proxy)
+            assert call.resolved and call.side == side
+            named = call.destination if side == "client" else call.source
+            assert named is not None and named.pod_name == peer.name
 
     async def test_mixed_loggers_pair_every_call(self, make_bridge: Any, otlp: GrpcOtlpReceiver) -> None:
         """Client sides over ALS, server sides over OTLP (gRPC and HTTP): every call pairs, and the spans
@@ -81,15 +114,16 @@ class TestSameAnswers:
 
 
 def vars_of(entry: Any) -> dict[str, Any]:
-    """An entry's fields, its filter state as the Structs it carries."""
+    """An entry's fields, its filter state as the Structs it carries (others as type and bytes)."""
     from google.protobuf import struct_pb2
 
     out = {f.name: getattr(entry, f.name) for f in dataclasses.fields(entry)}
-    states = {}
+    states: dict[str, Any] = {}
     for key, value in (out["filter_state"] or {}).items():
         struct = struct_pb2.Struct()
-        value.Unpack(struct)
-        states[key] = json_format.MessageToDict(struct)
+        states[key] = (
+            json_format.MessageToDict(struct) if value.Unpack(struct) else (value.type_url, value.value)
+        )
     out["filter_state"] = states
     return out
 

@@ -15,7 +15,7 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from support import als
 
 from als2otel.receiver._proto import accesslog_pb2
-from als2otel.receiver.otlp_logs import ATTRIBUTES
+from als2otel.receiver.otlp_logs import ATTRIBUTES, PEER_KEYS
 
 LOGS_METHOD = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 
@@ -53,13 +53,9 @@ def record_of(raw: accesslog_pb2.HTTPAccessLogEntry, ident: Any) -> tuple[dict[s
     attributes["envoy.duration_ns"] = str(c.time_to_last_downstream_tx_byte.ToNanoseconds())
     attributes["envoy.upstream.request_start_ns"] = str(c.time_to_first_upstream_tx_byte.ToNanoseconds())
     attributes["envoy.upstream.response_end_ns"] = str(c.time_to_last_upstream_rx_byte.ToNanoseconds())
-    for key in ("upstream_peer", "downstream_peer"):
+    for key in PEER_KEYS:
         if key in c.filter_state_objects:
-            from google.protobuf import struct_pb2
-
-            struct = struct_pb2.Struct()
-            c.filter_state_objects[key].Unpack(struct)
-            attributes[f"envoy.filter_state.{key}"] = json.dumps(json_format.MessageToDict(struct))
+            attributes[f"envoy.filter_state.{key}"] = filter_state_json(c.filter_state_objects[key])
     attributes["http.request.method"] = (
         accesslog_pb2.HTTPAccessLogEntry.DESCRIPTOR.file.pool.FindEnumTypeByName(
             "envoy.config.core.v3.RequestMethod"
@@ -116,3 +112,14 @@ def post_logs(
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
+
+
+def filter_state_json(value: Any) -> str:
+    """What Envoy's %FILTER_STATE% writes for a filter state object: a Struct as its JSON object
+    (Istio 1.24+), anything else (a WasmState's BytesValue) as its Any's JSON."""
+    from google.protobuf import struct_pb2
+
+    struct = struct_pb2.Struct()
+    if value.Unpack(struct):
+        return json.dumps(json_format.MessageToDict(struct))
+    return json.dumps(json_format.MessageToDict(value))

@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from google.protobuf import any_pb2, struct_pb2
+from google.protobuf import any_pb2, json_format, struct_pb2, wrappers_pb2
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 
 from .. import istio
@@ -27,7 +27,9 @@ from .identity import identify
 from .normalize import HTTP_VERSIONS, METHOD_NAMES, RESPONSE_FLAG_CODES, InvalidEntry
 
 STRUCT = "type.googleapis.com/google.protobuf.Struct"
-PEER_KEYS = ("upstream_peer", "downstream_peer")
+BYTES_VALUE = "type.googleapis.com/" + wrappers_pb2.BytesValue.DESCRIPTOR.full_name
+PEER_KEYS = ("upstream_peer", "downstream_peer", "wasm.upstream_peer", "wasm.downstream_peer")
+"""Istio's exchanged peer metadata, both generations (the keys mx-mesh reads)."""
 NODE_METADATA = ("NAME", "NAMESPACE", "WORKLOAD_NAME", "OWNER", "CLUSTER_ID", "INSTANCE_IPS")
 NODE_LABELS = (
     "app",
@@ -79,7 +81,8 @@ ATTRIBUTES: dict[str, str] = {
     "envoy.log_type": "http",
     "envoy.bytes_received": "%BYTES_RECEIVED%",
     "envoy.bytes_sent": "%BYTES_SENT%",
-    # Istio's exchanged peer metadata (1.24+: a Struct, serialised as JSON).
+    # Istio's exchanged peer metadata: 1.24+ a Struct; up to 1.23 a FlatNode in a WasmState, which
+    # Envoy serialises as an Any holding a BytesValue. %FILTER_STATE% writes either as JSON.
     **{f"envoy.filter_state.{key}": f"%FILTER_STATE({key})%" for key in PEER_KEYS},
 }
 """Every attribute als2otel reads from a record, and the Envoy command operator that fills it."""
@@ -205,7 +208,7 @@ def entry_of(attributes: Mapping[str, str], time_unix_nano: int) -> tuple[str, b
     for key in PEER_KEYS:
         state = _value(attributes, f"envoy.filter_state.{key}")
         if state:
-            common.filter_state_objects[key].CopyFrom(_struct_any(state, key))
+            common.filter_state_objects[key].CopyFrom(_filter_state_any(state, key))
     if tcp:
         entry.connection_properties.received_bytes = _number(attributes, "envoy.bytes_received")
         entry.connection_properties.sent_bytes = _number(attributes, "envoy.bytes_sent")
@@ -274,19 +277,30 @@ def _address(text: str, name: str) -> bytes:
     return core_pb2.Address(socket_address=socket).SerializeToString()
 
 
-def _struct_any(text: str, key: str) -> any_pb2.Any:
-    """Filter state serialised as JSON (Istio's peer metadata Struct) as the Any ALS would carry."""
+def _filter_state_any(text: str, key: str) -> any_pb2.Any:
+    """Filter state as JSON, as the Any ALS would carry: an Any's own JSON (``{"@type": ...,
+    "value": ...}``, how Envoy writes a WasmState's BytesValue), or a Struct's JSON object."""
     try:
         value = json.loads(text)
     except ValueError:
         raise InvalidEntry("malformed_attribute", f"envoy.filter_state.{key} is not JSON") from None
     if not isinstance(value, dict):
         raise InvalidEntry("malformed_attribute", f"envoy.filter_state.{key} is not a JSON object")
+    wrapped = any_pb2.Any()
+    if "@type" in value:
+        if value["@type"] not in (STRUCT, BYTES_VALUE):
+            raise InvalidEntry("malformed_attribute", f"envoy.filter_state.{key} is of an unknown type")
+        try:
+            json_format.ParseDict(value, wrapped)
+        except (json_format.ParseError, ValueError, TypeError):
+            raise InvalidEntry(
+                "malformed_attribute", f"envoy.filter_state.{key} is not a valid Any"
+            ) from None
+        return wrapped
     struct = struct_pb2.Struct()
     try:
         struct.update(value)
     except (ValueError, TypeError):
         raise InvalidEntry("malformed_attribute", f"envoy.filter_state.{key} is not a Struct") from None
-    wrapped = any_pb2.Any()
     wrapped.Pack(struct)
     return wrapped
