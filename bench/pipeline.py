@@ -12,6 +12,8 @@ gRPC as fast as the receiver reads them.
   are exported at once rather than at the next 1 s flush tick);
 * pipeline+mx-mesh: the same with the mx-mesh analyzer resolving both peers
   from Istio's peer metadata on every entry (when the analyzer exists);
+* pipeline+mtls: the pipeline with ``receiver.tls`` (mutual TLS), the sender
+  presenting a client certificate;
 * pipeline+otlp: the same entries as OTLP log records (Envoy's OpenTelemetry
   access logger with als2otel's attribute set), one Export call per message.
 
@@ -158,12 +160,25 @@ def as_otlp_logs(streams: list[list[bytes]]) -> list[list[bytes]]:
     return out
 
 
-def sender(target: str, spec: tuple[int, int, bool, int], ready: Any, go: Any, otlp: bool = False) -> None:
+def sender(
+    target: str,
+    spec: tuple[int, int, bool, int],
+    ready: Any,
+    go: Any,
+    otlp: bool = False,
+    mtls: tuple[str, str, str] | None = None,
+) -> None:
+    """``mtls``: the CA, client certificate and key files to stream with, over mutual TLS."""
     pin(1)
     messages = build_messages(*spec)
     if otlp:
         messages = as_otlp_logs(messages)
     import grpc
+
+    credentials = None
+    if mtls is not None:
+        ca, cert, key = (Path(name).read_bytes() for name in mtls)
+        credentials = grpc.ssl_channel_credentials(ca, key, cert)
 
     async def stream(channel: Any, batch: list[bytes]) -> None:
         if otlp:  # Envoy's OpenTelemetry logger: one Export call per flush, in turn
@@ -186,7 +201,11 @@ def sender(target: str, spec: tuple[int, int, bool, int], ready: Any, go: Any, o
         # A connection per stream, as each of Envoy's worker threads opens its own (and as
         # SO_REUSEPORT needs to spread streams over the bridge's worker processes).
         options = [("grpc.max_send_message_length", 64 << 20), ("grpc.use_local_subchannel_pool", 1)]
-        channels = [grpc.aio.insecure_channel(target, options=options) for _ in messages]
+        if credentials is None:
+            channels = [grpc.aio.insecure_channel(target, options=options) for _ in messages]
+        else:
+            options.append(("grpc.ssl_target_name_override", "localhost"))
+            channels = [grpc.aio.secure_channel(target, credentials, options=options) for _ in messages]
         ready.set()
         go.wait()
         await asyncio.gather(*(stream(ch, batch) for ch, batch in zip(channels, messages, strict=True)))
@@ -267,7 +286,12 @@ def run_bare(total: int, spec: tuple[int, int, bool, int], result: Any) -> None:
 
 
 def run_pipeline(
-    total: int, spec: tuple[int, int, bool, int], analyzers: list[str], result: Any, otlp: bool = False
+    total: int,
+    spec: tuple[int, int, bool, int],
+    analyzers: list[str],
+    result: Any,
+    otlp: bool = False,
+    mtls: bool = False,
 ) -> None:
     pin(0)
     from als2otel import config as cfg
@@ -279,10 +303,30 @@ def run_pipeline(
     receiver.start()
     otlp_port = port_queue.get()
 
+    receiver_config: dict[str, Any] = {"listen": "127.0.0.1:0"}
+    client_files = None
+    if mtls:  # the bridge's CA, its server certificate and a client's, as deploy/overlays/mtls-cert-manager
+        import tempfile
+
+        from support import certs
+
+        directory = Path(tempfile.mkdtemp())
+        ca = certs.ca(directory, "ca")
+        server = certs.issue(directory, "server", ca, "DNS:localhost,IP:127.0.0.1")
+        client = certs.issue(
+            directory, "client", ca, "URI:spiffe://cluster.local/ns/default/sa/p", client=True
+        )
+        receiver_config["tls"] = {
+            "cert_file": str(server.cert),
+            "key_file": str(server.key),
+            "client_ca_file": str(ca.cert),
+        }
+        client_files = (str(ca.cert), str(client.cert), str(client.key))
+
     async def main() -> dict[str, float]:
         config = cfg.parse(
             {
-                "receiver": {"listen": "127.0.0.1:0"},
+                "receiver": receiver_config,
                 "http": {"listen": "127.0.0.1:0"},
                 "analyzers": analyzers,
                 "exporters": {"otlp": {"endpoint": f"127.0.0.1:{otlp_port}", "compression": "none"}},
@@ -294,7 +338,9 @@ def run_pipeline(
         await bridge.start()
         tune_garbage_collection()  # as `als2otel serve` does once started
         ready, go = SPAWN.Event(), SPAWN.Event()
-        proc = SPAWN.Process(target=sender, args=(f"127.0.0.1:{bridge.receiver.port}", spec, ready, go, otlp))
+        proc = SPAWN.Process(
+            target=sender, args=(f"127.0.0.1:{bridge.receiver.port}", spec, ready, go, otlp, client_files)
+        )
         proc.start()
         ready.wait()
         rss_samples = []
@@ -413,6 +459,8 @@ def main() -> None:
             target, proc_args = run_pipeline, (total, plain, [], queue)
         elif mode == "pipeline+otlp":  # the same entries through Envoy's OpenTelemetry logger's path
             target, proc_args = run_pipeline, (total, plain, [], queue, True)
+        elif mode == "pipeline+mtls":  # the same entries over mutual TLS (receiver.tls)
+            target, proc_args = run_pipeline, (total, plain, [], queue, False, True)
         elif mode == "pipeline+mx-mesh":
             from als2otel.config import ANALYZERS
 

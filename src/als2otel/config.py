@@ -492,8 +492,8 @@ def split_hostport(text: str) -> tuple[str, int] | None:
     return (host, int(port)) if host else None
 
 
-TLS_VERSIONS = ("1.2",)
-"""The minimum TLS versions the ALS server can enforce: gRPC's Python server takes no other."""
+TLS_VERSIONS = ("1.2", "1.3")
+"""``receiver.tls.min_version`` values (the OpenTelemetry Collector's ``configtls`` names)."""
 
 
 def _check_tls(path: str, tls: TlsConfig | HttpTlsConfig) -> list[str]:
@@ -581,8 +581,7 @@ def _check_values(config: Config) -> list[str]:
     problems.extend(_check_tls("http.tls", config.http.tls))
     if config.receiver.tls.min_version not in TLS_VERSIONS:
         problems.append(
-            f'receiver.tls.min_version: must be "1.2" (gRPC\'s servers negotiate TLS 1.2 or 1.3 and let '
-            f"no other minimum be set), got {config.receiver.tls.min_version!r}"
+            f'receiver.tls.min_version: must be "1.2" or "1.3", got {config.receiver.tls.min_version!r}'
         )
     if config.log_level.lower() not in LOG_LEVELS:
         problems.append(f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {config.log_level!r}")

@@ -99,6 +99,12 @@ class Stats:
             "ALS streams that ended, by reason: the client closed or cancelled it, or sent bad input.",
             ("reason",),
         )
+        self.tls_handshakes_failed = Counter(
+            "als2otel_tls_handshakes_failed_total",
+            "TLS handshakes on the ALS port that failed, by reason: certificate (none, or not one the"
+            " client CA signed), version (below min_version), not_tls, protocol, timeout, closed.",
+            ("reason",),
+        )
         self.http_connections_closed = Counter(
             "als2otel_http_connections_closed_total",
             "HTTP connections the bridge closed itself, by reason: too many open, or too slow.",

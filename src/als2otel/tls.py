@@ -12,14 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import ssl
-from typing import Any
-
-import grpc
 
 from .config import HttpTlsConfig, TlsConfig
 from .stats import LogLimiter
 
 log = logging.getLogger("als2otel.tls")
+
+MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+"""``min_version`` values, as the OpenTelemetry Collector's ``configtls`` names them."""
 
 
 class CertificateFiles:
@@ -44,16 +44,6 @@ class CertificateFiles:
                     out.append((0, 0))
         return tuple(out)
 
-    def read(self) -> tuple[bytes, bytes, bytes | None]:
-        """The PEM certificate chain, key and client CA (None without mutual TLS)."""
-        with open(self.cert_file, "rb") as cert, open(self.key_file, "rb") as key:
-            chain, private = cert.read(), key.read()
-        ca = None
-        if self.client_ca_file:
-            with open(self.client_ca_file, "rb") as file:
-                ca = file.read()
-        return chain, private, ca
-
     def changed(self) -> bool:
         """True once after the files changed on disk (and then stay as they are)."""
         stamp = self._stamps()
@@ -62,29 +52,33 @@ class CertificateFiles:
         self._stamp = stamp
         return True
 
-    def grpc_credentials(self) -> grpc.ServerCredentials:
-        """Credentials for the ALS port that take up changed files at the next connection."""
-        chain, key, ca = self.read()
-        initial = grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=ca)
+    def mutual_context(self, min_version: str) -> ssl.SSLContext:
+        """A server context for the ALS port: HTTP/2 by ALPN, TLS ``min_version`` ("1.2" or "1.3")
+        at least, and with a client CA, a certificate it signed required of every client."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = MIN_VERSIONS[min_version]
+        context.set_alpn_protocols(["h2"])
+        context.load_cert_chain(self.cert_file, self.key_file)
+        if self.client_ca_file:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(cafile=self.client_ca_file)
+        return context
 
-        def fetch() -> Any:
-            # Called by gRPC before each new connection's handshake: a stat per file.
-            if not self.changed():
-                return None
-            try:
-                chain, key, ca = self.read()
-                _check_pair(self.cert_file, self.key_file)
-            except (OSError, ssl.SSLError) as exc:
-                self._limiter.warning(
-                    "reload", "TLS files changed but cannot be used yet (%s); keeping the old", exc
-                )
-                self._stamp = ()  # look again at the next connection
-                return None
-            self.reloads += 1
-            log.info("TLS certificate for the ALS port read again from %s", self.cert_file)
-            return grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=ca)
-
-        return grpc.dynamic_ssl_server_credentials(initial, fetch, require_client_authentication=bool(ca))
+    def current(self, context: ssl.SSLContext, min_version: str) -> ssl.SSLContext:
+        """``context``, or a new one if the files changed and are whole (else the old one, logged)."""
+        if not self.changed():
+            return context
+        try:
+            fresh = self.mutual_context(min_version)
+        except (OSError, ssl.SSLError) as exc:
+            self._limiter.warning(
+                "reload", "TLS files changed but cannot be used yet (%s); keeping the old", exc
+            )
+            self._stamp = ()  # look again at the next connection
+            return context
+        self.reloads += 1
+        log.info("TLS certificate for the ALS port read again from %s", self.cert_file)
+        return fresh
 
     def ssl_context(self) -> ssl.SSLContext:
         """An HTTPS server context; :meth:`refresh` loads changed files into it."""
@@ -107,7 +101,3 @@ class CertificateFiles:
             return
         self.reloads += 1
         log.info("TLS certificate for the HTTP port read again from %s", self.cert_file)
-
-
-def _check_pair(cert_file: str, key_file: str) -> None:
-    ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_file, key_file)

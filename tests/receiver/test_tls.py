@@ -4,7 +4,9 @@ certificates, a certificate from another CA refused, certificates rotated withou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+import socket
 import ssl
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ from support.waiting import eventually
 
 from als2otel import config as cfg
 from als2otel.demo.envoy import EnvoyProcess, ProxySpec, Route
+from als2otel.receiver import tls_front
 
 SPIFFE = "URI:spiffe://cluster.local/ns/default/sa/productpage"
 
@@ -51,16 +54,22 @@ def mtls_receiver(pki: dict[str, certs.Issued], directory: Path) -> dict[str, An
 
 
 async def send_tls(
-    port: int, client: certs.Issued | None, ca: certs.Issued, count: int, first: int = 0
+    port: int,
+    client: certs.Issued | None,
+    ca: certs.Issued,
+    count: int,
+    first: int = 0,
+    raw: list[bytes] | None = None,
 ) -> Any:
-    """One ALS stream over TLS with ``client``'s certificate (or none); the error if it failed."""
+    """One ALS stream over TLS with ``client``'s certificate (or none) carrying ``count`` entries (or
+    the ``raw`` messages); the error if it failed."""
     credentials = grpc.ssl_channel_credentials(
         root_certificates=ca.cert.read_bytes(),
         private_key=client.key.read_bytes() if client else None,
         certificate_chain=client.cert.read_bytes() if client else None,
     )
     entries = [mesh.outbound(i) for i in range(first, first + count)]
-    message = als.http_message(entries, mesh.productpage()).SerializeToString()
+    messages = raw or [als.http_message(entries, mesh.productpage()).SerializeToString()]
     async with grpc.aio.secure_channel(
         f"127.0.0.1:{port}", credentials, options=[("grpc.ssl_target_name_override", "localhost")]
     ) as channel:
@@ -68,7 +77,7 @@ async def send_tls(
             als.V3_METHOD, request_serializer=lambda b: b, response_deserializer=lambda b: b
         )
         try:
-            await asyncio.wait_for(call(iter([message])), 10)
+            await asyncio.wait_for(call(iter(messages)), 10)
         except grpc.aio.AioRpcError as error:
             return error
     return None
@@ -89,6 +98,76 @@ class TestMutualTls:
         await bridge.pipeline.drain()
         assert bridge.stats.entries_received.get("v3", "http") == 20
         assert bridge.stats.calls.get("client") == 20
+        refused = bridge.stats.tls_handshakes_failed.values
+        assert set(refused) == {("certificate",)} and refused[("certificate",)] >= 2
+
+    async def test_every_refused_handshake_is_counted_by_reason_and_logged(
+        self, make_bridge: Any, pki: Any, tmp_path: Path, caplog: Any, monkeypatch: Any
+    ) -> None:
+        """Another CA's certificate, none, plaintext, a TLS version below min_version, and a client
+        that never finishes its handshake: each refused, counted with its reason and logged with its
+        address; streams of valid clients still name theirs."""
+        monkeypatch.setattr(tls_front, "HANDSHAKE_TIMEOUT", 0.5)
+        receiver = mtls_receiver(pki, tmp_path)
+        receiver["tls"]["min_version"] = "1.3"
+        bridge = await make_bridge(bridge_config(None, receiver=receiver))
+        port = bridge.receiver.port
+        failed = bridge.stats.tls_handshakes_failed
+
+        def handshake(client: certs.Issued | None, version: ssl.TLSVersion | None = None) -> None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.load_verify_locations(pki["ca"].cert)
+            context.set_alpn_protocols(["h2"])
+            if version is not None:
+                context.maximum_version = version
+            if client is not None:
+                context.load_cert_chain(client.cert, client.key)
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+                contextlib.suppress(ssl.SSLError, OSError),
+                context.wrap_socket(raw, server_hostname="localhost") as tls,
+            ):
+                tls.sendall(b"x")
+                tls.recv(1)  # TLS 1.3: the server's verdict on the certificate arrives now
+
+        def plaintext() -> None:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                raw.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                raw.recv(100)
+
+        def silent() -> None:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                raw.recv(100)  # the bridge gives up on it first
+
+        for attempt, reason in (
+            (lambda: handshake(pki["stranger"]), "certificate"),
+            (lambda: handshake(None), "certificate"),
+            (lambda: handshake(pki["client"], ssl.TLSVersion.TLSv1_2), "version"),
+            (plaintext, "not_tls"),
+            (silent, "timeout"),
+        ):
+            before = dict(failed.values)
+            await asyncio.to_thread(attempt)
+            assert await eventually(lambda before=before: failed.values != before, 5), reason
+            assert {k: v - before.get(k, 0) for k, v in failed.values.items() if v != before.get(k, 0)} == {
+                (reason,): 1
+            }
+        assert sum(failed.values.values()) == 5
+        refusals = [r.getMessage() for r in caplog.records if "TLS handshake from" in r.getMessage()]
+        assert all("ipv4:127.0.0.1:" in text for text in refusals)  # rate-limited per reason:
+        assert {text.split("(")[1].split(")")[0] for text in refusals} == {
+            "certificate",
+            "version",
+            "not_tls",
+            "timeout",
+        }
+
+        caplog.clear()
+        bad = als.http_message([mesh.outbound(0)]).SerializeToString()  # no identifier
+        error = await send_tls(port, pki["client"], pki["ca"], 0, raw=[bad])
+        assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        (warning,) = [r.getMessage() for r in caplog.records if "ending the stream" in r.getMessage()]
+        assert "ipv4:127.0.0.1:" in warning
 
     async def test_rotated_certificate_is_used_without_a_restart(
         self, make_bridge: Any, pki: Any, tmp_path: Path
@@ -206,7 +285,7 @@ class TestHttpsAndChecks:
         assert await asyncio.to_thread(get, "/metrics") == 200
 
     def test_check_config_reports_tls_problems(self, pki: Any, tmp_path: Path) -> None:
-        """A missing file, a key of another certificate and a version gRPC cannot enforce: each reported."""
+        """A missing file, a key of another certificate and an unknown TLS version: each reported."""
         with pytest.raises(cfg.ConfigError) as caught:
             cfg.parse(
                 {

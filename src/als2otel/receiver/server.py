@@ -28,11 +28,11 @@ from .. import istio
 from ..config import TlsConfig
 from ..model import Proxy
 from ..stats import LogLimiter, Stats
-from ..tls import CertificateFiles
 from . import otlp_logs
 from ._proto import als_pb2
 from .identity import identify
 from .normalize import InvalidEntry
+from .tls_front import TlsFront
 
 log = logging.getLogger("als2otel.receiver")
 
@@ -88,6 +88,7 @@ class AlsServer:
         self._limiter = LogLimiter(log)
         self._records = otlp_logs.RecordReader(name_labels)
         self._server: grpc.aio.Server | None = None
+        self._front: TlsFront | None = None
         self.port = 0
 
     async def start(self) -> None:
@@ -118,13 +119,18 @@ class AlsServer:
         )
         server.add_generic_rpc_handlers((*handlers.values(), logs))
         if self._tls is not None and self._tls.enabled:
-            port = server.add_secure_port(self._listen, CertificateFiles(self._tls).grpc_credentials())
+            # TLS ends in the front, which sees (and counts) every refused handshake.
+            self._front = TlsFront(self._listen, self._tls, self._stats, self._limiter)
+            if server.add_insecure_port(f"unix:{self._front.backend}") == 0:
+                raise OSError(f"cannot listen for ALS on {self._front.backend}")
+            await server.start()
+            port = await self._front.start()
         else:
             port = server.add_insecure_port(self._listen)
-        if port == 0:
-            raise OSError(f"cannot listen for ALS on {self._listen}")
+            if port == 0:
+                raise OSError(f"cannot listen for ALS on {self._listen}")
+            await server.start()
         self.port = port
-        await server.start()
         self._server = server
         mode = (
             "plaintext"
@@ -135,9 +141,14 @@ class AlsServer:
 
     async def stop(self, grace: float) -> None:
         """Stop taking streams; give open ones ``grace`` seconds to deliver what they sent."""
+        if self._front is not None:
+            await self._front.stop()
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        if self._front is not None:
+            self._front.close()
+            self._front = None
 
     async def _reject(
         self, context: grpc.aio.ServicerContext[Any, Any], reason: str, what: str, status: str

@@ -1,0 +1,197 @@
+"""TLS on the ALS port, ended here so that every refused handshake is seen.
+
+gRPC's Python server does TLS itself but says nothing of a handshake it refused: a
+client without a valid certificate would vanish without a trace. So with
+``receiver.tls`` the port is this front: it does each TLS handshake (counted in
+``als2otel_tls_handshakes_failed_total{reason}`` and logged, rate-limited, when it
+fails), then relays the connection's bytes both ways to the gRPC server, which listens
+on a Unix socket in a directory only this process may enter. Each relayed connection
+reaches gRPC from a socket named after the client's address, so the streams' logs
+still name the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import socket
+import ssl
+import tempfile
+from pathlib import Path
+
+from ..config import TlsConfig, split_hostport
+from ..stats import LogLimiter, Stats
+from ..tls import CertificateFiles
+
+log = logging.getLogger("als2otel.receiver")
+
+HANDSHAKE_TIMEOUT = 10.0
+"""Seconds a client has to complete its TLS handshake."""
+CHUNK = 256 * 1024
+
+
+_CERTIFICATE = {
+    "CERTIFICATE_VERIFY_FAILED",
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE",
+    "NO_CERTIFICATE_RETURNED",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+    "SSLV3_ALERT_BAD_CERTIFICATE",
+    "TLSV1_ALERT_UNKNOWN_CA",
+}
+_VERSION = {"UNSUPPORTED_PROTOCOL", "TLSV1_ALERT_PROTOCOL_VERSION", "NO_PROTOCOLS_AVAILABLE"}
+_NOT_TLS = {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "HTTPS_PROXY_REQUEST", "UNKNOWN_PROTOCOL"}
+
+
+def _reason(error: BaseException) -> str:
+    """Why a handshake failed, as one of a small fixed set of label values."""
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return "certificate"
+    if isinstance(error, ssl.SSLError):
+        code = error.reason or ""
+        if code in _CERTIFICATE:
+            return "certificate"
+        if code in _VERSION:
+            return "version"
+        if code in _NOT_TLS:
+            return "not_tls"  # plaintext (an HTTP/2 preface, say) sent to the TLS port
+        return "protocol"
+    return "closed"  # the client went away mid-handshake
+
+
+class TlsFront:
+    """The TLS listener of the ALS port, relaying to the gRPC server at :attr:`backend`."""
+
+    def __init__(self, listen: str, config: TlsConfig, stats: Stats, limiter: LogLimiter) -> None:
+        self._listen = listen
+        self._min_version = config.min_version
+        self._files = CertificateFiles(config)
+        self._context = self._files.mutual_context(config.min_version)
+        self._stats = stats
+        self._limiter = limiter
+        self._directory = Path(tempfile.mkdtemp(prefix="als2otel-"))  # 0700: this process only
+        self.backend = str(self._directory / "als.sock")
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Transport] = set()
+        self._numbers = itertools.count()
+        self.port = 0
+
+    async def start(self) -> int:
+        hostport = split_hostport(self._listen)
+        assert hostport is not None  # validated with the configuration
+        host, port = hostport
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _Connection(self), host or None, port, reuse_port=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        """No new connections; those relayed already end when gRPC ends them."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    def close(self) -> None:
+        """Once gRPC has stopped: cut what is still open, remove the socket's directory."""
+        for transport in list(self._connections):
+            transport.abort()
+        with contextlib.suppress(OSError):
+            os.unlink(self.backend)
+        with contextlib.suppress(OSError):
+            self._directory.rmdir()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = writer.transport
+        try:
+            await self._serve(reader, writer)
+        finally:
+            await _close(writer)
+            self._connections.discard(connection)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        client = "unknown"
+        if isinstance(peer, tuple):
+            client = f"ipv6:[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"ipv4:{peer[0]}:{peer[1]}"
+        self._context = self._files.current(self._context, self._min_version)
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                await writer.start_tls(self._context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT + 1)
+        except (OSError, TimeoutError, EOFError) as error:
+            reason = _reason(error)
+            self._stats.tls_handshakes_failed.inc(reason)
+            detail = str(error) or f"no handshake within {HANDSHAKE_TIMEOUT:g} s"
+            self._limiter.warning(
+                f"tls_{reason}", "TLS handshake from %s refused (%s): %s", client, reason, detail
+            )
+            return
+        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # Named after the client (an abstract name, no file): gRPC's peer() for its streams.
+            upstream.bind(f"\0als2otel-{os.getpid()}-{next(self._numbers)} {client}")
+            upstream.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(upstream, self.backend)
+        except OSError:
+            upstream.close()
+            log.warning("the ALS server behind TLS is not reachable; closing %s's connection", client)
+            return
+        up_reader, up_writer = await asyncio.open_unix_connection(sock=upstream, limit=CHUNK)
+        try:
+            await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
+        finally:
+            await _close(up_writer)
+
+
+class _Connection(asyncio.StreamReaderProtocol):
+    """A client's connection, known to the front from its first moment (so a stop can cut it)."""
+
+    def __init__(self, front: TlsFront) -> None:
+        super().__init__(asyncio.StreamReader(limit=CHUNK), front._accept)
+        self._front = front
+        self._socket: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._socket = transport  # the TCP connection, under TLS once the handshake is done
+        self._front._connections.add(transport)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._socket is not None:
+            self._front._connections.discard(self._socket)
+        super().connection_lost(exc)
+
+
+CLOSE_TIMEOUT = 2.0
+"""Seconds a closing connection may take to say goodbye (TLS close_notify) before it is cut."""
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Close gracefully, what was written delivered first; cut it if the peer does not answer."""
+    writer.close()
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await writer.wait_closed()
+    except (OSError, TimeoutError):
+        writer.transport.abort()
+
+
+async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    """Bytes from ``source`` to ``sink`` until either end closes; then the other is closed too."""
+    try:
+        while data := await source.read(CHUNK):
+            sink.write(data)
+            await sink.drain()
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError, RuntimeError):
+            if sink.can_write_eof():
+                sink.write_eof()
+        sink.close()
