@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import shutil
 import socket
 import ssl
@@ -209,6 +210,42 @@ def reviews_app() -> Any:
     app.stop()
 
 
+def mtls_sidecar(
+    ip: str, client: certs.Issued, pod: str, pki: Any, als_port: int, reviews_app: Any, workdir: Path
+) -> tuple[EnvoyProcess, int]:
+    """A productpage sidecar streaming ALS over mutual TLS with ``client``'s certificate, as Istio's
+    MUTUAL tlsSettings configure it; its outbound port routes reviews:9080 to the app."""
+    port = free_port(ip)
+    app_port = reviews_app._server.server_address[1]
+    spec = ProxySpec(
+        role="sidecar",
+        ip=ip,
+        pod=pod,
+        namespace="default",
+        labels={"app": "productpage", "version": "v1"},
+        workload="productpage-v1",
+        outbound_port=port,
+        routes=[
+            Route("reviews.default.svc.cluster.local", 9080, [("127.0.0.12", app_port)], ["reviews:9080"])
+        ],
+        als_address=("127.0.0.1", als_port),
+        als_tls=(str(client.cert), str(client.key), str(pki["ca"].cert)),
+        buffer_flush_interval="0.1s",
+    )
+    return EnvoyProcess(spec, workdir / pod), port
+
+
+def get_status(ip: str, port: int, path: str = "/status/200") -> int:
+    connection = http.client.HTTPConnection(ip, port, timeout=10)
+    try:
+        connection.request("GET", path, headers={"Host": "reviews:9080"})
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
 async def test_real_envoys_over_mutual_tls(
     make_bridge: Any, otlp: GrpcOtlpReceiver, pki: Any, reviews_app: Any, tmp_path: Path
 ) -> None:
@@ -217,55 +254,54 @@ async def test_real_envoys_over_mutual_tls(
     bridge = await make_bridge(
         bridge_config(otlp.endpoint, receiver=mtls_receiver(pki, tmp_path)), clock=time.time_ns
     )
-    app_port = reviews_app._server.server_address[1]
 
     def envoy(ip: str, client: certs.Issued, pod: str) -> tuple[EnvoyProcess, int]:
-        port = free_port(ip)
-        spec = ProxySpec(
-            role="sidecar",
-            ip=ip,
-            pod=pod,
-            namespace="default",
-            labels={"app": "productpage", "version": "v1"},
-            workload="productpage-v1",
-            outbound_port=port,
-            routes=[
-                Route("reviews.default.svc.cluster.local", 9080, [("127.0.0.12", app_port)], ["reviews:9080"])
-            ],
-            als_address=("127.0.0.1", bridge.receiver.port),
-            als_tls=(str(client.cert), str(client.key), str(pki["ca"].cert)),
-            buffer_flush_interval="0.1s",
-        )
-        return EnvoyProcess(spec, tmp_path / pod), port
+        return mtls_sidecar(ip, client, pod, pki, bridge.receiver.port, reviews_app, tmp_path)
 
     trusted, trusted_port = envoy("127.0.0.21", pki["client"], "productpage-v1-aaaaa")
     stranger, stranger_port = envoy("127.0.0.22", pki["stranger"], "productpage-v1-bbbbb")
     await asyncio.to_thread(trusted.start)
     await asyncio.to_thread(stranger.start)
     try:
-        import http.client
-
-        def request(ip: str, port: int) -> int:
-            connection = http.client.HTTPConnection(ip, port, timeout=10)
-            try:
-                connection.request("GET", "/status/200", headers={"Host": "reviews:9080"})
-                response = connection.getresponse()
-                response.read()
-                return response.status
-            finally:
-                connection.close()
-
         for _ in range(10):
-            assert await asyncio.to_thread(request, "127.0.0.21", trusted_port) == 200
-            assert await asyncio.to_thread(request, "127.0.0.22", stranger_port) == 200
+            assert await asyncio.to_thread(get_status, "127.0.0.21", trusted_port) == 200
+            assert await asyncio.to_thread(get_status, "127.0.0.22", stranger_port) == 200
         assert await eventually(lambda: len(otlp.received.spans()) >= 10, 20)
         await asyncio.sleep(1.0)
         spans = otlp.received.spans()
         assert len(spans) == 10
         assert {resource["k8s.pod.name"] for resource, _ in spans} == {"productpage-v1-aaaaa"}
+        assert bridge.stats.tls_handshakes_failed.get("certificate") >= 1  # the stranger's, counted
     finally:
         await asyncio.to_thread(trusted.stop)
         await asyncio.to_thread(stranger.stop)
+
+
+async def test_envoy_reconnects_over_mutual_tls_at_max_connection_age(
+    make_bridge: Any, otlp: GrpcOtlpReceiver, pki: Any, reviews_app: Any, tmp_path: Path
+) -> None:
+    """With a 1 s connection age, the bridge's GOAWAY reaches Envoy through the TLS front and Envoy
+    reconnects over mutual TLS again and again while it logs: every request becomes its span."""
+    receiver = mtls_receiver(pki, tmp_path) | {"max_connection_age": "1s", "max_connection_age_grace": "1s"}
+    bridge = await make_bridge(bridge_config(otlp.endpoint, receiver=receiver), clock=time.time_ns)
+    envoy, port = mtls_sidecar(
+        "127.0.0.21", pki["client"], "productpage-v1-aaaaa", pki, bridge.receiver.port, reviews_app, tmp_path
+    )
+    await asyncio.to_thread(envoy.start)
+    try:
+        sent = 0
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            assert await asyncio.to_thread(get_status, "127.0.0.21", port, f"/status/200?n={sent}") == 200
+            sent += 1
+            await asyncio.sleep(0.02)
+        assert await eventually(lambda: len(otlp.received.spans()) >= sent, 20)
+        await asyncio.sleep(1.0)
+        assert len(otlp.received.spans()) == sent
+        assert sum(bridge.stats.streams_ended.values.values()) >= 3  # reconnected along the way
+        assert sum(bridge.stats.tls_handshakes_failed.values.values()) == 0
+    finally:
+        await asyncio.to_thread(envoy.stop)
 
 
 class TestHttpsAndChecks:
