@@ -189,13 +189,7 @@ def _access_log(spec: ProxySpec) -> list[dict[str, Any]]:
             "name": "envoy.access_loggers.http_grpc",
             "typed_config": {
                 "@type": _TYPES + "access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
-                "common_config": {
-                    "log_name": provider["logName"],
-                    "transport_api_version": "V3",
-                    "buffer_flush_interval": spec.buffer_flush_interval,
-                    "grpc_service": {"envoy_grpc": {"cluster_name": "als2otel_als"}},
-                    "filter_state_objects_to_log": provider["filterStateObjectsToLog"],
-                },
+                "common_config": _common_config(spec, provider),
                 # Istio's exchange carries peer metadata in filter state; the demo's plain Envoys
                 # carry it in the x-envoy-peer-metadata header instead, so they log that too.
                 "additional_request_headers_to_log": [
@@ -223,16 +217,21 @@ def _tcp_access_log(spec: ProxySpec) -> list[dict[str, Any]]:
             "name": "envoy.access_loggers.tcp_grpc",
             "typed_config": {
                 "@type": _TYPES + "access_loggers.grpc.v3.TcpGrpcAccessLogConfig",
-                "common_config": {
-                    "log_name": TCP_ALS_PROVIDER["logName"],
-                    "transport_api_version": "V3",
-                    "buffer_flush_interval": spec.buffer_flush_interval,
-                    "grpc_service": {"envoy_grpc": {"cluster_name": "als2otel_als"}},
-                    "filter_state_objects_to_log": TCP_ALS_PROVIDER["filterStateObjectsToLog"],
-                },
+                "common_config": _common_config(spec, TCP_ALS_PROVIDER),
             },
         }
     ]
+
+
+def _common_config(spec: ProxySpec, provider: dict[str, Any]) -> dict[str, Any]:
+    """The ``common_config`` Istio gives an HTTP or TCP ALS logger from its provider's fields."""
+    return {
+        "log_name": provider["logName"],
+        "transport_api_version": "V3",
+        "buffer_flush_interval": spec.buffer_flush_interval,
+        "grpc_service": {"envoy_grpc": {"cluster_name": "als2otel_als"}},
+        "filter_state_objects_to_log": provider["filterStateObjectsToLog"],
+    }
 
 
 def _tcp_listener(spec: ProxySpec, port: int, route: Route) -> dict[str, Any]:
