@@ -12,11 +12,15 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+from collections.abc import Callable
+from typing import TypeVar
 
 from .config import HttpTlsConfig, TlsConfig
 from .stats import LogLimiter
 
 log = logging.getLogger("als2otel.tls")
+
+T = TypeVar("T")
 
 MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 """``min_version`` values, as the OpenTelemetry Collector's ``configtls`` names them."""
@@ -64,40 +68,26 @@ class CertificateFiles:
             context.load_verify_locations(cafile=self.client_ca_file)
         return context
 
-    def current(self, context: ssl.SSLContext, min_version: str) -> ssl.SSLContext:
-        """``context``, or a new one if the files changed and are whole (else the old one, logged)."""
-        if not self.changed():
-            return context
-        try:
-            fresh = self.mutual_context(min_version)
-        except (OSError, ssl.SSLError) as exc:
-            self._limiter.warning(
-                "reload", "TLS files changed but cannot be used yet (%s); keeping the old", exc
-            )
-            self._stamp = ()  # look again at the next connection
-            return context
-        self.reloads += 1
-        log.info("TLS certificate for the ALS port read again from %s", self.cert_file)
-        return fresh
-
     def ssl_context(self) -> ssl.SSLContext:
-        """An HTTPS server context; :meth:`refresh` loads changed files into it."""
+        """An HTTPS server context; :meth:`reload` can load changed files into it."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(self.cert_file, self.key_file)
         return context
 
-    def refresh(self, context: ssl.SSLContext) -> None:
-        """Load the files into ``context`` again if they changed (new connections use them)."""
+    def reload(self, load: Callable[[], T], port: str) -> T | None:
+        """``load()`` (which reads the files) if they changed since the last look, and what it
+        gave; None if they did not change, or are not whole yet (logged, and looked at again)."""
         if not self.changed():
-            return
+            return None
         try:
-            context.load_cert_chain(self.cert_file, self.key_file)
+            loaded = load()
         except (OSError, ssl.SSLError) as exc:
             self._limiter.warning(
                 "reload", "TLS files changed but cannot be used yet (%s); keeping the old", exc
             )
-            self._stamp = ()
-            return
+            self._stamp = ()  # look again next time
+            return None
         self.reloads += 1
-        log.info("TLS certificate for the HTTP port read again from %s", self.cert_file)
+        log.info("TLS certificate for the %s port read again from %s", port, self.cert_file)
+        return loaded

@@ -119,7 +119,8 @@ class TlsFront:
         client = "unknown"
         if isinstance(peer, tuple):
             client = f"ipv6:[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"ipv4:{peer[0]}:{peer[1]}"
-        self._context = self._files.current(self._context, self._min_version)
+        fresh = self._files.reload(lambda: self._files.mutual_context(self._min_version), "ALS")
+        self._context = fresh or self._context
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
                 await writer.start_tls(self._context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT + 1)

@@ -143,7 +143,7 @@ class HttpServer:
     async def _refresh_certificates(self, files: CertificateFiles, context: ssl.SSLContext) -> None:
         while True:
             await asyncio.sleep(CERTIFICATE_CHECK_INTERVAL)
-            files.refresh(context)
+            files.reload(lambda: context.load_cert_chain(files.cert_file, files.key_file), "HTTP")
 
     async def stop(self) -> None:
         if self._refresh is not None:
