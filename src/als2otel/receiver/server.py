@@ -121,17 +121,17 @@ class AlsServer:
         if self._tls is not None and self._tls.enabled:
             # TLS ends in the front, which sees (and counts) every refused handshake.
             self._front = TlsFront(self._listen, self._tls, self._stats, self._limiter)
-            if server.add_insecure_port(f"unix:{self._front.backend}") == 0:
-                raise OSError(f"cannot listen for ALS on {self._front.backend}")
-            await server.start()
-            port = await self._front.start()
+            address = f"unix:{self._front.backend}"
         else:
-            port = server.add_insecure_port(self._listen)
-            if port == 0:
-                raise OSError(f"cannot listen for ALS on {self._listen}")
-            await server.start()
-        self.port = port
+            address = self._listen
+        port = server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot listen for ALS on {address}")
+        await server.start()
         self._server = server
+        if self._front is not None:
+            port = await self._front.start()
+        self.port = port
         mode = (
             "plaintext"
             if self._tls is None or not self._tls.enabled

@@ -155,18 +155,12 @@ class _Connection(asyncio.StreamReaderProtocol):
     def __init__(self, front: TlsFront) -> None:
         super().__init__(asyncio.StreamReader(limit=CHUNK), front._accept)
         self._front = front
-        self._socket: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The TCP connection (under TLS once the handshake is done); _accept forgets it at its end.
         assert isinstance(transport, asyncio.Transport)
-        self._socket = transport  # the TCP connection, under TLS once the handshake is done
         self._front._connections.add(transport)
         super().connection_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._socket is not None:
-            self._front._connections.discard(self._socket)
-        super().connection_lost(exc)
 
 
 CLOSE_TIMEOUT = 2.0
@@ -192,7 +186,4 @@ async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
     except OSError:
         pass
     finally:
-        with contextlib.suppress(OSError, RuntimeError):
-            if sink.can_write_eof():
-                sink.write_eof()
-        sink.close()
+        sink.close()  # what was written is still sent first
