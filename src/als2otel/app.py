@@ -54,7 +54,7 @@ def tune_garbage_collection() -> None:
     Almost nothing made per entry forms a reference cycle: entries, calls and encoded spans
     are freed by reference counting once done with. At CPython's defaults the collector ran
     every 700 allocations (a few entries) and walked the long-lived heap again and again,
-    finding nothing: 15-20% of a worker's time (``bench/pipeline.py``, README "Performance").
+    finding nothing: 11-12% of the processing (timed with gc callbacks, README "Performance").
     What exists once the bridge has started (modules, configuration, servers) is frozen out
     of every pass; the young generation is collected every 10,000 allocations, so the cycles
     there are (tracebacks of skipped entries, aiohttp's and gRPC's objects) are still freed.
