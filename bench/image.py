@@ -28,10 +28,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from support.net import wait_ready  # noqa: E402
+
 TAG = "localhost/als2otel:bench"
 DEBIAN_BASE = "localhost/debian-python:3.11-bookworm"
 
@@ -69,16 +71,7 @@ def build(base: str, pip_cert: str | None) -> float:
     return time.monotonic() - started
 
 
-def ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
 def run_as_the_manifest(podman: list[str]) -> dict[str, object]:
-    sys.path.insert(0, str(ROOT / "tests"))
     from support.otlp_receiver import GrpcOtlpReceiver
 
     backend = GrpcOtlpReceiver(port=4317).start()
@@ -100,10 +93,8 @@ def _run(podman: list[str]) -> dict[str, object]:
         TAG, "serve", "--config", "/etc/als2otel/als2otel.yaml",
     )  # fmt: skip
     try:
-        while not ready("http://127.0.0.1:9464/readyz"):
-            if time.monotonic() - started > 60:
-                raise RuntimeError(run(*podman, "logs", name).stderr[-2000:])
-            time.sleep(0.02)
+        if not wait_ready(9464, 60, interval=0.02):
+            raise RuntimeError(run(*podman, "logs", name).stderr[-2000:])
         start_up = time.monotonic() - started
         user = run(*podman, "exec", name, "id", "-u").stdout.strip()
         write = subprocess.run(

@@ -9,8 +9,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(http_port: int, timeout: float = 60.0) -> bool:
-    """Poll a bridge's ``/readyz`` on loopback until it answers 200 (a process just started)."""
+def wait_ready(http_port: int, timeout: float = 60.0, interval: float = 0.1) -> bool:
+    """Poll a bridge's ``/readyz`` on loopback every ``interval`` seconds until it answers 200
+    (a process just started); False if it did not within ``timeout``."""
     import time
     import urllib.request
 
@@ -21,5 +22,5 @@ def wait_ready(http_port: int, timeout: float = 60.0) -> bool:
                 if response.status == 200:
                     return True
         except OSError:
-            time.sleep(0.1)
+            time.sleep(interval)
     return False
