@@ -96,7 +96,8 @@ class Stats:
         )
         self.streams_ended = Counter(
             "als2otel_streams_ended_total",
-            "ALS streams that ended, by reason: the client closed or cancelled it, or sent bad input.",
+            "ALS streams that ended, by reason: the client closed or cancelled it, it sent bad input,"
+            " or its connection reached max_connection_age.",
             ("reason",),
         )
         self.tls_handshakes_failed = Counter(

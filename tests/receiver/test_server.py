@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import grpc
+import pytest
 from conftest import bridge_config
 from support import als, mesh
 
@@ -154,6 +155,52 @@ class TestBadInput:
         await settle(bridge)
         assert bridge.stats.calls.get("client") == 1
 
+    async def test_streams_end_after_a_message_once_their_connection_is_aged(self, make_bridge: Any) -> None:
+        """At max_connection_age every stream of a connection, the one opened later too, is ended with
+        OK right after a message (nothing in flight is lost); a silent one is closed with its
+        connection the grace later. All three count as max_connection_age, none as cancelled."""
+        receiver = {"listen": "127.0.0.1:0", "max_connection_age": "1s", "max_connection_age_grace": "0.5s"}
+        bridge = await make_bridge(bridge_config(None, receiver=receiver))
+        channel = grpc.aio.insecure_channel(target(bridge))
+        stream = channel.stream_unary(
+            als.V3_METHOD, request_serializer=_serialize, response_deserializer=bytes
+        )
+        sent: list[int] = []
+
+        async def busy() -> Any:
+            yield als.http_message([mesh.outbound(0)], mesh.productpage())
+            sent.append(1)
+            while True:
+                await asyncio.sleep(0.05)
+                yield als.http_message([mesh.outbound(0)])
+                sent.append(1)
+
+        async def silent() -> Any:
+            yield als.http_message([mesh.outbound(0)], mesh.productpage())
+            sent.append(1)
+            await asyncio.Event().wait()
+
+        async def later() -> Any:
+            await asyncio.sleep(0.6)
+            return await stream(busy())
+
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        try:
+            quiet = asyncio.ensure_future(stream(silent()))
+            first, second = await asyncio.wait_for(asyncio.gather(stream(busy()), later()), 5)
+            assert first == second == b""  # OK, not cancelled
+            assert 1.1 <= loop.time() - start < 2.0
+            with pytest.raises(grpc.aio.AioRpcError):
+                await asyncio.wait_for(quiet, 5)
+        finally:
+            await channel.close()
+        await settle(bridge)
+        assert bridge.stats.entries_received.get("v3", "http") == len(sent)
+        assert bridge.stats.calls.get("client") == len(sent)
+        counts = bridge.stats.streams_ended
+        assert (counts.get("max_connection_age"), counts.get("client_cancelled")) == (3, 0)
+
     async def test_client_disconnecting_mid_stream(self, make_bridge: Any) -> None:
         """A client that goes away mid-stream is counted as client_cancelled; what it sent before counts."""
         bridge = await make_bridge(bridge_config(None))
@@ -186,3 +233,7 @@ class TestBadInput:
         ended = bridge.stats.streams_ended
         assert (ended.get("client_cancelled"), ended.get("client_closed")) == (1, 0)
         assert bridge.stats.calls.get("client") == 1
+
+
+def _serialize(message: Any) -> bytes:
+    return bytes(message.SerializeToString())

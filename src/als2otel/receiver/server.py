@@ -9,13 +9,17 @@ then handed to ``sink``, still encoded, without waiting for analysis or export
 Only a message that does not parse, an identifier that cannot be read, or
 entries before any identifier end a stream, with INVALID_ARGUMENT and a fixed
 text naming the reason; anything unexpected ends it with INTERNAL and a fixed
-text. Exception texts go to the log (rate-limited), never to the client.
+text. Exception texts go to the log (rate-limited), never to the client. A
+stream whose connection has reached ``max_connection_age`` is ended with OK
+right after a message, so that Envoy reconnects having nothing in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +51,10 @@ LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
 YIELD_EVERY_RECORDS = 128
 """OTLP records read between two yields to the event loop."""
 
+AGE_JITTER = 0.1
+"""gRPC spreads ``max_connection_age`` by this much either way: a connection's GOAWAY goes out
+between 0.9 and 1.1 of the age."""
+
 # Envoy's first message on a stream carries a ~70 KB node description; a batch
 # at a large buffer_size_bytes can be several MB.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -63,6 +71,14 @@ class EntryBatch:
 
 
 Sink = Callable[[EntryBatch], None]
+
+
+@dataclass(slots=True)
+class _Connection:
+    """A client connection, known by the streams open on it."""
+
+    aged_at: float  # monotonic: from then on its GOAWAY has gone out, and its streams are ended
+    streams: int = 0
 
 
 class AlsServer:
@@ -82,6 +98,7 @@ class AlsServer:
         self._tls = tls
         self._max_age = max_connection_age
         self._max_age_grace = max_connection_age_grace
+        self._connections: dict[str, _Connection] = {}
         self._name_labels = name_labels
         self._sink = sink
         self._stats = stats
@@ -100,11 +117,15 @@ class AlsServer:
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ]
         if self._max_age:
-            # A connection this old gets a GOAWAY, and its streams the grace to finish: Envoy then
-            # opens new ones, which a Service spreads over every replica, new ones included.
+            # A connection this old gets a GOAWAY, so Envoy opens its next streams on a new
+            # connection, which a Service spreads over every replica, new ones included. Envoy never
+            # ends a stream itself: once the GOAWAY is surely out, each stream is ended here right
+            # after a message (_read_stream), when Envoy has just flushed and has nothing in flight.
+            # gRPC closes the connection, with any stream that stayed silent, the grace after that.
+            grace = 2 * AGE_JITTER * self._max_age + self._max_age_grace
             options += [
                 ("grpc.max_connection_age_ms", int(self._max_age * 1000)),
-                ("grpc.max_connection_age_grace_ms", int(self._max_age_grace * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(grace * 1000)),
             ]
         server = grpc.aio.server(options=options)
         handlers = {
@@ -224,13 +245,17 @@ class AlsServer:
     ) -> bytes:
         stats = self._stats
         stats.streams_active.value += 1
+        peer = context.peer()
+        connection = self._connection_opened(peer)
         try:
-            await self._read_stream(api_version, requests, context)
+            await self._read_stream(api_version, requests, context, connection)
         except asyncio.CancelledError:
-            stats.streams_ended.inc("client_cancelled")
-            self._limiter.warning(
-                "client_cancelled", "ALS stream from %s was cancelled mid-stream", context.peer()
-            )
+            if time.monotonic() >= connection.aged_at:  # silent since: closed with its connection
+                stats.streams_ended.inc("max_connection_age")
+                log.debug("ALS stream from %s closed with its connection at max_connection_age", peer)
+            else:
+                stats.streams_ended.inc("client_cancelled")
+                self._limiter.warning("client_cancelled", "ALS stream from %s was cancelled mid-stream", peer)
             raise
         except grpc.aio.AbortError:
             raise  # _reject ended the stream, and counted it
@@ -242,13 +267,30 @@ class AlsServer:
             await context.abort(grpc.StatusCode.INTERNAL, "internal_error: the stream could not be read")
         finally:
             stats.streams_active.value -= 1
+            self._connection_closed(peer)
         return b""
+
+    def _connection_opened(self, peer: str) -> _Connection:
+        """The connection a new stream came on (``peer`` names one), aged from its first stream."""
+        connection = self._connections.get(peer)
+        if connection is None:
+            ages = (1 + AGE_JITTER) * self._max_age if self._max_age else math.inf
+            connection = self._connections[peer] = _Connection(time.monotonic() + ages)
+        connection.streams += 1
+        return connection
+
+    def _connection_closed(self, peer: str) -> None:
+        connection = self._connections[peer]
+        connection.streams -= 1
+        if not connection.streams:
+            del self._connections[peer]
 
     async def _read_stream(
         self,
         api_version: str,
         requests: AsyncIterator[bytes],
         context: grpc.aio.ServicerContext[Any, Any],
+        connection: _Connection,
     ) -> None:
         stats = self._stats
         proxy: Proxy | None = None
@@ -280,19 +322,21 @@ class AlsServer:
                     "the first message of a stream must carry an identifier",
                 )
             which = message.WhichOneof("log_entries")
+            entries: Sequence[bytes] = ()
             if which == "http_logs":
-                entries: Sequence[bytes] = message.http_logs.log_entry
-                log_type = "http"
+                entries, log_type = message.http_logs.log_entry, "http"
             elif which == "tcp_logs":
-                entries = message.tcp_logs.log_entry
-                log_type = "tcp"
-            else:
-                continue
-            if not entries:
-                continue
-            assert proxy is not None
-            stats.entries_received.inc(api_version, log_type, by=len(entries))
-            self._sink(EntryBatch(proxy, api_version, log_type, entries))
+                entries, log_type = message.tcp_logs.log_entry, "tcp"
+            if entries:
+                assert proxy is not None
+                stats.entries_received.inc(api_version, log_type, by=len(entries))
+                self._sink(EntryBatch(proxy, api_version, log_type, entries))
+            if time.monotonic() >= connection.aged_at:
+                # Envoy has just flushed: ending the stream now loses nothing, and its next one
+                # goes to a new connection (this one's GOAWAY is out).
+                stats.streams_ended.inc("max_connection_age")
+                log.debug("Ending the ALS stream from %s at max_connection_age", context.peer())
+                return
         # The messages end alike for a half-close and a cancellation; a cancelled call's handler
         # is cancelled at its next await, which _serve_stream then counts as client_cancelled.
         await asyncio.sleep(0)
