@@ -250,12 +250,7 @@ class AlsServer:
         try:
             await self._read_stream(api_version, requests, context, connection)
         except asyncio.CancelledError:
-            if time.monotonic() >= connection.aged_at:  # silent since: closed with its connection
-                stats.streams_ended.inc("max_connection_age")
-                log.debug("ALS stream from %s closed with its connection at max_connection_age", peer)
-            else:
-                stats.streams_ended.inc("client_cancelled")
-                self._limiter.warning("client_cancelled", "ALS stream from %s was cancelled mid-stream", peer)
+            self._ended_by_client(connection, peer, "client_cancelled")
             raise
         except grpc.aio.AbortError:
             raise  # _reject ended the stream, and counted it
@@ -340,5 +335,16 @@ class AlsServer:
         # The messages end alike for a half-close and a cancellation; a cancelled call's handler
         # is cancelled at its next await, which _serve_stream then counts as client_cancelled.
         await asyncio.sleep(0)
-        stats.streams_ended.inc("client_closed")
-        log.debug("ALS stream from %s closed by the client", context.peer())
+        self._ended_by_client(connection, context.peer(), "client_closed")
+
+    def _ended_by_client(self, connection: _Connection, peer: str, reason: str) -> None:
+        """Count a stream that ended without the bridge ending it: by its client (``reason``), or
+        with its connection, closed at max_connection_age while the stream sent nothing."""
+        if time.monotonic() >= connection.aged_at:
+            reason = "max_connection_age"
+            log.debug("ALS stream from %s closed with its connection at max_connection_age", peer)
+        elif reason == "client_cancelled":
+            self._limiter.warning(reason, "ALS stream from %s was cancelled mid-stream", peer)
+        else:
+            log.debug("ALS stream from %s closed by the client", peer)
+        self._stats.streams_ended.inc(reason)
