@@ -327,8 +327,9 @@ class AlsServer:
                 stats.entries_received.inc(api_version, log_type, by=len(entries))
                 self._sink(EntryBatch(proxy, api_version, log_type, entries))
             if time.monotonic() >= connection.aged_at:
-                # Envoy has just flushed: ending the stream now loses nothing, and its next one
-                # goes to a new connection (this one's GOAWAY is out).
+                # Envoy has just flushed: ending the stream now loses nothing in flight (unless the
+                # bridge is behind and its next message already waits), and its next stream goes to
+                # a new connection (this one's GOAWAY is out).
                 stats.streams_ended.inc("max_connection_age")
                 log.debug("Ending the ALS stream from %s at max_connection_age", context.peer())
                 return
