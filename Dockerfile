@@ -5,10 +5,15 @@ ARG BASE=python:3.11-slim
 FROM ${BASE} AS build
 # Where a proxy re-signs TLS: pip's CA bundle (mount it at build time, e.g. buildah's --volume).
 ARG PIP_CERT
+# A C compiler and Python's headers for the per-entry modules setup.py compiles (this stage only).
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null \
+ && { python3 -c 'import os, sysconfig; assert os.path.exists(sysconfig.get_path("include") + "/Python.h")' \
+      || apt-get install -y -qq --no-install-recommends python3-dev >/dev/null; }
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY src ./src
 RUN python3 -m venv /opt/als2otel && /opt/als2otel/bin/pip install --no-cache-dir --quiet . \
+ && /opt/als2otel/bin/python -c 'import als2otel.translation.wire as m; assert m.__file__.endswith(".so"), "not compiled"' \
  && /opt/als2otel/bin/pip uninstall --quiet --yes pip setuptools
 
 FROM ${BASE}

@@ -5,12 +5,14 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo serve test lint bench clean system-deps
+.PHONY: demo serve test lint bench clean system-deps compiled
 
-$(BIN)/.installed: pyproject.toml
+# Pure Python, editable: an edit takes effect at once (`make compiled` builds what
+# `pip install .` installs: the per-entry modules compiled by mypyc, see setup.py).
+$(BIN)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,demo]'
+	ALS2OTEL_NO_EXTENSIONS=1 $(BIN)/pip install --quiet -e '.[test,demo]'
 	touch $@
 
 # The main job: bookinfo on real Envoys with the bridge in the middle; topology at :9464/topology.
@@ -21,8 +23,8 @@ serve: $(BIN)/.installed
 	$(BIN)/als2otel serve $(if $(CONFIG),--config $(CONFIG))
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff format --check src tests bench
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench setup.py
+	$(BIN)/ruff check src tests bench setup.py
 	$(BIN)/mypy
 
 # Debian's chromium renders /topology in the page test; Debian's prometheus scrapes /metrics.
@@ -34,12 +36,26 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null; \
 	fi
 
-test: lint system-deps
-	$(BIN)/pytest -q -p no:cacheprovider
+# A copy of the tree with the modules setup.py compiles built next to their sources.
+COMPILED := build/compiled
+compiled: $(BIN)/.installed
+	rm -rf $(COMPILED) && mkdir -p $(COMPILED)
+	cp -r src setup.py pyproject.toml README.md $(COMPILED)/
+	cd $(COMPILED) && $(abspath $(BIN))/python setup.py --quiet build_ext --inplace
 
-bench: $(BIN)/.installed
-	$(BIN)/python bench/pipeline.py
+# All tests on the pure-Python modules; then the tests of the work the compiled modules do
+# (translation, analysis, entry decoding, real Envoys end to end) again on the compiled build
+# (tests/conftest.py refuses to run them there if a module is not the compiled one).
+COMPILED_TESTS := tests/translation tests/analysis tests/receiver/test_normalize.py tests/receiver/test_fuzz.py \
+  tests/receiver/test_hostile.py tests/receiver/test_otlp_logs.py tests/e2e/test_linking.py tests/e2e/test_bookinfo_k8s.py
+test: lint system-deps compiled
+	$(BIN)/pytest -q -p no:cacheprovider
+	ALS2OTEL_EXPECT_COMPILED=1 PYTHONPATH=$(COMPILED)/src $(BIN)/pytest -q -p no:cacheprovider $(COMPILED_TESTS)
+
+bench: compiled
+	$(BIN)/python bench/pipeline.py --streams 8 --workers 1,2 --compiled
 	$(BIN)/python bench/instructions.py
+	$(BIN)/python bench/instructions.py --compiled
 	$(BIN)/python bench/instructions.py --peers
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/stall.py

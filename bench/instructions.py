@@ -9,8 +9,10 @@ and connections) and process one of them, or all; the difference divided by
 the extra entries is the cost of one entry, without start-up. gRPC and the OTLP
 send are not in it (bench/pipeline.py measures those).
 
+``--compiled`` counts the modules setup.py compiles as built in build/compiled (``make compiled``).
+
 Usage: python bench/instructions.py [--entries N] [--passes K] [--peers] [--python EXE]
-                                    [--requests-per-connection R]
+                                    [--requests-per-connection R] [--compiled]
 """
 
 from __future__ import annotations
@@ -27,13 +29,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_passes(entries: int, passes: int, measured: int, peers: bool, per_connection: int) -> None:
+def run_passes(
+    entries: int, passes: int, measured: int, peers: bool, per_connection: int, compiled: bool
+) -> None:
     """``1 + measured`` of ``1 + passes`` prepared passes over ``entries`` entries (the first warms caches).
 
     Both runs prepare the same messages, so their difference is only the processing.
     """
-    sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests"), str(ROOT / "bench")]  # this checkout's code
-    from pipeline import build_messages, offline_bridge
+    source = ROOT / "build" / "compiled" / "src" if compiled else ROOT / "src"
+    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
+    from pipeline import build_messages, offline_bridge  # which puts src/ first on the path
+
+    sys.path.insert(0, str(source))  # this checkout's code, as built
 
     from als2otel.app import tune_garbage_collection
     from als2otel.receiver import identify
@@ -60,23 +67,29 @@ def run_passes(entries: int, passes: int, measured: int, peers: bool, per_connec
     asyncio.run(main())
 
 
-def count(python: str, entries: int, passes: int, measured: int, peers: bool, per_connection: int) -> int:
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        "--callgrind-out-file=/dev/null",
-        python,
-        __file__,
-        "--run",
-        "--entries",
-        str(entries),
-        "--passes",
-        str(passes),
-        "--measured",
-        str(measured),
-        "--requests-per-connection",
-        str(per_connection),
-    ] + (["--peers"] if peers else [])
+def count(
+    python: str, entries: int, passes: int, measured: int, peers: bool, per_connection: int, compiled: bool
+) -> int:
+    command = (
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            python,
+            __file__,
+            "--run",
+            "--entries",
+            str(entries),
+            "--passes",
+            str(passes),
+            "--measured",
+            str(measured),
+            "--requests-per-connection",
+            str(per_connection),
+        ]
+        + (["--peers"] if peers else [])
+        + (["--compiled"] if compiled else [])
+    )
     # A fixed hash seed: with a random one, dict and set layouts (and so the count) vary by ~1%.
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stderr
@@ -96,19 +109,23 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--python", default=sys.executable)
     add_traffic_arguments(parser)
+    parser.add_argument("--compiled", action="store_true", help="the compiled build (make compiled)")
     parser.add_argument("--run", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--measured", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
-        run_passes(args.entries, args.passes, args.measured, args.peers, args.requests_per_connection)
+        run_passes(
+            args.entries, args.passes, args.measured, args.peers, args.requests_per_connection, args.compiled
+        )
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
     per_connection = args.requests_per_connection
-    base = count(args.python, args.entries, args.passes, 0, args.peers, per_connection)
-    total = count(args.python, args.entries, args.passes, args.passes, args.peers, per_connection)
+    traffic = (args.peers, per_connection, args.compiled)
+    base = count(args.python, args.entries, args.passes, 0, *traffic)
+    total = count(args.python, args.entries, args.passes, args.passes, *traffic)
     per_entry = (total - base) / (args.entries * args.passes)
-    mode = "mx-mesh" if args.peers else "no analyzer"
+    mode = ("mx-mesh" if args.peers else "no analyzer") + (", compiled" if args.compiled else "")
     print(
         f"{mode}, {per_connection} requests per connection: {per_entry:,.0f} instructions per entry"
         f" ({args.python})"

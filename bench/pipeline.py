@@ -17,11 +17,16 @@ gRPC as fast as the receiver reads them.
 * pipeline+otlp: the same entries as OTLP log records (Envoy's OpenTelemetry
   access logger with als2otel's attribute set), one Export call per message.
 
+With ``--compiled``, each mode but bare runs twice: with the pure-Python modules of src/, and
+with the modules setup.py compiles built in build/compiled (``make compiled``), which is what
+``pip install .`` installs where a C compiler is at hand.
+
 Each mode reports entries per second of wall clock and per CPU-second of its
 process (all its threads; on a shared machine the wall clock also counts time
 the core was lent to others).
 
 Usage: python bench/pipeline.py [--entries N] [--streams S] [--modes bare,pipeline,...]
+                                [--workers 1,2] [--workers-entries N] [--compiled]
 """
 
 from __future__ import annotations
@@ -42,7 +47,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "src"))
 
 BATCH = 100
+COMPILED = ROOT / "build" / "compiled" / "src"
 SPAWN = mp.get_context("spawn")  # gRPC does not survive fork(), in any of our processes
+
+
+def use_build(source: str) -> None:
+    """This process imports als2otel from ``source`` (src/, or the compiled copy)."""
+    sys.path.insert(0, source)
 
 
 def pin(core: int) -> None:
@@ -167,8 +178,10 @@ def sender(
     go: Any,
     otlp: bool = False,
     mtls: tuple[str, str, str] | None = None,
+    cpu: Any = None,
 ) -> None:
-    """``mtls``: the CA, client certificate and key files to stream with, over mutual TLS."""
+    """``mtls``: the CA, client certificate and key files to stream with, over mutual TLS;
+    ``cpu``: a shared double that gets the CPU seconds this process spent streaming."""
     pin(1)
     messages = build_messages(*spec)
     if otlp:
@@ -208,14 +221,18 @@ def sender(
             channels = [grpc.aio.secure_channel(target, credentials, options=options) for _ in messages]
         ready.set()
         go.wait()
+        cpu_start = time.process_time()
         await asyncio.gather(*(stream(ch, batch) for ch, batch in zip(channels, messages, strict=True)))
+        if cpu is not None:
+            cpu.value = time.process_time() - cpu_start
         for ch in channels:
             await ch.close()
 
     asyncio.run(main())
 
 
-def otlp_receiver(port_queue: Any, counts: Any) -> None:
+def otlp_receiver(port_queue: Any, counts: Any, cpu: Any = None) -> None:
+    """Counts the spans received into ``counts`` and, if given, its CPU seconds into ``cpu``."""
     pin(1)
     from support.otlp_receiver import GrpcOtlpReceiver
 
@@ -230,9 +247,11 @@ def otlp_receiver(port_queue: Any, counts: Any) -> None:
         time.sleep(0.05)
         with receiver.received.lock:
             counts.value = receiver.received.counted["traces"]
+        if cpu is not None:
+            cpu.value = time.process_time()
 
 
-def run_bare(total: int, spec: tuple[int, int, bool, int], result: Any) -> None:
+def run_bare(total: int, spec: tuple[int, int, bool, int], *, result: Any) -> None:
     pin(0)
     import grpc
 
@@ -290,10 +309,13 @@ def run_pipeline(
     total: int,
     spec: tuple[int, int, bool, int],
     analyzers: list[str],
-    result: Any,
     otlp: bool = False,
     mtls: bool = False,
+    *,
+    result: Any,
+    source: str = str(ROOT / "src"),
 ) -> None:
+    use_build(source)
     pin(0)
     from als2otel import config as cfg
     from als2otel.app import Bridge, tune_garbage_collection
@@ -377,9 +399,19 @@ def run_pipeline(
     result.put(out)
 
 
-def run_serve(total: int, spec: tuple[int, int, bool, int], workers: int, result: Any) -> None:
+def run_serve(
+    total: int,
+    spec: tuple[int, int, bool, int],
+    workers: int,
+    *,
+    result: Any,
+    source: str = str(ROOT / "src"),
+) -> None:
     """``als2otel serve`` with ``receiver.workers`` as its own process tree (not pinned), timed
-    until the OTLP receiver has every span (including up to one 1 s flush tick at the end)."""
+    until the OTLP receiver has every span (including up to one 1 s flush tick at the end, which
+    is why these modes stream more entries than the others: ``--workers-entries``). Also
+    reports the CPU seconds the sender and the OTLP receiver spent meanwhile: on a machine
+    with as many cores as workers, that is what the workers could not have."""
     import subprocess
     import tempfile
 
@@ -390,7 +422,9 @@ def run_serve(total: int, spec: tuple[int, int, bool, int], workers: int, result
 
     port_queue: Any = SPAWN.Queue()
     counts: Any = SPAWN.Value("q", 0)
-    receiver = SPAWN.Process(target=otlp_receiver, args=(port_queue, counts), daemon=True)
+    receiver_cpu: Any = SPAWN.Value("d", 0.0)
+    sender_cpu: Any = SPAWN.Value("d", 0.0)
+    receiver = SPAWN.Process(target=otlp_receiver, args=(port_queue, counts, receiver_cpu), daemon=True)
     receiver.start()
     otlp_port = port_queue.get()
     als_port, http_port = free_port(), free_port()
@@ -404,24 +438,40 @@ def run_serve(total: int, spec: tuple[int, int, bool, int], workers: int, result
     }
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as file:
         yaml.safe_dump(config, file)
-    bridge = subprocess.Popen([sys.executable, "-m", "als2otel", "serve", "--config", file.name])
+    bridge = subprocess.Popen(
+        [sys.executable, "-m", "als2otel", "serve", "--config", file.name],
+        env={**os.environ, "PYTHONPATH": source},
+    )
     assert wait_ready(http_port)
     ready, go = SPAWN.Event(), SPAWN.Event()
-    proc = SPAWN.Process(target=sender, args=(f"127.0.0.1:{als_port}", spec, ready, go))
+    proc = SPAWN.Process(
+        target=sender, args=(f"127.0.0.1:{als_port}", spec, ready, go, False, None, sender_cpu)
+    )
     proc.start()
     ready.wait()
+    time.sleep(0.1)  # the receiver's CPU reading is at most 50 ms old
+    receiver_cpu_start = receiver_cpu.value
     go.set()
     start = time.perf_counter()
     while counts.value < total:
         time.sleep(0.02)
     seconds = time.perf_counter() - start
+    helpers_cpu = receiver_cpu.value - receiver_cpu_start
     proc.join()
+    helpers_cpu += sender_cpu.value
     bridge.terminate()
     bridge.wait(30)
     receiver.kill()
     Path(file.name).unlink()
     result.put(
-        {"seconds": seconds, "cpu_seconds": float("nan"), "peak_rss_mb": float("nan"), "workers": workers}
+        {
+            "seconds": seconds,
+            "cpu_seconds": float("nan"),
+            "peak_rss_mb": float("nan"),
+            "workers": workers,
+            "entries": total,
+            "sender_and_otlp_receiver_cpu_seconds": round(helpers_cpu, 2),
+        }
     )
 
 
@@ -445,51 +495,71 @@ def main() -> None:
         help="also workers=N: `als2otel serve` with N worker processes",
     )
     parser.add_argument("--workers", default="", help="shorthand: 1,2 adds modes workers=1,workers=2")
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="also run each mode but bare with the compiled modules of build/compiled (make compiled)",
+    )
+    parser.add_argument(
+        "--workers-entries",
+        type=int,
+        default=800_000,
+        help="entries for the workers=N modes, whose timing includes up to one 1 s span flush tick",
+    )
     args = parser.parse_args()
     total = args.entries - args.entries % (args.streams * BATCH)
     plain = (total, args.streams, False, args.requests_per_connection)
     with_peers = (total, args.streams, True, args.requests_per_connection)
     results = {}
     modes = args.modes.split(",") + [f"workers={n}" for n in args.workers.split(",") if n]
+    if args.compiled and not list(COMPILED.glob("als2otel/*.so")):
+        raise SystemExit(f"no compiled build in {COMPILED}: run `make compiled` first")
+    builds = (
+        {"": str(ROOT / "src"), " [compiled]": str(COMPILED)} if args.compiled else {"": str(ROOT / "src")}
+    )
     for mode in modes:
-        queue: Any = SPAWN.Queue()
+        entries = total
         if mode == "bare":
             target: Any = run_bare
-            proc_args: tuple[Any, ...] = (total, plain, queue)
+            proc_args: tuple[Any, ...] = (total, plain)
         elif mode == "pipeline":
-            target, proc_args = run_pipeline, (total, plain, [], queue)
+            target, proc_args = run_pipeline, (total, plain, [])
         elif mode == "pipeline+otlp":  # the same entries through Envoy's OpenTelemetry logger's path
-            target, proc_args = run_pipeline, (total, plain, [], queue, True)
+            target, proc_args = run_pipeline, (total, plain, [], True)
         elif mode == "pipeline+mtls":  # the same entries over mutual TLS (receiver.tls)
-            target, proc_args = run_pipeline, (total, plain, [], queue, False, True)
+            target, proc_args = run_pipeline, (total, plain, [], False, True)
         elif mode == "pipeline+mx-mesh":
-            from als2otel.config import ANALYZERS
-
-            if "mx-mesh" not in ANALYZERS:
-                continue
-            target, proc_args = run_pipeline, (total, with_peers, ["mx-mesh"], queue)
+            target, proc_args = run_pipeline, (total, with_peers, ["mx-mesh"])
         elif mode.startswith("workers="):
-            target, proc_args = run_serve, (total, plain, int(mode.split("=")[1]), queue)
+            entries = args.workers_entries - args.workers_entries % (args.streams * BATCH)
+            spec = (entries, args.streams, False, args.requests_per_connection)
+            target, proc_args = run_serve, (entries, spec, int(mode.split("=")[1]))
         else:
             raise SystemExit(f"unknown mode {mode}")
-        proc = SPAWN.Process(target=target, args=proc_args)
-        proc.start()
-        out = queue.get()
-        proc.join()
-        out["entries_per_s"] = round(total / out["seconds"])
-        out["entries_per_cpu_s"] = (
-            round(total / out["cpu_seconds"]) if out["cpu_seconds"] == out["cpu_seconds"] else 0
-        )
-        results[mode] = out
-        print(
-            f"{mode:18s} {out['entries_per_s']:>9,} entries/s  {out['entries_per_cpu_s']:>9,} per CPU-second"
-            f"  peak RSS {out['peak_rss_mb']:.0f} MB  {out}",
-            flush=True,
-        )
-    if "bare" in results and "pipeline" in results:
-        print(
-            f"pipeline / bare = {results['pipeline']['entries_per_s'] / results['bare']['entries_per_s']:.3f}"
-        )
+        for build, source in builds.items() if mode != "bare" else [("", "")]:
+            queue: Any = SPAWN.Queue()
+            proc = SPAWN.Process(
+                target=target,
+                args=proc_args,
+                kwargs={"result": queue} | ({"source": source} if source else {}),
+            )
+            proc.start()
+            out = queue.get()
+            proc.join()
+            out["entries_per_s"] = round(entries / out["seconds"])
+            out["entries_per_cpu_s"] = (
+                round(entries / out["cpu_seconds"]) if out["cpu_seconds"] == out["cpu_seconds"] else 0
+            )
+            results[mode + build] = out
+            print(
+                f"{mode + build:29s} {out['entries_per_s']:>9,} entries/s  {out['entries_per_cpu_s']:>9,} per"
+                f" CPU-second  peak RSS {out['peak_rss_mb']:.0f} MB  {out}",
+                flush=True,
+            )
+    for build in builds:
+        if "bare" in results and "pipeline" + build in results:
+            ratio = results["pipeline" + build]["entries_per_s"] / results["bare"]["entries_per_s"]
+            print(f"pipeline{build} / bare = {ratio:.3f}")
     print(
         json.dumps(
             {

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import ast
+import importlib
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -14,6 +17,31 @@ from support.otlp_receiver import GrpcOtlpReceiver
 
 from als2otel import config as cfg
 from als2otel.app import Bridge
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def compiled_modules() -> list[str]:
+    """The modules setup.py compiles (its COMPILED), as module names."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    paths = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "COMPILED"
+    )
+    return [path.removeprefix("src/").removesuffix(".py").replace("/", ".") for path in paths]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under ALS2OTEL_EXPECT_COMPILED (make test's second run) every module setup.py compiles
+    must be its compiled build: a build that fell back to Python would test nothing new."""
+    if not os.environ.get("ALS2OTEL_EXPECT_COMPILED"):
+        return
+    pure = [
+        name for name in compiled_modules() if not str(importlib.import_module(name).__file__).endswith(".so")
+    ]
+    if pure:
+        raise pytest.UsageError(f"ALS2OTEL_EXPECT_COMPILED, but these modules are not compiled: {pure}")
 
 
 @pytest.fixture

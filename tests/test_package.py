@@ -3,7 +3,9 @@
 The Dockerfile builds a wheel from exactly what it copies, installs it, and
 runs ``als2otel`` as a non-root user. Here the same wheel is built from the
 same files, and the bridge is run from the wheel's contents alone: a module,
-data file or entry point missing from the package fails here, not in an image.
+data file or entry point missing from the package fails here, not in an image;
+so does a build that did not compile the modules setup.py compiles (this machine,
+as the image's build stage, has a C compiler).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import sys
 import tomllib
 import zipfile
 from pathlib import Path
+
+from conftest import compiled_modules
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,6 +79,12 @@ def test_wheel_built_from_the_dockerfiles_files_runs_from_its_own_contents(tmp_p
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(site)
+        names = archive.namelist()
+    for module in compiled_modules():
+        stem = module.replace(".", "/")
+        assert any(n.startswith(f"{stem}.cpython-") and n.endswith(".so") for n in names), (
+            f"{module} not compiled"
+        )
     entry_points = configparser.ConfigParser()
     entry_points.read(next(site.glob("als2otel-*.dist-info")) / "entry_points.txt")
     module, _, function = entry_points["console_scripts"]["als2otel"].partition(":")
@@ -84,6 +94,8 @@ def test_wheel_built_from_the_dockerfiles_files_runs_from_its_own_contents(tmp_p
             "import sys, als2otel\n"
             f"assert als2otel.__file__.startswith({str(site)!r}), als2otel.__file__\n"
             "import als2otel.web.server, als2otel.receiver._proto.als_pb2\n"  # data file, generated code
+            "import als2otel.translation.wire as wire\n"
+            "assert wire.__file__.endswith('.so'), wire.__file__\n"  # the compiled build runs
             f"from {module} import {function} as main\n"
             f"sys.exit(main({list(args)!r}))\n"
         )

@@ -47,7 +47,7 @@ def workload_name_from_pod(pod: str) -> str:
     return pod
 
 
-NAME_LABELS = (CANONICAL_NAME, APP_NAME, "app")
+NAME_LABELS: tuple[str, ...] = (CANONICAL_NAME, APP_NAME, "app")
 """The labels that name a workload's service, first found wins: ``service_name_labels``'s default."""
 
 
