@@ -52,19 +52,29 @@ class OptionalBuildExt(build_ext):
             for output in self.get_outputs():
                 Path(output).unlink(missing_ok=True)
             self.extensions = []
-            print(
-                f"WARNING: als2otel's per-entry modules were not compiled ({error}); "
-                "installing them as pure Python, which is slower per core",
-                file=sys.stderr,
-            )
+            _not_compiled(error)
 
 
 def extensions() -> list[Any]:
+    """The compiled modules' extensions; none when asked not to, or when mypyc is missing
+    (a build without isolation) or refuses the code."""
     if os.environ.get("ALS2OTEL_NO_EXTENSIONS"):
         return []
-    from mypyc.build import mypycify  # noqa: PLC0415 (a build requirement, needed only here)
+    try:
+        from mypyc.build import mypycify  # noqa: PLC0415 (a build requirement, needed only here)
 
-    return list(mypycify([*MYPY_ARGS, *COMPILED], group_name="als2otel"))
+        return list(mypycify([*MYPY_ARGS, *COMPILED], group_name="als2otel"))
+    except (Exception, SystemExit) as error:  # ImportError included
+        _not_compiled(error)
+        return []
+
+
+def _not_compiled(error: BaseException) -> None:
+    print(
+        f"WARNING: als2otel's per-entry modules were not compiled ({error!r}); "
+        "installing them as pure Python, which is slower per core",
+        file=sys.stderr,
+    )
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -179,10 +179,13 @@ def sender(
     otlp: bool = False,
     mtls: tuple[str, str, str] | None = None,
     cpu: Any = None,
+    core: int | None = 1,
 ) -> None:
     """``mtls``: the CA, client certificate and key files to stream with, over mutual TLS;
-    ``cpu``: a shared double that gets the CPU seconds this process spent streaming."""
-    pin(1)
+    ``cpu``: a shared double that gets the CPU seconds this process spent streaming;
+    ``core``: the core it is pinned to (None: not pinned)."""
+    if core is not None:
+        pin(core)
     messages = build_messages(*spec)
     if otlp:
         messages = as_otlp_logs(messages)
@@ -231,9 +234,11 @@ def sender(
     asyncio.run(main())
 
 
-def otlp_receiver(port_queue: Any, counts: Any, cpu: Any = None) -> None:
-    """Counts the spans received into ``counts`` and, if given, its CPU seconds into ``cpu``."""
-    pin(1)
+def otlp_receiver(port_queue: Any, counts: Any, cpu: Any = None, core: int | None = 1) -> None:
+    """Counts the spans received into ``counts`` and, if given, its CPU seconds into ``cpu``;
+    pinned to ``core`` unless it is None."""
+    if core is not None:
+        pin(core)
     from support.otlp_receiver import GrpcOtlpReceiver
 
     receiver = GrpcOtlpReceiver()
@@ -424,7 +429,8 @@ def run_serve(
     counts: Any = SPAWN.Value("q", 0)
     receiver_cpu: Any = SPAWN.Value("d", 0.0)
     sender_cpu: Any = SPAWN.Value("d", 0.0)
-    receiver = SPAWN.Process(target=otlp_receiver, args=(port_queue, counts, receiver_cpu), daemon=True)
+    # Nothing pinned: one of the workers would share the helpers' core and set the pace of both.
+    receiver = SPAWN.Process(target=otlp_receiver, args=(port_queue, counts, receiver_cpu, None), daemon=True)
     receiver.start()
     otlp_port = port_queue.get()
     als_port, http_port = free_port(), free_port()
@@ -445,7 +451,7 @@ def run_serve(
     assert wait_ready(http_port)
     ready, go = SPAWN.Event(), SPAWN.Event()
     proc = SPAWN.Process(
-        target=sender, args=(f"127.0.0.1:{als_port}", spec, ready, go, False, None, sender_cpu)
+        target=sender, args=(f"127.0.0.1:{als_port}", spec, ready, go, False, None, sender_cpu, None)
     )
     proc.start()
     ready.wait()
