@@ -1,5 +1,6 @@
-# A small non-root image with the `als2otel` entry point. BASE: any image with CPython 3.11+ and
-# its venv module (python:3.11-slim by default; a Debian image with python3-venv builds too).
+# A small non-root image with the `als2otel` entry point. BASE: a Debian-based image with CPython
+# 3.11+ and its venv module (python:3.11-slim by default; Debian's own with python3-venv builds
+# too); the build stage installs a C compiler with apt to compile the per-entry modules.
 ARG BASE=python:3.11-slim
 
 FROM ${BASE} AS build

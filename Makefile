@@ -53,7 +53,8 @@ test: lint system-deps compiled
 	ALS2OTEL_EXPECT_COMPILED=1 PYTHONPATH=$(COMPILED)/src $(BIN)/pytest -q -p no:cacheprovider $(COMPILED_TESTS)
 
 bench: compiled
-	$(BIN)/python bench/pipeline.py --streams 8 --workers 1,2 --compiled
+	$(BIN)/python bench/pipeline.py --streams 8 --compiled
+	$(BIN)/python bench/pipeline.py --streams 64 --modes bare --workers 1,2 --compiled
 	$(BIN)/python bench/instructions.py
 	$(BIN)/python bench/instructions.py --compiled
 	$(BIN)/python bench/instructions.py --peers
