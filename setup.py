@@ -37,7 +37,7 @@ COMPILED = [
 ]
 """The modules compiled, as mypy files; everything they import stays Python."""
 
-MYPY_ARGS = ["--config-file=", "--no-site-packages", "--ignore-missing-imports", "--python-version=3.11"]
+MYPY_ARGS = ["--config-file=", "--no-site-packages", "--ignore-missing-imports"]
 """The same types wherever it builds: third-party modules (protobuf, OpenTelemetry) are Any,
 whether or not they are installed in the build environment."""
 
