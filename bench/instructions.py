@@ -36,11 +36,10 @@ def run_passes(
 
     Both runs prepare the same messages, so their difference is only the processing.
     """
-    source = ROOT / "build" / "compiled" / "src" if compiled else ROOT / "src"
     sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
-    from pipeline import build_messages, offline_bridge  # which puts src/ first on the path
+    from pipeline import COMPILED, SOURCE, build_messages, offline_bridge  # SOURCE now first on the path
 
-    sys.path.insert(0, str(source))  # this checkout's code, as built
+    sys.path.insert(0, str(COMPILED if compiled else SOURCE))  # this checkout's code, as built
 
     from als2otel.app import tune_garbage_collection
     from als2otel.receiver import identify

@@ -44,10 +44,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "src"))
+SOURCE = ROOT / "src"
+COMPILED = ROOT / "build" / "compiled" / "src"
+"""The two builds a mode can import als2otel from: the sources, and ``make compiled``'s copy."""
+sys.path.insert(0, str(SOURCE))
 
 BATCH = 100
-COMPILED = ROOT / "build" / "compiled" / "src"
 SPAWN = mp.get_context("spawn")  # gRPC does not survive fork(), in any of our processes
 
 
@@ -318,7 +320,7 @@ def run_pipeline(
     mtls: bool = False,
     *,
     result: Any,
-    source: str = str(ROOT / "src"),
+    source: str = str(SOURCE),
 ) -> None:
     use_build(source)
     pin(0)
@@ -410,7 +412,7 @@ def run_serve(
     workers: int,
     *,
     result: Any,
-    source: str = str(ROOT / "src"),
+    source: str = str(SOURCE),
 ) -> None:
     """``als2otel serve`` with ``receiver.workers`` as its own process tree (not pinned), timed
     until the OTLP receiver has every span (including up to one 1 s flush tick at the end, which
@@ -520,9 +522,7 @@ def main() -> None:
     modes = args.modes.split(",") + [f"workers={n}" for n in args.workers.split(",") if n]
     if args.compiled and not list(COMPILED.glob("als2otel/*.so")):
         raise SystemExit(f"no compiled build in {COMPILED}: run `make compiled` first")
-    builds = (
-        {"": str(ROOT / "src"), " [compiled]": str(COMPILED)} if args.compiled else {"": str(ROOT / "src")}
-    )
+    builds = {"": str(SOURCE)} | ({" [compiled]": str(COMPILED)} if args.compiled else {})
     for mode in modes:
         entries = total
         if mode == "bare":
@@ -542,13 +542,11 @@ def main() -> None:
             target, proc_args = run_serve, (entries, spec, int(mode.split("=")[1]))
         else:
             raise SystemExit(f"unknown mode {mode}")
-        for build, source in builds.items() if mode != "bare" else [("", "")]:
+        runs = builds.items() if mode != "bare" else [("", None)]  # bare imports no als2otel module
+        for build, source in runs:
             queue: Any = SPAWN.Queue()
-            proc = SPAWN.Process(
-                target=target,
-                args=proc_args,
-                kwargs={"result": queue} | ({"source": source} if source else {}),
-            )
+            kwargs = {"result": queue} if source is None else {"result": queue, "source": source}
+            proc = SPAWN.Process(target=target, args=proc_args, kwargs=kwargs)
             proc.start()
             out = queue.get()
             proc.join()
