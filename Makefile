@@ -44,10 +44,12 @@ compiled: $(BIN)/.installed
 	cd $(COMPILED) && $(abspath $(BIN))/python setup.py --quiet build_ext --inplace
 
 # All tests on the pure-Python modules; then the tests of the work the compiled modules do
-# (translation, analysis, entry decoding, real Envoys end to end) again on the compiled build
-# (tests/conftest.py refuses to run them there if a module is not the compiled one).
+# (translation, analysis, entry decoding, delivery to a default 4 MiB backend with replicas and
+# pod churn, real Envoys end to end) again on the compiled build (tests/conftest.py refuses to
+# run them there if a module is not the compiled one).
 COMPILED_TESTS := tests/translation tests/analysis tests/receiver/test_normalize.py tests/receiver/test_fuzz.py \
-  tests/receiver/test_hostile.py tests/receiver/test_otlp_logs.py tests/e2e/test_linking.py tests/e2e/test_bookinfo_k8s.py
+  tests/receiver/test_hostile.py tests/receiver/test_otlp_logs.py tests/export/test_delivery.py \
+  tests/e2e/test_linking.py tests/e2e/test_bookinfo_k8s.py
 test: lint system-deps compiled
 	$(BIN)/pytest -q -p no:cacheprovider
 	ALS2OTEL_EXPECT_COMPILED=1 PYTHONPATH=$(COMPILED)/src $(BIN)/pytest -q -p no:cacheprovider $(COMPILED_TESTS)
