@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from support import als, mesh
 from support.net import free_port, wait_ready
@@ -17,10 +18,34 @@ from support.otlp_receiver import GrpcOtlpReceiver
 from als2otel import __version__
 
 CLI = [sys.executable, "-m", "als2otel"]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], check=False, capture_output=True, text=True, timeout=60)
+
+
+BILLION_LAUGHS = b"a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + b"".join(
+    f"{name}: &{name} [{', '.join(['*' + previous] * 9)}]\n".encode()
+    for previous, name in zip("abcdefgh", "bcdefghi", strict=True)
+)
+"""Nine levels of aliases, each nine of the one before: 9^9 values once expanded."""
+
+
+def run_measured(*args: str) -> tuple[subprocess.CompletedProcess[str], float, int]:
+    """The command's result, its wall time, and its peak resident memory in KiB."""
+    wrapper = (
+        "import resource, subprocess, sys, time; start = time.monotonic(); "
+        "result = subprocess.run(sys.argv[1:], capture_output=True, text=True, timeout=60); "
+        "sys.stderr.write(result.stderr); "
+        "print(time.monotonic() - start, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+        "sys.exit(result.returncode)"
+    )
+    outer = subprocess.run(
+        [sys.executable, "-c", wrapper, *CLI, *args], check=False, capture_output=True, text=True, timeout=90
+    )
+    seconds, peak = outer.stdout.split()
+    return outer, float(seconds), int(peak)
 
 
 class TestCommands:
@@ -31,7 +56,7 @@ class TestCommands:
 
     def test_check_config_ok(self) -> None:
         """The sample configuration is valid."""
-        assert run("check-config", "config/als2otel.yaml").returncode == 0
+        assert run("check-config", str(ROOT / "config" / "als2otel.yaml")).returncode == 0
 
     def test_check_config_reports_every_problem(self, tmp_path: Path) -> None:
         """Exit 2 with every problem on its own line, each naming its key path."""
@@ -46,6 +71,31 @@ class TestCommands:
             "exporters.otlp.endpoint",
             "extra",
         }
+
+    @pytest.mark.parametrize(
+        ("content", "says"),
+        [
+            (BILLION_LAUGHS, "more than 10000 values once its aliases are expanded"),
+            (b"[" * 10_000 + b"]" * 10_000, "nested more than 32 levels deep"),
+            (b"a: &a [*a]\n", "a YAML alias refers to the node that holds it"),
+            ("receiver: {}\n".encode("utf-16"), "not UTF-8 text"),
+            (b"log_level: \xff\xfe\n", "not UTF-8 text"),
+            (b"# padding\n" * 200_000, "larger than 1048576 bytes"),
+        ],
+        ids=["billion-laughs", "deep", "cyclic", "utf-16", "latin-1", "huge"],
+    )
+    def test_hostile_files_are_refused_at_once(self, tmp_path: Path, content: bytes, says: str) -> None:
+        """Aliases that expand to billions, 10,000-deep nesting, a cycle, text that is not UTF-8 and a
+        file of 2 MB: check-config and serve exit 2 with one line saying why, quickly and in little
+        memory (a billion laughs once took 90 s and 1.9 GB)."""
+        bad = tmp_path / "bad.yaml"
+        bad.write_bytes(content)
+        for command in (["check-config", str(bad)], ["serve", "--config", str(bad)]):
+            result, seconds, peak_kib = run_measured(*command)
+            assert result.returncode == 2, result.stderr
+            (line,) = result.stderr.strip().splitlines()
+            assert line.startswith(f"{bad}: ") and says in line
+            assert seconds < 10 and peak_kib < 200_000, (seconds, peak_kib)
 
     def test_serve_refuses_bad_config_before_opening_a_port(self, tmp_path: Path) -> None:
         """serve exits 2 on a bad file and never listens."""

@@ -183,16 +183,109 @@ def load(path: str | Path | None, environ: Mapping[str, str] | None = None) -> C
     raw: Any = {}
     if path is not None:
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            with open(path, "rb") as file:
+                data = file.read(MAX_FILE_BYTES + 1)
         except OSError as exc:
             raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+        if len(data) > MAX_FILE_BYTES:
+            raise ConfigError([f"{path}: larger than {MAX_FILE_BYTES} bytes; not a configuration file"])
         try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                [f"{path}: not UTF-8 text (byte {exc.start} cannot be read as UTF-8)"]
+            ) from None
+        try:
+            raw = load_yaml(text)
+        except ConfigError as exc:
+            raise ConfigError([f"{path}: {problem}" for problem in exc.problems]) from None
         if raw is None:
             raw = {}
     return parse(raw, env)
+
+
+MAX_FILE_BYTES = 1024 * 1024
+"""A configuration file's size at most: a complete one is a few KiB."""
+
+MAX_YAML_VALUES = 10_000
+"""Values a YAML document may hold once its aliases are expanded (a complete configuration has ~70):
+a few lines of nested aliases can otherwise stand for billions ("billion laughs")."""
+
+MAX_YAML_DEPTH = 32
+"""Levels of nesting a YAML document may have (a configuration has five)."""
+
+
+def load_yaml(text: str) -> Any:
+    """One YAML document, read safely and within bounds: its size once aliases are expanded
+    (:data:`MAX_YAML_VALUES`) and its nesting (:data:`MAX_YAML_DEPTH`) are checked on the parsed
+    node graph before any value is built. Raises :class:`ConfigError` with one line."""
+    loader = _BoundedLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"not valid YAML: {exc}"]) from None
+        if node is None:
+            return None
+        _check_yaml_bounds(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing nesting past :data:`MAX_YAML_DEPTH` as it parses (its
+    composer recurses once a level)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise ConfigError([f"not a configuration: nested more than {MAX_YAML_DEPTH} levels deep"])
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _check_yaml_bounds(root: yaml.Node) -> None:
+    """Counts the values and levels the node graph expands to, visiting each shared (aliased)
+    node once, without recursion."""
+    sizes: dict[int, tuple[int, int]] = {}  # id -> (values, depth) of a node done
+    started: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = _yaml_children(node)
+        if not children_done:
+            if id(node) in started:  # reached again from inside itself
+                raise ConfigError(["not a configuration: a YAML alias refers to the node that holds it"])
+            started.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if id(child) not in sizes)
+            continue
+        values = 1 + sum(sizes[id(child)][0] for child in children)
+        depth = 1 + max((sizes[id(child)][1] for child in children), default=0)
+        if values > MAX_YAML_VALUES:
+            raise ConfigError(
+                [f"not a configuration: more than {MAX_YAML_VALUES} values once its aliases are expanded"]
+            )
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError([f"not a configuration: nested more than {MAX_YAML_DEPTH} levels deep"])
+        sizes[id(node)] = (values, depth)
+
+
+def _yaml_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 def parse(raw: Any, environ: Mapping[str, str]) -> Config:
@@ -253,8 +346,8 @@ def _expand(value: Any, environ: Mapping[str, str], path: str, problems: list[st
     if expanded != value and _ENV_REF.fullmatch(value):
         # A value that is one reference takes the YAML type of what it expands to.
         try:
-            return yaml.safe_load(expanded) if expanded else expanded
-        except yaml.YAMLError:
+            return load_yaml(expanded) if expanded else expanded
+        except ConfigError:
             return expanded
     return expanded
 
