@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support import als
+from support import als, certs
 from support.otlp_receiver import GrpcOtlpReceiver
 
 from als2otel import config as cfg
@@ -80,3 +80,9 @@ async def make_bridge() -> AsyncIterator[Callable[..., Any]]:
     yield make
     for bridge in started:
         await bridge.stop()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: Any) -> dict[str, certs.Issued]:
+    """The bridge's CA with a server and a client certificate, and another CA's client certificate."""
+    return certs.mesh_pki(tmp_path_factory.mktemp("pki"))

@@ -63,18 +63,20 @@ class Pipeline:
         self._addresses = AddressCache(stats.cache_rotations)
         self.spans = SpanBatch()
 
-    def submit(self, batch: EntryBatch) -> None:
+    def submit(self, batch: EntryBatch) -> bool:
+        """Queues a batch; False (dropped and counted) when it would take the queue past its bound."""
         count = len(batch.entries)
         if self._queued + count > self._max_queued:
             self._stats.dropped.inc("entries", "queue_full", by=count)
             self._limiter.warning(
                 "queue_full", "analysis is behind by %d entries; dropping %d", self._queued, count
             )
-            return
+            return False
         self._queue.append(batch)
         self._queued += count
         self._idle.clear()
         self._wakeup.set()
+        return True
 
     async def run(self) -> None:
         while True:

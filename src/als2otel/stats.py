@@ -103,12 +103,14 @@ class Stats:
         self.tls_handshakes_failed = Counter(
             "als2otel_tls_handshakes_failed_total",
             "TLS handshakes on the ALS port that failed, by reason: certificate (none, or not one the"
-            " client CA signed), version (below min_version), not_tls, protocol, timeout, closed.",
+            " client CA signed), version (below min_version), not_tls, protocol, timeout, closed, or"
+            " overload (cut to make room for a newer one while too many were under way).",
             ("reason",),
         )
         self.http_connections_closed = Counter(
             "als2otel_http_connections_closed_total",
-            "HTTP connections the bridge closed itself, by reason: too many open, or too slow.",
+            "HTTP connections the bridge closed itself, by reason: too many open, too slow, or a request"
+            " body refused while other bodies held the memory set aside for them (body_budget).",
             ("reason",),
         )
         self.worker_restarts = Counter(

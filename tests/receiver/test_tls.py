@@ -18,6 +18,7 @@ import pytest
 from conftest import bridge_config
 from support import als, certs, mesh
 from support.apps import StatusApp
+from support.certs import mtls_receiver
 from support.net import free_port
 from support.otlp_receiver import GrpcOtlpReceiver
 from support.waiting import eventually
@@ -25,33 +26,6 @@ from support.waiting import eventually
 from als2otel import config as cfg
 from als2otel.demo.envoy import EnvoyProcess, ProxySpec, Route
 from als2otel.receiver import tls_front
-
-SPIFFE = "URI:spiffe://cluster.local/ns/default/sa/productpage"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: Any) -> dict[str, certs.Issued]:
-    """The bridge's CA with a server and a client certificate, and another CA's client certificate."""
-    directory = tmp_path_factory.mktemp("pki")
-    mesh, other = certs.ca(directory, "mesh-ca"), certs.ca(directory, "other-ca")
-    return {
-        "ca": mesh,
-        "server": certs.issue(directory, "server", mesh, "DNS:localhost,IP:127.0.0.1"),
-        "server2": certs.issue(directory, "server2", mesh, "DNS:localhost,IP:127.0.0.1"),
-        "client": certs.issue(directory, "client", mesh, SPIFFE, client=True),
-        "stranger": certs.issue(directory, "stranger", other, SPIFFE, client=True),
-    }
-
-
-def mtls_receiver(pki: dict[str, certs.Issued], directory: Path) -> dict[str, Any]:
-    """receiver.tls with copies of the server's files (so a test may rotate them)."""
-    cert, key = directory / "tls.crt", directory / "tls.key"
-    shutil.copy(pki["server"].cert, cert)
-    shutil.copy(pki["server"].key, key)
-    return {
-        "listen": "127.0.0.1:0",
-        "tls": {"cert_file": str(cert), "key_file": str(key), "client_ca_file": str(pki["ca"].cert)},
-    }
 
 
 async def send_tls(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -43,3 +45,29 @@ def issue(directory: Path, name: str, by: Issued, san: str, client: bool = False
         "-days", "2", "-extfile", str(extensions), "-out", str(cert),
     )  # fmt: skip
     return Issued(cert, key)
+
+
+SPIFFE = "URI:spiffe://cluster.local/ns/default/sa/productpage"
+
+
+def mesh_pki(directory: Path) -> dict[str, Issued]:
+    """The bridge's CA with a server and a client certificate, and another CA's client certificate."""
+    mesh, other = ca(directory, "mesh-ca"), ca(directory, "other-ca")
+    return {
+        "ca": mesh,
+        "server": issue(directory, "server", mesh, "DNS:localhost,IP:127.0.0.1"),
+        "server2": issue(directory, "server2", mesh, "DNS:localhost,IP:127.0.0.1"),
+        "client": issue(directory, "client", mesh, SPIFFE, client=True),
+        "stranger": issue(directory, "stranger", other, SPIFFE, client=True),
+    }
+
+
+def mtls_receiver(pki: dict[str, Issued], directory: Path) -> dict[str, Any]:
+    """receiver.tls with copies of the server's files (so a test may rotate them)."""
+    cert, key = directory / "tls.crt", directory / "tls.key"
+    shutil.copy(pki["server"].cert, cert)
+    shutil.copy(pki["server"].key, key)
+    return {
+        "listen": "127.0.0.1:0",
+        "tls": {"cert_file": str(cert), "key_file": str(key), "client_ca_file": str(pki["ca"].cert)},
+    }

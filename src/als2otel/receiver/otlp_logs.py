@@ -14,11 +14,10 @@ that cannot be read, is invalid with its reason; nothing is guessed.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import any_pb2, json_format, struct_pb2, wrappers_pb2
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 
 from .. import istio
 from ..model import Proxy
@@ -92,20 +91,19 @@ _METHODS = {name: number for number, name in enumerate(METHOD_NAMES) if name}
 _PROTOCOLS = {f"HTTP/{version}": number for number, version in enumerate(HTTP_VERSIONS) if version}
 _FLAG_FIELDS = {code: name for name, code in RESPONSE_FLAG_CODES}
 _ACCESS_LOG_TYPES = {name: number for name, number in accesslog_pb2.AccessLogType.items()}
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+"""An OTLP logs request's size at most, serialized (decompressed over HTTP): the OpenTelemetry
+Collector's default for OTLP/gRPC. Envoy's logger sends a request per 16 KiB buffered."""
+
+MAX_RECORDS = 10_000
+"""Records read from one request at most; the rest are refused unread (``too_many_records``)."""
+
 MAX_CACHED_PROXIES = 4096
 """Reporting proxies kept identified (by their node attributes); the table starts over when full."""
 
 
-def records(request: logs_service_pb2.ExportLogsServiceRequest) -> Iterator[tuple[dict[str, str], int]]:
-    """Each record's attributes (resource attributes first, the record's own over them) and time."""
-    for resource_logs in request.resource_logs:
-        resource = _strings(resource_logs.resource.attributes)
-        for scope_logs in resource_logs.scope_logs:
-            for record in scope_logs.log_records:
-                yield {**resource, **_strings(record.attributes)}, record.time_unix_nano
-
-
-def _strings(key_values: Any) -> dict[str, str]:
+def strings(key_values: Any) -> dict[str, str]:
+    """Attributes as text: strings as they are; whole numbers, doubles and booleans as written."""
     out = {}
     for kv in key_values:
         value = kv.value
@@ -195,7 +193,7 @@ def entry_of(attributes: Mapping[str, str], time_unix_nano: int) -> tuple[str, b
         ("time_to_first_upstream_tx_byte", "envoy.upstream.request_start_ns"),
         ("time_to_last_upstream_rx_byte", "envoy.upstream.response_end_ns"),
     ):
-        nanos = _number(attributes, name)
+        nanos = _number(attributes, name, DURATION_MAX_NS)
         if nanos:
             getattr(common, field).FromNanoseconds(nanos)
     for code in _value(attributes, "envoy.response_flags").split(","):
@@ -230,7 +228,7 @@ def _http(entry: accesslog_pb2.HTTPAccessLogEntry, attributes: Mapping[str, str]
         value = _value(attributes, f"http.request.header.{name}")
         if value:
             request.request_headers[name] = value.encode()
-    code = _number(attributes, "http.response.status_code")
+    code = _number(attributes, "http.response.status_code", UINT32_MAX)
     if code:
         entry.response.response_code.value = code
     status = _value(attributes, "http.response.header.grpc-status")
@@ -247,13 +245,27 @@ def _value(attributes: Mapping[str, str], name: str) -> str:
     return "" if value == "-" else value
 
 
-def _number(attributes: Mapping[str, str], name: str) -> int:
+UINT32_MAX = 2**32 - 1
+UINT64_MAX = 2**64 - 1
+DURATION_MAX_NS = 315_576_000_000 * 1_000_000_000
+"""protobuf's Duration: at most 10,000 years."""
+TIMESTAMP_MAX_S = 253_402_300_799
+"""protobuf's Timestamp: at most 9999-12-31T23:59:59Z."""
+MAX_FILTER_STATE_DEPTH = 16
+"""Levels of nesting a filter state's JSON may have; Istio's peer metadata has three."""
+
+
+def _number(attributes: Mapping[str, str], name: str, maximum: int = UINT64_MAX) -> int:
+    """A whole number from 0 to ``maximum`` (the width of the ALS field it fills)."""
     text = _value(attributes, name)
     if not text:
         return 0
     if not (text.isascii() and text.isdigit()) or len(text) > 20:
         raise InvalidEntry("malformed_attribute", f"{name} is not a whole number")
-    return int(text)
+    number = int(text)
+    if number > maximum:
+        raise InvalidEntry("malformed_attribute", f"{name} is out of range (at most {maximum})")
+    return number
 
 
 def _start_time(attributes: Mapping[str, str]) -> int:
@@ -265,6 +277,8 @@ def _start_time(attributes: Mapping[str, str]) -> int:
         fraction == "" or (fraction.isascii() and fraction.isdigit() and len(fraction) <= 9)
     ):
         raise InvalidEntry("malformed_attribute", "envoy.start_time is not seconds.nanoseconds")
+    if int(seconds) > TIMESTAMP_MAX_S:
+        raise InvalidEntry("malformed_attribute", "envoy.start_time is past the year 9999")
     return int(seconds) * 1_000_000_000 + int(fraction.ljust(9, "0") or 0)
 
 
@@ -282,17 +296,21 @@ def _filter_state_any(text: str, key: str) -> any_pb2.Any:
     "value": ...}``, how Envoy writes a WasmState's BytesValue), or a Struct's JSON object."""
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past the interpreter's limit
         raise InvalidEntry("malformed_attribute", f"envoy.filter_state.{key} is not JSON") from None
     if not isinstance(value, dict):
         raise InvalidEntry("malformed_attribute", f"envoy.filter_state.{key} is not a JSON object")
+    if _depth(value) > MAX_FILTER_STATE_DEPTH:
+        raise InvalidEntry(
+            "malformed_attribute", f"envoy.filter_state.{key} is nested past {MAX_FILTER_STATE_DEPTH} levels"
+        )
     wrapped = any_pb2.Any()
     if "@type" in value:
         if value["@type"] not in (STRUCT, BYTES_VALUE):
             raise InvalidEntry("malformed_attribute", f"envoy.filter_state.{key} is of an unknown type")
         try:
             json_format.ParseDict(value, wrapped)
-        except (json_format.ParseError, ValueError, TypeError):
+        except (json_format.ParseError, ValueError, TypeError, OverflowError):
             raise InvalidEntry(
                 "malformed_attribute", f"envoy.filter_state.{key} is not a valid Any"
             ) from None
@@ -300,7 +318,22 @@ def _filter_state_any(text: str, key: str) -> any_pb2.Any:
     struct = struct_pb2.Struct()
     try:
         struct.update(value)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):  # OverflowError: a number past a double's range
         raise InvalidEntry("malformed_attribute", f"envoy.filter_state.{key} is not a Struct") from None
     wrapped.Pack(struct)
     return wrapped
+
+
+def _depth(value: Any) -> int:
+    """How deeply JSON arrays and objects nest in ``value`` (a scalar is 0), without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if level <= MAX_FILTER_STATE_DEPTH:
+            stack.extend((child, level + 1) for child in children)
+    return deepest

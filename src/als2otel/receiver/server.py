@@ -27,12 +27,13 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.logs.v1 import logs_pb2
 
 from .. import istio
 from ..config import TlsConfig
 from ..model import Proxy
 from ..stats import LogLimiter, Stats
-from . import otlp_logs
+from . import otlp_logs, otlp_wire
 from ._proto import als_pb2
 from .identity import identify
 from .normalize import InvalidEntry
@@ -70,7 +71,8 @@ class EntryBatch:
     entries: Sequence[bytes]  # encoded HTTPAccessLogEntry or TCPAccessLogEntry messages
 
 
-Sink = Callable[[EntryBatch], None]
+Sink = Callable[[EntryBatch], bool]
+"""Takes a batch without blocking; False when there was no room for it (dropped and counted)."""
 
 
 @dataclass(slots=True)
@@ -181,38 +183,74 @@ class AlsServer:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{reason}: {status}")
 
     async def _export_logs(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        """OTLP/gRPC ``LogsService/Export``: INVALID_ARGUMENT for a request that does not parse."""
+        """OTLP/gRPC ``LogsService/Export``: RESOURCE_EXHAUSTED for a request over
+        :data:`~.otlp_logs.MAX_REQUEST_BYTES`, INVALID_ARGUMENT for one that does not parse,
+        INTERNAL (a fixed text) for an error of the bridge's own."""
+        if len(raw) > otlp_logs.MAX_REQUEST_BYTES:
+            self._stats.entries_invalid.inc("request_too_large")
+            self._limiter.warning(
+                "request_too_large",
+                "OTLP logs from %s: a request of %d bytes refused",
+                context.peer(),
+                len(raw),
+            )
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"request_too_large: at most {otlp_logs.MAX_REQUEST_BYTES} bytes a request",
+            )
         try:
             return await self.accept_logs(raw, context.peer())
         except DecodeError:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "malformed_message: not an ExportLogsServiceRequest"
+            status, text = (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed_message: not an ExportLogsServiceRequest",
             )
-            raise  # not reached: abort raises
+        except Exception:  # the client learns no details
+            self._stats.entries_invalid.inc("unexpected_error")
+            self._limiter.warning(
+                "internal_error", "OTLP logs from %s failed unexpectedly", context.peer(), exc_info=True
+            )
+            status, text = grpc.StatusCode.INTERNAL, "internal_error: the request could not be processed"
+        await context.abort(status, text)
+        raise AssertionError("not reached: abort raises")
 
     async def accept_logs(self, raw: bytes, peer: str) -> bytes:
         """An ``ExportLogsServiceRequest``'s records into the pipeline, as the entries ALS would carry;
-        the serialized response, whose ``partial_success`` counts the records refused.
+        the serialized response, whose ``partial_success`` counts every record not taken, by reason.
 
-        Raises :class:`DecodeError` (counted) for a request that does not parse.
+        The request is read record by record (:mod:`.otlp_wire`), at most
+        :data:`~.otlp_logs.MAX_RECORDS` of them (the rest are refused unread), yielding to the event
+        loop as it goes. A record that cannot be read is refused alone; one that analysis has no
+        room for is dropped and counted. Raises :class:`DecodeError` (counted) for a request whose
+        outer layers do not parse.
         """
         stats = self._stats
+        found = otlp_wire.Scan()
         try:
-            request = logs_service_pb2.ExportLogsServiceRequest.FromString(raw)
+            for _ in otlp_wire.scan(raw, otlp_logs.MAX_RECORDS, found):
+                await asyncio.sleep(0)
         except DecodeError:
             stats.entries_invalid.inc("malformed_message")
             self._limiter.warning("malformed_logs", "OTLP logs from %s do not parse", peer)
             raise
+        not_taken: dict[str, int] = {}
+        if found.beyond_limit:
+            stats.entries_invalid.inc("too_many_records", by=found.beyond_limit)
+            not_taken["too_many_records"] = found.beyond_limit
+            self._limiter.warning(
+                "too_many_records",
+                "OTLP logs from %s: %d records past the first %d of a request refused",
+                peer,
+                found.beyond_limit,
+                otlp_logs.MAX_RECORDS,
+            )
         batches: dict[tuple[Proxy, str], list[bytes]] = {}
-        refused = 0
-        reasons: set[str] = set()
-        for count, (attributes, time_unix_nano) in enumerate(otlp_logs.records(request), 1):
-            stats.entries_received.inc("otlp", otlp_logs.log_type_of(attributes))
+        resources: dict[int, dict[str, str]] = {}
+        for count, (resource, start, end) in enumerate(found.records, 1):
             try:
-                proxy, log_type, encoded = self._records.read(attributes, time_unix_nano)
+                proxy, log_type, encoded = self._read_record(raw, resource, start, end, resources)
             except InvalidEntry as exc:
-                refused += 1
-                reasons.add(exc.reason)
+                not_taken[exc.reason] = not_taken.get(exc.reason, 0) + 1
                 stats.entries_invalid.inc(exc.reason)
                 self._limiter.warning(exc.reason, "skipping an OTLP log record from %s: %s", peer, exc)
             else:
@@ -220,14 +258,41 @@ class AlsServer:
             if count % YIELD_EVERY_RECORDS == 0:
                 await asyncio.sleep(0)
         for (proxy, log_type), entries in batches.items():
-            self._sink(EntryBatch(proxy, "otlp", log_type, entries))
+            if not self._sink(EntryBatch(proxy, "otlp", log_type, entries)):
+                not_taken["queue_full"] = not_taken.get("queue_full", 0) + len(entries)
         response = logs_service_pb2.ExportLogsServiceResponse()
-        if refused:
+        if not_taken:
+            refused = sum(not_taken.values())
+            reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(not_taken.items()))
             response.partial_success.rejected_log_records = refused
             response.partial_success.error_message = (
-                f"{refused} records without the attributes als2otel reads ({', '.join(sorted(reasons))})"
+                f"{refused} of {len(found.records) + found.beyond_limit} records not taken ({reasons})"
             )
         return response.SerializeToString()
+
+    def _read_record(
+        self, raw: bytes, resource: Any, start: int, end: int, resources: dict[int, dict[str, str]]
+    ) -> tuple[Proxy, str, bytes]:
+        """One record as (proxy, log type, encoded entry), counted as received once its attributes are
+        read. Raises :class:`InvalidEntry` for anything in it that cannot be read, never another error."""
+        try:
+            record = logs_pb2.LogRecord.FromString(raw[start:end])
+        except DecodeError:
+            raise InvalidEntry("malformed_entry", "the record does not parse") from None
+        shared = resources.get(id(resource))
+        if shared is None:
+            shared = resources[id(resource)] = otlp_logs.strings(resource.attributes)
+        attributes = {**shared, **otlp_logs.strings(record.attributes)}
+        self._stats.entries_received.inc("otlp", otlp_logs.log_type_of(attributes))
+        try:
+            return self._records.read(attributes, record.time_unix_nano)
+        except InvalidEntry:
+            raise
+        except Exception as exc:  # a value no rule foresaw: this record alone is refused
+            self._limiter.warning(
+                "unexpected_error", "an OTLP log record raised an unexpected error", exc_info=True
+            )
+            raise InvalidEntry("unexpected_error", f"{type(exc).__name__}") from None
 
     def _handler(self, api_version: str) -> Callable[..., Any]:
         async def stream_access_logs(

@@ -21,6 +21,7 @@ import socket
 import ssl
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from ..config import TlsConfig, split_hostport
 from ..stats import LogLimiter, Stats
@@ -30,6 +31,12 @@ log = logging.getLogger("als2otel.receiver")
 
 HANDSHAKE_TIMEOUT = 10.0
 """Seconds a client has to complete its TLS handshake."""
+
+MAX_PENDING_HANDSHAKES = 64
+"""TLS handshakes under way at once. Each holds ~256 KiB of buffers (asyncio's) until it ends; at
+the bound, the one that has waited longest is cut to make room (``reason="overload"``): a real
+client's handshake takes a network round trip or two, so a flood of silent connections cannot
+hold the port, nor the process's memory."""
 CHUNK = 256 * 1024
 
 
@@ -63,6 +70,13 @@ def _reason(error: BaseException) -> str:
     return "closed"  # the client went away mid-handshake
 
 
+_DETAILS = {
+    "timeout": f"no handshake within {HANDSHAKE_TIMEOUT:g} s",
+    "closed": "the client closed the connection during the handshake",
+    "overload": f"cut to make room: {MAX_PENDING_HANDSHAKES} handshakes were under way",
+}
+
+
 class TlsFront:
     """The TLS listener of the ALS port, relaying to the gRPC server at :attr:`backend`."""
 
@@ -77,6 +91,9 @@ class TlsFront:
         self.backend = str(self._directory / "als.sock")
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Transport] = set()
+        # Handshakes under way, oldest first (a dict keeps order), and those cut to make room.
+        self._handshaking: dict[asyncio.Task[Any], None] = {}
+        self._cut: set[asyncio.Task[Any]] = set()
         self._numbers = itertools.count()
         self.port = 0
 
@@ -121,17 +138,31 @@ class TlsFront:
             client = f"ipv6:[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"ipv4:{peer[0]}:{peer[1]}"
         fresh = self._files.reload(lambda: self._files.mutual_context(self._min_version), "ALS")
         self._context = fresh or self._context
+        handshake = asyncio.current_task()
+        assert handshake is not None
+        if len(self._handshaking) >= MAX_PENDING_HANDSHAKES:
+            oldest = next(iter(self._handshaking))
+            del self._handshaking[oldest]
+            self._cut.add(oldest)
+            oldest.cancel()  # its start_tls closes the connection
+        self._handshaking[handshake] = None
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
                 await writer.start_tls(self._context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT + 1)
-        except (OSError, TimeoutError, EOFError) as error:
-            reason = _reason(error)
+        except (OSError, TimeoutError, EOFError, asyncio.CancelledError) as error:
+            cut = handshake in self._cut
+            if isinstance(error, asyncio.CancelledError) and not cut:
+                raise  # the front is stopping
+            reason = "overload" if cut else _reason(error)
             self._stats.tls_handshakes_failed.inc(reason)
-            detail = str(error) or f"no handshake within {HANDSHAKE_TIMEOUT:g} s"
+            detail = _DETAILS.get(reason) or str(error) or type(error).__name__
             self._limiter.warning(
                 f"tls_{reason}", "TLS handshake from %s refused (%s): %s", client, reason, detail
             )
             return
+        finally:
+            self._handshaking.pop(handshake, None)
+            self._cut.discard(handshake)
         upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             # Named after the client (an abstract name, no file): gRPC's peer() for its streams.

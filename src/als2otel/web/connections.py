@@ -41,14 +41,36 @@ HANDLER_TIMEOUT = 30.0
 
 LOG_INTERVAL = 10.0
 
+MAX_BODY_BYTES_IN_FLIGHT = 32 * 1024 * 1024
+"""Bytes of request bodies (OTLP/HTTP logs, decompressed) held at once over every connection."""
+
 log = logging.getLogger("als2otel.http")
+
+
+class BodyBudget:
+    """The bytes of request bodies held at once, up to a bound shared by every connection, so
+    that what many slow or large uploads hold is bounded by configuration, not by senders."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = MAX_BODY_BYTES_IN_FLIGHT if limit is None else limit
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        """Takes ``size`` bytes of the budget; False, taking nothing, when it has not that many left."""
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
 
 
 class ConnectionGuard:
     """Counts the open connections and keeps the timer of each; one per HTTP server."""
 
     def __init__(self, closed: Counter) -> None:
-        self._closed = closed
+        self.closed = closed
         self._open: dict[asyncio.BaseTransport, _Guarded] = {}
         self._next_log = 0.0
 
@@ -77,7 +99,7 @@ class ConnectionGuard:
 
     def _accept(self, transport: asyncio.BaseTransport, guarded: _Guarded) -> bool:
         if len(self._open) >= MAX_CONNECTIONS:
-            self._closed.inc("connection_limit")
+            self.closed.inc("connection_limit")
             now = time.monotonic()
             if now >= self._next_log:
                 self._next_log = now + LOG_INTERVAL
@@ -90,7 +112,7 @@ class ConnectionGuard:
         self._open.pop(transport, None)
 
     def _timed_out(self) -> None:
-        self._closed.inc("timeout")
+        self.closed.inc("timeout")
 
 
 class _Guarded(asyncio.Protocol):

@@ -18,14 +18,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web, web_response
+from aiohttp.http_exceptions import ContentEncodingError
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2  # type: ignore[import-untyped]
 
 from ..config import HttpTlsConfig, parse_duration, split_hostport
+from ..receiver.otlp_logs import MAX_REQUEST_BYTES
 from ..stats import Counter
 from ..tls import CertificateFiles
 from ..translation.topology import MAX_WINDOW
-from .connections import IDLE_TIMEOUT, REQUEST_HEAD_TIMEOUT, ConnectionGuard, RateLimitedLog
+from .connections import IDLE_TIMEOUT, REQUEST_HEAD_TIMEOUT, BodyBudget, ConnectionGuard, RateLimitedLog
 
 T = TypeVar("T")
 
@@ -39,8 +41,9 @@ MAX_QUERY_VALUE = 32
 CERTIFICATE_CHECK_INTERVAL = 5.0
 """Seconds between looks at the HTTP certificate's files."""
 
-MAX_LOGS_BODY = 16 * 1024 * 1024
-"""Bytes of an OTLP/HTTP logs request read at most (decompressed); a larger one is a 413."""
+MAX_LOGS_BODY = MAX_REQUEST_BYTES
+"""Bytes of an OTLP/HTTP logs request read at most (decompressed): the same bound as on the ALS
+port. A larger one is a 413."""
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -48,9 +51,50 @@ CLIENT_CAUSED_LOGGERS = ("aiohttp.server", "aiohttp.web", "asyncio")
 """Where aiohttp and asyncio log what a client's malformed request or dropped connection did."""
 
 
+CONTENT_ENCODINGS = ("", "identity", "gzip", "deflate")
+"""The ``Content-Encoding`` values of an OTLP/HTTP request that als2otel reads (OTLP's gzip, and
+deflate, which aiohttp decodes as well)."""
+
+UNSUPPORTED_ENCODING = "unsupported Content-Encoding: als2otel reads gzip, deflate or an uncompressed body"
+
+
+class _Handler(web.RequestHandler):
+    """aiohttp's handler of one connection; its own answer to an encoding it cannot decode says
+    which ones it can (aiohttp's suggests installing a package)."""
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if isinstance(exc, ContentEncodingError):
+            message = UNSUPPORTED_ENCODING
+        return super().handle_error(request, status, exc, message)
+
+
+class Refused(Exception):
+    """What a logs handler raises to answer other than with success: the HTTP status and the
+    body (a serialized google.rpc.Status), passed on as they are."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body
+
+
 def _otlp_error(status: int, message: str) -> web.Response:
-    body = status_pb2.Status(code=3 if status == 400 else 0, message=message).SerializeToString()
-    return web.Response(status=status, body=body, content_type="application/x-protobuf")
+    body = status_pb2.Status(code=GRPC_CODES.get(status, 2), message=message).SerializeToString()
+    response = web.Response(status=status, body=body, content_type="application/x-protobuf")
+    if status == 503:
+        response.headers["Retry-After"] = "1"
+    return response
+
+
+GRPC_CODES = {400: 3, 413: 8, 415: 3, 500: 13, 503: 14}
+"""The google.rpc code a Status body carries for each HTTP status (INVALID_ARGUMENT,
+RESOURCE_EXHAUSTED, INTERNAL, UNAVAILABLE); UNKNOWN otherwise."""
 
 
 async def _resolved(value: T | Awaitable[T]) -> T:
@@ -71,6 +115,12 @@ def _limit_client_caused_logs() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RateLimitedLog) for f in logger.filters):
             logger.addFilter(RateLimitedLog())
+
+
+def _closing(response: web.Response) -> web.Response:
+    """The response, and the connection closed after it: the rest of the body is not read."""
+    response.force_close()
+    return response
 
 
 class HttpServer:
@@ -99,12 +149,14 @@ class HttpServer:
             closed or Counter("als2otel_http_connections_closed_total", "", ("reason",))
         )
         self._scrape = asyncio.Lock()
+        self._budget = BodyBudget()
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
         self.port = 0
 
     def _app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard.middleware], client_max_size=MAX_LOGS_BODY)
+        # (client_max_size bounds request.read(); /v1/logs reads its body itself, within _budget.)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         if self._metrics is not None:
@@ -127,8 +179,12 @@ class HttpServer:
         handlers = self._runner.server
         assert handlers is not None
         context = self._tls.ssl_context() if self._tls is not None else None
-        self._server = await asyncio.get_running_loop().create_server(
-            lambda: self._guard.protocol(handlers()),
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: self._guard.protocol(
+                # access_log=None (no access log) as AppRunner passes it; aiohttp's types say Logger.
+                _Handler(handlers, loop=loop, access_log=None, keepalive_timeout=IDLE_TIMEOUT)  # type: ignore[arg-type]
+            ),
             host or None,
             port,
             reuse_address=True,
@@ -184,23 +240,51 @@ class HttpServer:
         return web.json_response(await _resolved(self._topology(window, histograms)))
 
     async def _otlp_logs(self, request: web.Request) -> web.Response:
-        """OTLP/HTTP logs (protobuf, gzip or not): 400 with a google.rpc.Status for what does not parse."""
+        """OTLP/HTTP logs (protobuf, gzip or not): 400 with a google.rpc.Status for what does not parse,
+        413 past :data:`MAX_LOGS_BODY`, 503 (retry) while other bodies hold the budget, 500 with a
+        fixed text for an error of the bridge's own."""
         assert self._logs is not None
         if request.content_type != "application/x-protobuf":
             return _otlp_error(415, "als2otel takes OTLP/HTTP logs as application/x-protobuf")
+        if request.headers.get("Content-Encoding", "").strip().lower() not in CONTENT_ENCODINGS:
+            return _otlp_error(400, UNSUPPORTED_ENCODING)
+        if (request.content_length or 0) > MAX_LOGS_BODY:
+            return _closing(_otlp_error(413, f"request body larger than {MAX_LOGS_BODY} bytes"))
+        parts: list[bytes] = []
+        held = 0
         try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return _otlp_error(413, f"request body larger than {MAX_LOGS_BODY} bytes")
-        except (ValueError, OSError):  # a body that does not decompress
-            return _otlp_error(400, "malformed_message: the body does not decompress")
-        try:
-            reply = await self._logs(body, request.remote or "")
-        except DecodeError:
-            return _otlp_error(400, "malformed_message: not an ExportLogsServiceRequest")
-        except OSError:  # a supervisor's worker that could not take it: the client may retry
-            return _otlp_error(503, "the request could not be handed to a worker; retry")
-        return web.Response(body=reply, content_type="application/x-protobuf")
+            try:
+                async for chunk in request.content.iter_any():
+                    held += len(chunk)
+                    if held > MAX_LOGS_BODY:
+                        return _closing(_otlp_error(413, f"request body larger than {MAX_LOGS_BODY} bytes"))
+                    if not self._budget.take(len(chunk)):
+                        held -= len(chunk)
+                        self._guard.closed.inc("body_budget")
+                        return _closing(_otlp_error(503, "too many request bodies in flight; retry"))
+                    parts.append(chunk)
+            except (web.RequestPayloadError, ValueError):  # a body that does not decompress
+                return _closing(
+                    _otlp_error(
+                        400, "malformed_message: the body does not decompress as its Content-Encoding says"
+                    )
+                )
+            body = b"".join(parts)
+            parts.clear()
+            try:
+                reply = await self._logs(body, request.remote or "")
+            except DecodeError:
+                return _otlp_error(400, "malformed_message: not an ExportLogsServiceRequest")
+            except Refused as refused:
+                return web.Response(
+                    status=refused.status, body=refused.body, content_type="application/x-protobuf"
+                )
+            except Exception:  # the client learns no details
+                log.warning("OTLP/HTTP logs from %s failed unexpectedly", request.remote, exc_info=True)
+                return _otlp_error(500, "internal_error: the request could not be processed")
+            return web.Response(body=reply, content_type="application/x-protobuf")
+        finally:
+            self._budget.give_back(held)
 
     async def _topology_page(self, request: web.Request) -> web.Response:
         return web.Response(text=_PAGE, content_type="text/html")
@@ -209,7 +293,9 @@ class HttpServer:
         assert self._metrics is not None
         async with self._scrape:  # one page in the making at a time, however many scrapers
             response = web.StreamResponse(headers={"Content-Type": METRICS_CONTENT_TYPE})
-            response.enable_chunked_encoding()
+            if request.version >= (1, 1):
+                response.enable_chunked_encoding()
+            # else HTTP/1.0, which has no chunks: the page ends where the connection closes.
             await response.prepare(request)
             for chunk in await _resolved(self._metrics()):
                 await response.write(chunk.encode())
