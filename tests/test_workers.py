@@ -16,9 +16,10 @@ from typing import Any
 import yaml
 from support import als, mesh
 from support.net import free_port
-from support.otlp_receiver import GrpcOtlpReceiver, attributes
+from support.otlp_receiver import GrpcOtlpReceiver, Refusal, attributes
 
 from als2otel import config as cfg
+from als2otel import workers
 from als2otel.workers import Supervisor
 
 STREAMS = 16
@@ -169,3 +170,200 @@ def test_sigterm_with_workers_delivers_every_span(tmp_path: Path) -> None:
             process.kill()
         process.wait()
         otlp.stop()
+
+
+def counting_samples(page: str) -> dict[str, float]:
+    """The samples of a page's counters and histograms, by name and labels."""
+    samples, counting = {}, False
+    for line in page.splitlines():
+        if line.startswith("# TYPE "):
+            counting = line.split(" ")[3] in ("counter", "histogram")
+        elif line and not line.startswith("#") and counting:
+            key, _, value = line.rpartition(" ")
+            samples[key] = float(value)
+    return samples
+
+
+async def timed_get(port: int, path: str) -> tuple[int, float]:
+    start = time.monotonic()
+    status, _ = await asyncio.to_thread(get, port, path)
+    return status, time.monotonic() - start
+
+
+class TestWorkersUnderFailure:
+    async def test_a_killed_worker_loses_nothing_uncounted_and_counters_never_go_backwards(self) -> None:
+        """Entries every worker has read, then SIGKILL to one before it flushed its spans: every span
+        either arrives or is counted as dropped (worker_died); the parent's merged counters after the
+        restart are nowhere below what it served before."""
+        otlp = GrpcOtlpReceiver().start()
+        backend_down = True  # spans wait in the workers' queues until the victim is dead
+
+        def unavailable(signal_name: str, request: Any) -> Refusal | None:
+            return Refusal("UNAVAILABLE", 503, "down") if backend_down and signal_name == "traces" else None
+
+        otlp.received.reply = unavailable
+        port = free_port()
+        supervisor = Supervisor(cfg.parse(worker_config(port, otlp.endpoint), {}))
+        await supervisor.start()
+        stop = asyncio.Event()
+        running = asyncio.ensure_future(supervisor.run(stop))
+        try:
+            per_stream = 50
+            sent = STREAMS * per_stream
+            await send_streams(supervisor.als_port, per_stream)
+
+            async def received() -> float:
+                pages = [
+                    (await asyncio.to_thread(get, w.http_port, "/metrics"))[1] for w in supervisor._workers
+                ]
+                return sum(sample(page, "als2otel_entries_received_total") for page in pages)
+
+            while await received() < sent:
+                await asyncio.sleep(0.01)
+            before = counting_samples((await asyncio.to_thread(get, port, "/metrics"))[1])
+            await asyncio.sleep(3 * workers.TICK)  # a tick after the last entry was read
+            victim = supervisor._workers[0]
+            assert victim.state.held()["traces"] + victim.state.held()["entries"] > 0  # spans not yet sent
+            os.kill(victim.process.pid, signal.SIGKILL)
+            backend_down = False
+            for _ in range(200):
+                if (await asyncio.to_thread(get, port, "/readyz"))[0] == 200 and victim.failures:
+                    break
+                await asyncio.sleep(0.05)
+            after_page = (await asyncio.to_thread(get, port, "/metrics"))[1]
+            after = counting_samples(after_page)
+            assert {
+                key: (value, after.get(key)) for key, value in before.items() if after.get(key, 0) < value
+            } == {}
+            counted = sample(
+                after_page, 'als2otel_dropped_total{signal="traces",reason="worker_died"}'
+            ) + sample(after_page, 'als2otel_dropped_total{signal="entries",reason="worker_died"}')
+            spans_of_the_living = sent - counted
+            assert await asyncio.to_thread(
+                otlp.received.wait_for, lambda: len(otlp.received.spans()) >= spans_of_the_living, 20
+            )
+            arrived = len(otlp.received.spans())
+            assert arrived <= sent and counted > 0
+            assert arrived + counted >= sent, (arrived, counted, sent)
+            assert sample(after_page, 'als2otel_worker_restarts_total{reason="exited"}') == 1
+        finally:
+            stop.set()
+            await running
+            otlp.stop()
+
+    async def test_a_stopped_worker_stalls_no_answer_of_the_parent_and_is_replaced(
+        self, monkeypatch: Any
+    ) -> None:
+        """SIGSTOP to a worker: /healthz, /readyz answer within a second, /metrics and /api/topology
+        within the time a worker is asked for; once it has been silent for WORKER_TIMEOUT /healthz is
+        503, then it is killed, replaced and counted. Eight OTLP/HTTP posts at once starve nothing."""
+        monkeypatch.setattr(workers, "WORKER_TIMEOUT", 2.0)
+        port = free_port()
+        supervisor = Supervisor(cfg.parse(worker_config(port), {}))
+        await supervisor.start()
+        try:
+            stuck = supervisor._workers[0]
+            os.kill(stuck.process.pid, signal.SIGSTOP)
+            from support.otlp_logs import export_request, post_logs, record_of
+
+            body = export_request(
+                [
+                    record_of(mesh.outbound(i, start_ms=als.real_now_ms()), mesh.productpage())
+                    for i in range(200)
+                ]
+            ).SerializeToString()
+            posts = [asyncio.to_thread(post_logs, port, body) for _ in range(8)]
+            probes = [timed_get(port, "/healthz"), timed_get(port, "/readyz")]
+            answers = await asyncio.gather(
+                *probes, timed_get(port, "/metrics"), timed_get(port, "/api/topology")
+            )
+            healthz, readyz, metrics, topology = answers
+            assert healthz[0] == 200 and healthz[1] < 1 and readyz[1] < 1
+            assert metrics[0] == 200 and metrics[1] < workers.ASK_TIMEOUT + 1
+            assert topology[0] == 200 and topology[1] < workers.ASK_TIMEOUT + 1
+            assert {status for status, _ in await asyncio.gather(*posts)} <= {200, 503}
+            await asyncio.sleep(workers.WORKER_TIMEOUT)
+            status, seconds = await timed_get(port, "/healthz")
+            assert status == 503 and seconds < 1
+            assert (await timed_get(port, "/readyz"))[0] == 503
+            supervisor.supervise(time.monotonic())  # what the supervision loop does every 0.2 s
+            assert not stuck.alive() and stuck.restart_at is not None
+            assert supervisor.stats.worker_restarts.get("unresponsive") == 1
+            assert (await timed_get(port, "/healthz"))[0] == 200
+            for _ in range(300):
+                supervisor.supervise(time.monotonic())
+                if (await asyncio.to_thread(get, port, "/readyz"))[0] == 200:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await asyncio.to_thread(get, port, "/readyz"))[0] == 200
+        finally:
+            await supervisor.stop()
+
+    async def test_sigterm_with_a_stopped_worker_ends_on_time(self) -> None:
+        """A stopped worker is woken with SIGTERM (SIGCONT) and flushes: the parent ends within
+        shutdown_timeout and the kill's bound."""
+        port = free_port()
+        supervisor = Supervisor(cfg.parse(worker_config(port, shutdown_timeout="2s"), {}))
+        await supervisor.start()
+        os.kill(supervisor._workers[0].process.pid, signal.SIGSTOP)
+        start = time.monotonic()
+        await supervisor.stop()
+        assert time.monotonic() - start < 2 + 2 * workers.KILL_WAIT + 1
+        assert [w.process.exitcode for w in supervisor._workers] in ([0, 0], [-signal.SIGKILL, 0])
+
+    async def test_restart_backoff_never_holds_supervision_or_a_stop(self, monkeypatch: Any) -> None:
+        """A worker that died often waits out its backoff while the others are supervised and a stop
+        ends at once; after a healthy period its failures no longer count."""
+        monkeypatch.setattr(workers, "HEALTHY_RESET", 1.0)
+        port = free_port()
+        supervisor = Supervisor(cfg.parse(worker_config(port), {}))
+        await supervisor.start()
+        stop = asyncio.Event()
+        running = asyncio.ensure_future(supervisor.run(stop))
+        try:
+            flaky, steady = supervisor._workers
+            flaky.failures = 6
+            os.kill(flaky.process.pid, signal.SIGKILL)
+            await asyncio.sleep(0.5)
+            assert flaky.restart_at is not None and flaky.restart_at - time.monotonic() > 20
+            os.kill(steady.process.pid, signal.SIGKILL)  # supervised meanwhile: back after 1 s
+            for _ in range(200):
+                if steady.failures and steady.http_port and steady.alive():
+                    break
+                await asyncio.sleep(0.05)
+            assert steady.alive() and steady.failures == 1
+            await asyncio.sleep(1.5)
+            assert steady.failures == 0
+        finally:
+            start = time.monotonic()
+            stop.set()
+            await running
+            assert time.monotonic() - start < 5
+
+    async def test_a_request_that_cannot_succeed_is_not_answered_retryable(self) -> None:
+        """Through the parent: bytes that are no request are a 400, a request past the size bound a
+        413, a hostile record a 200 with that record rejected; never 503."""
+        port = free_port()
+        supervisor = Supervisor(cfg.parse(worker_config(port), {}))
+        await supervisor.start()
+        try:
+            from support.otlp_logs import export_request, post_logs, record_of
+
+            assert (await asyncio.to_thread(post_logs, port, b"\xff\xff\xff"))[0] == 400
+            assert (await asyncio.to_thread(post_logs, port, b"\x0a" * (5 * 1024 * 1024)))[0] == 413
+            attributes, at = record_of(mesh.outbound(0, start_ms=als.real_now_ms()), mesh.productpage())
+            hostile = ({**attributes, "http.response.status_code": "99999999999"}, at)
+            status, body = await asyncio.to_thread(
+                post_logs, port, export_request([hostile]).SerializeToString()
+            )
+            from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+
+            assert status == 200
+            assert (
+                logs_service_pb2.ExportLogsServiceResponse.FromString(
+                    body
+                ).partial_success.rejected_log_records
+                == 1
+            )
+        finally:
+            await supervisor.stop()

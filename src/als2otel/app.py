@@ -154,7 +154,7 @@ class Bridge:
             metrics=(lambda: render_chunks(self.metrics, self.stats))
             if config.exporters.prometheus.enabled
             else None,
-            ready=lambda: self._ready and (self.kube is None or self.kube.synced.is_set()),
+            ready=self.ready,
             healthy=lambda: not self.failed.is_set(),
             topology=lambda window, histograms: self.topology.snapshot(window, seconds(), histograms),
             closed=self.stats.http_connections_closed,
@@ -166,6 +166,10 @@ class Bridge:
         self._tasks: list[asyncio.Task[None]] = []
         self.failed = asyncio.Event()
         """Set when a task the bridge cannot run without has ended: /healthz turns 503 and serve exits 1."""
+
+    def ready(self) -> bool:
+        """Taking traffic, with the Kubernetes caches (if any) listed once."""
+        return self._ready and (self.kube is None or self.kube.synced.is_set())
 
     def render_metrics(self) -> str:
         return render(self.metrics, self.stats)

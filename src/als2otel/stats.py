@@ -115,8 +115,9 @@ class Stats:
         )
         self.worker_restarts = Counter(
             "als2otel_worker_restarts_total",
-            "Worker processes (receiver.workers > 1) that died and were started again.",
-            (),
+            "Worker processes (receiver.workers > 1) replaced, by reason: exited (died), or"
+            " unresponsive (no heartbeat for 10 s, then killed).",
+            ("reason",),
         )
         self.k8s_errors = Counter(
             "als2otel_k8s_watch_errors_total",
@@ -132,7 +133,8 @@ class Stats:
         for api_version in ("v2", "v3", "otlp"):
             for log_type in ("http", "tcp"):
                 self.entries_received.inc(api_version, log_type, by=0)
-        self.worker_restarts.inc(by=0)
+        for reason in ("exited", "unresponsive"):
+            self.worker_restarts.inc(reason, by=0)
         for signal in ("traces", "metrics"):
             self.export_failures.inc(signal, by=0)
             self.export_retries.inc(signal, by=0)

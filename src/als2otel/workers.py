@@ -3,16 +3,25 @@
 Each worker is a whole bridge (receiver, pipeline, exporters, its own Kubernetes
 cache) in its own process, bound to the same ALS port with SO_REUSEPORT, so the
 kernel spreads Envoy's connections over them. Its HTTP side listens on a private
-loopback port. The parent process here:
+loopback port. Every :data:`TICK` it writes its state into memory it shares with
+the parent (:class:`WorkerState`): a heartbeat, whether it is ready, and what it
+holds unexported. The parent process here:
 
-- starts the workers and restarts one that dies (``als2otel_worker_restarts_total``),
-  counting what the dead worker held unexported at its last report as dropped
-  (``reason="worker_died"``);
-- serves ``http.listen`` for all of them: ``/metrics`` is the workers' pages merged
-  (same series summed, the parent's own counters added), ``/api/topology`` their
-  topologies merged, ``/readyz`` 200 only when every worker is ready;
-- passes SIGTERM and SIGINT on, and exits 0 once every worker has flushed and
-  exited 0 within ``shutdown_timeout``.
+- starts the workers, and replaces one that dies or whose heartbeat stops for
+  :data:`WORKER_TIMEOUT` (killed first), counting each in
+  ``als2otel_worker_restarts_total{reason}`` and what the worker held at its last
+  tick as dropped (``reason="worker_died"``). Restarts back off (1 s doubling to
+  30 s, reset after :data:`HEALTHY_RESET` of health) without ever pausing the
+  supervision of the others or a stop;
+- serves ``http.listen`` for all of them: ``/healthz`` and ``/readyz`` from the shared
+  state alone, so they answer at once whatever a worker does; ``/metrics`` is the
+  workers' pages merged (same series summed, the parent's own counters added, a worker
+  that does not answer within :data:`ASK_TIMEOUT` by its last page, and what dead
+  workers had counted kept, so merged counters never go backwards); ``/api/topology``
+  their topologies merged; OTLP/HTTP logs handed to a ready worker;
+- passes SIGTERM and SIGINT on (with SIGCONT, so a stopped worker can flush too), and
+  exits 0 once every worker has flushed and exited 0 within ``shutdown_timeout`` (plus
+  a second for the process to end); what has not stopped then is killed, exit 1.
 
 Each worker writes its metric series under its own identity
 (``metrics.instance_id`` + ``-w<index>``), so no two processes write one series.
@@ -26,16 +35,16 @@ import dataclasses
 import json
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
-from google.protobuf.message import DecodeError
+import aiohttp
+from google.rpc import status_pb2  # type: ignore[import-untyped]
 
 from . import config as cfg
 from .app import Bridge, tune_garbage_collection
@@ -43,16 +52,75 @@ from .export.prometheus import merge_pages, render
 from .stats import Stats
 from .translation.topology import merge_snapshots
 from .web import HttpServer
+from .web.server import Refused
 
 log = logging.getLogger("als2otel.workers")
 
-RESTART_BACKOFF = 1.0
-"""Seconds before a dead worker is started again (doubling while it keeps dying, up to 30 s)."""
+TICK = 0.05
+"""Seconds between a worker's writes of its state (heartbeat, readiness, what it holds)."""
 
-REPORT_INTERVAL = 1.0
-"""Seconds between a worker's reports of what it holds unexported."""
+WORKER_TIMEOUT = 10.0
+"""Seconds without a heartbeat after which a worker is taken for hung: /healthz answers 503,
+and the worker is killed and replaced."""
+
+START_TIMEOUT = 60.0
+"""Seconds a starting worker has to open its ports and send its first heartbeat."""
+
+RESTART_BACKOFF = 1.0
+"""Seconds before a dead worker is started again, doubling while it keeps dying, up to
+:data:`MAX_RESTART_BACKOFF`."""
+MAX_RESTART_BACKOFF = 30.0
+
+HEALTHY_RESET = 60.0
+"""Seconds of health after which a worker's earlier failures no longer lengthen its backoff."""
+
+ASK_TIMEOUT = 2.0
+"""Seconds the parent waits for a worker's /metrics or /api/topology."""
+
+FORWARD_TIMEOUT = 25.0
+"""Seconds the parent waits for a worker to take an OTLP/HTTP logs request (the parent's own
+handler has 30 s)."""
+
+KILL_WAIT = 1.0
+"""Seconds granted after ``shutdown_timeout`` for a worker's process to end, and again after
+a kill."""
 
 _SPAWN = multiprocessing.get_context("spawn")
+
+
+class WorkerState:
+    """A worker's state in memory shared with its parent: written by the worker every
+    :data:`TICK`, read by the parent at any time, and after the worker died."""
+
+    HEARTBEAT, READY, HELD_ENTRIES, HELD_TRACES = range(4)
+
+    def __init__(self) -> None:
+        self.values: Any = _SPAWN.RawArray("d", 4)
+
+    def write(self, ready: bool, held: dict[str, int]) -> None:
+        values = self.values
+        values[self.READY] = 1.0 if ready else 0.0
+        values[self.HELD_ENTRIES] = held.get("entries", 0)
+        values[self.HELD_TRACES] = held.get("traces", 0)
+        values[self.HEARTBEAT] = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process
+
+    @property
+    def heartbeat(self) -> float:
+        return float(self.values[self.HEARTBEAT])
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.values[self.READY])
+
+    def held(self) -> dict[str, int]:
+        return {
+            "entries": int(self.values[self.HELD_ENTRIES]),
+            "traces": int(self.values[self.HELD_TRACES]),
+        }
+
+    def clear(self) -> None:
+        for index in range(len(self.values)):
+            self.values[index] = 0.0
 
 
 def worker_config(config: cfg.Config, index: int, instance_id: str) -> cfg.Config:
@@ -63,16 +131,16 @@ def worker_config(config: cfg.Config, index: int, instance_id: str) -> cfg.Confi
     return dataclasses.replace(config, receiver=receiver, http=http, metrics=metrics)
 
 
-def run_worker(config: cfg.Config, conn: Connection) -> None:
+def run_worker(config: cfg.Config, conn: Connection, state: WorkerState) -> None:
     """A worker process's main: one bridge until SIGTERM; exit 1 if its processing stopped."""
     logging.basicConfig(
         level=getattr(logging, config.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    raise SystemExit(asyncio.run(_worker(config, conn)))
+    raise SystemExit(asyncio.run(_worker(config, conn, state)))
 
 
-async def _worker(config: cfg.Config, conn: Connection) -> int:
+async def _worker(config: cfg.Config, conn: Connection, state: WorkerState) -> int:
     bridge = Bridge(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -83,23 +151,98 @@ async def _worker(config: cfg.Config, conn: Connection) -> int:
     conn.send(("port", bridge.http.port))
     waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(bridge.failed.wait())]
     while not any(w.done() for w in waits):
-        with contextlib.suppress(BrokenPipeError, OSError):
-            conn.send(("held", bridge.held_unexported()))
-        await asyncio.wait(waits, timeout=REPORT_INTERVAL, return_when=asyncio.FIRST_COMPLETED)
+        state.write(ready=bridge.ready(), held=bridge.held_unexported())
+        await asyncio.wait(waits, timeout=TICK, return_when=asyncio.FIRST_COMPLETED)
     for w in waits:
         w.cancel()
+    state.write(ready=False, held=bridge.held_unexported())
     await bridge.stop()
+    state.write(ready=False, held=bridge.held_unexported())
     return 1 if bridge.failed.is_set() else 0
 
 
 @dataclasses.dataclass
 class _Worker:
     index: int
+    state: WorkerState = dataclasses.field(default_factory=WorkerState)
     process: Any = None
     conn: Connection | None = None
     http_port: int = 0
-    held: dict[str, int] = dataclasses.field(default_factory=dict)
+    started_at: float = 0.0  # monotonic
+    restart_at: float | None = None  # monotonic: when a dead worker is started again
     failures: int = 0
+    page: str = ""  # its last /metrics page
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+    def silent_for(self, now: float) -> float:
+        """Seconds since its last heartbeat (since its start, before the first)."""
+        return now - max(self.state.heartbeat, self.started_at)
+
+    def ready(self, now: float) -> bool:
+        return (
+            self.alive()
+            and bool(self.http_port)
+            and self.state.ready
+            and self.silent_for(now) < WORKER_TIMEOUT
+        )
+
+
+class RetiredCounters:
+    """What dead workers had counted (counters and histograms of their last pages), added to the
+    merged page so that its counters never go backwards when a worker is replaced. A sample that
+    no live worker has shown for ``expire_after`` (as series expire in the workers) is forgotten."""
+
+    COUNTING = ("counter", "histogram", "summary")
+
+    def __init__(self, expire_after: float) -> None:
+        self._expire_after = expire_after
+        self._headers: dict[str, list[str]] = {}  # family -> its HELP and TYPE lines
+        self._samples: dict[str, tuple[str, float, float]] = {}  # key -> (family, value, last seen)
+
+    def retire(self, page: str, now: float) -> None:
+        family, counting = "", False
+        for line in page.splitlines():
+            if line.startswith("# "):
+                parts = line.split(" ", 3)
+                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                    family = parts[2]
+                    if parts[1] == "TYPE":
+                        counting = len(parts) == 4 and parts[3] in self.COUNTING
+                    header = self._headers.setdefault(family, [])
+                    if len(header) < 2 and line not in header:
+                        header.append(line)
+                continue
+            if not line or not counting:
+                continue
+            key, _, text = line.rpartition(" ")
+            try:
+                value = float(text)
+            except ValueError:
+                continue
+            _, earlier, _ = self._samples.get(key, (family, 0.0, now))
+            self._samples[key] = (family, earlier + value, now)
+
+    def page(self, live_pages: list[str], now: float) -> str:
+        """The retired samples as one page; those seen in ``live_pages`` are kept fresh."""
+        if not self._samples:
+            return ""
+        for page in live_pages:
+            for line in page.splitlines():
+                key = line.rpartition(" ")[0]
+                retired = self._samples.get(key)
+                if retired is not None:
+                    self._samples[key] = (retired[0], retired[1], now)
+        if self._expire_after:
+            self._samples = {
+                key: sample for key, sample in self._samples.items() if now - sample[2] < self._expire_after
+            }
+        by_family: dict[str, list[str]] = {}
+        for key, (family, value, _) in self._samples.items():
+            by_family.setdefault(family, []).append(f"{key} {value!r}")
+        lines = [line for family, samples in by_family.items() for line in [*self._headers[family], *samples]]
+        return "\n".join(lines) + "\n"
 
 
 class Supervisor:
@@ -110,11 +253,14 @@ class Supervisor:
         self.stats = Stats()
         self.instance_id = config.metrics.instance_id or socket.gethostname()
         self._workers = [_Worker(i) for i in range(config.receiver.workers)]
+        self._retired = RetiredCounters(config.metrics.expire_after)
         self._reserved: socket.socket | None = None
+        self._session: aiohttp.ClientSession | None = None
         self.http = HttpServer(
             config.http.listen,
             metrics=self._metrics if config.exporters.prometheus.enabled else None,
             ready=self._ready,
+            healthy=self._healthy,
             topology=self._topology,
             closed=self.stats.http_connections_closed,
             tls=config.http.tls,
@@ -144,8 +290,17 @@ class Supervisor:
         )
 
     async def start(self) -> None:
+        """Start every worker and the HTTP port; returns once the workers are up (or
+        :data:`START_TIMEOUT` passed: supervision then goes on as for a worker that died)."""
         self._reserve_port()
-        await asyncio.gather(*(self._start(worker) for worker in self._workers))
+        self._session = aiohttp.ClientSession()
+        for worker in self._workers:
+            self._start(worker)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline and not all(w.http_port or not w.alive() for w in self._workers):
+            for worker in self._workers:
+                self._read_reports(worker)
+            await asyncio.sleep(0.05)
         await self.http.start()
         log.info(
             "%d workers share ALS port %d; HTTP on %s",
@@ -154,19 +309,18 @@ class Supervisor:
             self.config.http.listen,
         )
 
-    async def _start(self, worker: _Worker) -> None:
+    def _start(self, worker: _Worker) -> None:
+        """Spawn the worker's process; its port and heartbeats arrive later (:meth:`_read_reports`)."""
         parent, child = _SPAWN.Pipe()
         config = worker_config(self.config, worker.index, self.instance_id)
+        worker.state.clear()
         worker.process = _SPAWN.Process(
-            target=run_worker, args=(config, child), name=f"als2otel-w{worker.index}"
+            target=run_worker, args=(config, child, worker.state), name=f"als2otel-w{worker.index}"
         )
         worker.process.start()
         child.close()
-        worker.conn, worker.http_port, worker.held = parent, 0, {}
-        deadline = time.monotonic() + 60
-        while worker.http_port == 0 and time.monotonic() < deadline and worker.process.is_alive():
-            self._read_reports(worker)
-            await asyncio.sleep(0.05)
+        worker.conn, worker.http_port, worker.page = parent, 0, ""
+        worker.started_at, worker.restart_at = time.monotonic(), None
 
     def _read_reports(self, worker: _Worker) -> None:
         conn = worker.conn
@@ -175,111 +329,177 @@ class Supervisor:
                 kind, value = conn.recv()
                 if kind == "port":
                     worker.http_port = value
-                elif kind == "held":
-                    worker.held = value
 
     async def run(self, stop: asyncio.Event) -> int:
         """Supervise until ``stop`` is set; then stop the workers and return the exit code."""
         while not stop.is_set():
-            for worker in self._workers:
-                self._read_reports(worker)
-                if not worker.process.is_alive():
-                    await self._replace(worker)
+            self.supervise(time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.2)
         return await self.stop()
 
-    async def _replace(self, worker: _Worker) -> None:
-        code = worker.process.exitcode
-        for signal_name, held in worker.held.items():
-            if held:
-                self.stats.dropped.inc(signal_name, "worker_died", by=held)
-        self.stats.worker_restarts.inc()
+    def supervise(self, now: float) -> None:
+        """One look at every worker: replace what died or hung, start what is due. Never waits."""
+        for worker in self._workers:
+            self._read_reports(worker)
+            if worker.restart_at is not None:
+                if now >= worker.restart_at:
+                    self._start(worker)
+                continue
+            if worker.alive():
+                limit = WORKER_TIMEOUT if worker.http_port else START_TIMEOUT
+                if worker.silent_for(now) < limit:
+                    if worker.failures and now - worker.started_at >= HEALTHY_RESET:
+                        worker.failures = 0
+                    continue
+                log.error(
+                    "worker %d has not answered for %.0f s; killing it", worker.index, worker.silent_for(now)
+                )
+                worker.process.kill()
+                worker.process.join(KILL_WAIT)
+                self._replace(worker, "unresponsive", now)
+            else:
+                self._replace(worker, "exited", now)
+
+    def _replace(self, worker: _Worker, reason: str, now: float) -> None:
+        """Count what the dead worker held and had counted; schedule its restart."""
+        held = worker.state.held()
+        for signal_name, count in held.items():
+            if count:
+                self.stats.dropped.inc(signal_name, "worker_died", by=count)
+        self._retired.retire(worker.page, now)
+        worker.page, worker.http_port = "", 0
+        self.stats.worker_restarts.inc(reason)
         worker.failures += 1
-        delay = min(RESTART_BACKOFF * 2 ** (worker.failures - 1), 30.0)
+        delay = min(RESTART_BACKOFF * 2 ** (worker.failures - 1), MAX_RESTART_BACKOFF)
+        worker.restart_at = now + delay
         log.error(
-            "worker %d exited with %s; held unexported at its last report: %s; starting it again in %.0fs",
+            "worker %d %s (exit code %s); held unexported at its last tick: %s; starting it again in %.0fs",
             worker.index,
-            code,
-            worker.held or "nothing",
+            "hung" if reason == "unresponsive" else "exited",
+            worker.process.exitcode,
+            held,
             delay,
         )
-        worker.http_port = 0  # not ready meanwhile
-        await asyncio.sleep(delay)
-        await self._start(worker)
 
     async def stop(self) -> int:
-        """SIGTERM to every worker; 0 when each flushed and exited 0 within ``shutdown_timeout``."""
-        for worker in self._workers:
-            if worker.process.is_alive():
-                worker.process.terminate()
-        deadline = time.monotonic() + self.config.shutdown_timeout + 5
-        for worker in self._workers:
-            await asyncio.to_thread(worker.process.join, max(deadline - time.monotonic(), 0.01))
-        code = 0
-        for worker in self._workers:
-            if worker.process.is_alive():
+        """SIGTERM (and SIGCONT) to every worker; 0 when each flushed and exited 0 within
+        ``shutdown_timeout`` and a second; what has not stopped by then is killed."""
+        running = [w for w in self._workers if w.alive()]
+        for worker in running:
+            worker.process.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.process.pid, signal.SIGCONT)  # a stopped worker flushes too
+        code = 0 if all(w.restart_at is None for w in self._workers) else 1
+        await _ended([w.process for w in running], self.config.shutdown_timeout + KILL_WAIT)
+        for worker in running:
+            if worker.alive():
                 log.error("worker %d did not stop within shutdown_timeout; killing it", worker.index)
                 worker.process.kill()
                 code = 1
-            elif worker.process.exitcode != 0:
+        await _ended([w.process for w in running], KILL_WAIT)
+        for worker in running:
+            if worker.process.exitcode != 0:
                 code = 1
         await self.http.stop()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
         if self._reserved is not None:
             self._reserved.close()
         return code
 
-    async def _get(self, worker: _Worker, path: str) -> tuple[int, bytes]:
-        if not worker.http_port:
+    def _healthy(self) -> bool:
+        """False while a worker that should be running has not answered for :data:`WORKER_TIMEOUT`."""
+        now = time.monotonic()
+        return not any(
+            w.alive() and w.http_port and w.silent_for(now) >= WORKER_TIMEOUT for w in self._workers
+        )
+
+    def _ready(self) -> bool:
+        now = time.monotonic()
+        return all(w.ready(now) for w in self._workers)
+
+    async def _ask(self, worker: _Worker, path: str) -> tuple[int, bytes]:
+        """GET a worker's private port within :data:`ASK_TIMEOUT`: (status, body), 503 for no answer."""
+        if not worker.http_port or self._session is None:
+            return 503, b""
+        url = f"http://127.0.0.1:{worker.http_port}{path}"
+        try:
+            async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=ASK_TIMEOUT)) as response:
+                return response.status, await response.read()
+        except (aiohttp.ClientError, TimeoutError, OSError):
             return 503, b""
 
-        def fetch() -> tuple[int, bytes]:
-            url = f"http://127.0.0.1:{worker.http_port}{path}"
-            try:
-                with urllib.request.urlopen(url, timeout=30) as response:
-                    return int(response.status), bytes(response.read())
-            except urllib.error.HTTPError as error:
-                return int(error.code), b""
-            except OSError:
-                return 503, b""
-
-        return await asyncio.to_thread(fetch)
-
     async def _forward_logs(self, body: bytes, peer: str) -> bytes:
-        """OTLP/HTTP logs handed to the workers in turn (over their private HTTP port)."""
-        worker = self._workers[self._next_worker % len(self._workers)]
+        """OTLP/HTTP logs handed to a ready worker (in turn); its answer passed on as it is. No
+        worker to take them: 503, which OTLP clients retry."""
+        now = time.monotonic()
+        ready = [w for w in self._workers if w.ready(now)]
+        if not ready or self._session is None:
+            raise Refused(503, _status(14, "no worker can take the request now; retry"))
+        worker = ready[self._next_worker % len(ready)]
         self._next_worker += 1
-
-        def post() -> bytes:
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{worker.http_port}/v1/logs",
+        url = f"http://127.0.0.1:{worker.http_port}/v1/logs"
+        try:
+            async with self._session.post(
+                url,
                 data=body,
                 headers={"Content-Type": "application/x-protobuf"},
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=30) as response:
-                    return bytes(response.read())
-            except urllib.error.HTTPError as error:
-                if error.code == 400:
-                    raise DecodeError("the worker could not parse the request") from error
-                raise
-
-        return await asyncio.to_thread(post)
-
-    async def _ready(self) -> bool:
-        answers = await asyncio.gather(*(self._get(w, "/readyz") for w in self._workers))
-        return all(status == 200 for status, _ in answers)
+                timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT),
+            ) as response:
+                answer = await response.read()
+                if response.status != 200:
+                    raise Refused(response.status, answer)
+                return answer
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            raise Refused(503, _status(14, "the worker did not take the request; retry")) from None
 
     async def _metrics(self) -> Iterator[str]:
-        answers = await asyncio.gather(*(self._get(w, "/metrics") for w in self._workers))
-        pages = [body.decode() for status, body in answers if status == 200]
-        return merge_pages([*pages, render(None, self.stats)])
+        answers = await asyncio.gather(*(self._ask(w, "/metrics") for w in self._workers))
+        for worker, (status, body) in zip(self._workers, answers, strict=True):
+            if status == 200:
+                worker.page = body.decode()
+        live = [w.page for w in self._workers if w.page]
+        retired = self._retired.page(live, time.monotonic())
+        return merge_pages([retired, *live, render(None, self.stats)])
 
     async def _topology(self, window: float, histograms: bool) -> dict[str, Any]:
         """The workers' topologies merged (percentiles from their summed latency histograms)."""
         path = f"/api/topology?window={window:g}s&histograms=1"
-        answers = await asyncio.gather(*(self._get(w, path) for w in self._workers))
+        answers = await asyncio.gather(*(self._ask(w, path) for w in self._workers))
         return merge_snapshots([json.loads(body) for status, body in answers if status == 200], window)
+
+
+async def _ended(processes: list[Any], seconds: float) -> None:
+    """Returns once every process has ended, or ``seconds`` passed (a process's sentinel turns
+    readable when it ends)."""
+    loop = asyncio.get_running_loop()
+    waits: dict[int, asyncio.Future[None]] = {}
+    for process in processes:
+        if process.is_alive():
+            done = waits[process.sentinel] = loop.create_future()
+            loop.add_reader(process.sentinel, _resolve, done)
+    try:
+        if waits:
+            await asyncio.wait(list(waits.values()), timeout=seconds)
+    finally:
+        for sentinel in waits:
+            loop.remove_reader(sentinel)
+    for process in processes:
+        if process.sentinel in waits and waits[process.sentinel].done():
+            # Its sentinel closes as it exits, a moment before it can be reaped: wait that moment.
+            process.join(KILL_WAIT)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _status(code: int, message: str) -> bytes:
+    """A google.rpc.Status, the body of an OTLP/HTTP error."""
+    return bytes(status_pb2.Status(code=code, message=message).SerializeToString())
 
 
 async def serve(config: cfg.Config, stop: asyncio.Event) -> int:

@@ -287,7 +287,7 @@ class TestMetrics:
         """http.server/client.request.duration points per resource, with bounded attributes."""
         _, store = translate()
         request, points = metrics_request(store, 2, Workload(service_name="als2otel"))
-        assert points == 6 + 11  # six http series, and als2otel's own counters that start at 0
+        assert points == 6 + 12  # six http series, and als2otel's own counters that start at 0
         assert_golden("translation/metrics", json_format.MessageToDict(request))
 
 
