@@ -16,11 +16,12 @@ from typing import Any
 from conftest import bridge_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from support import als, mesh, peers
 
 from als2otel import config as cfg
 from als2otel.app import Bridge
-from als2otel.receiver import identify
+from als2otel.receiver import identify, otlp_logs
 from als2otel.receiver._proto import accesslog_pb2, core_pb2
 from als2otel.receiver.server import EntryBatch
 
@@ -263,3 +264,142 @@ class TestFuzzStreams:
         assert await als.send(target, [als.http_message(entries, ident)]) is None
         await bridge.pipeline.drain()
         assert bridge.stats.calls.get("client") == calls + 10
+
+
+# Numbers at and past every width an attribute fills (uint32, int64, uint64, Duration, Timestamp).
+WIDTHS = [2**32 - 1, 2**32, 2**63 - 1, 2**63, 2**64 - 1, 2**64, 10**20 - 1, 10**20, 253_402_300_799]
+number_text = st.one_of(
+    st.sampled_from([str(n) for n in WIDTHS] + [str(n + 1) for n in WIDTHS] + ["-1", "0", "-"]),
+    st.integers(-(10**25), 10**25).map(str),
+    st.builds(
+        lambda seconds, nanos: f"{seconds}.{nanos}",
+        st.sampled_from([*WIDTHS, 999_999_999_999, 253_402_300_800]),
+        mostly(st.integers(0, 999_999_999), st.integers(10**9, 10**10)),
+    ),
+    st.text(st.characters(categories=["Nd", "No"]), min_size=1, max_size=8),
+)
+
+
+def _nested(levels: int, kind: str) -> str:
+    opener, closer = ('{"a":', "}") if kind == "object" else ("[", "]")
+    return '{"x":' + opener * levels + "1" + closer * levels + "}"
+
+
+json_text = st.one_of(
+    st.builds(_nested, st.sampled_from([15, 16, 17, 900, 1100, 5000]), st.sampled_from(["object", "array"])),
+    st.builds(lambda digits: '{"a": ' + "9" * digits + "}", st.sampled_from([20, 309, 400, 4300, 4400])),
+    st.builds(lambda digits: '{"a": 1e' + str(digits) + "}", st.sampled_from([308, 309, 400])),
+    st.sampled_from(['{"a": NaN}', '{"a": Infinity}', "[]", "null", '"text"', "{", '{"@type": 7}']),
+    st.builds(
+        lambda type_url, value: '{"@type": "%s", "value": %s}' % (type_url, value),  # noqa: UP031
+        st.sampled_from(TYPE_URLS),
+        st.sampled_from(['"AAAA"', '"!!"', '{"a": 1}', "{" * 3000 + "}" * 3000, "9" * 400]),
+    ),
+    st.text(max_size=60),
+)
+
+
+def _attribute_value(name: str) -> st.SearchStrategy[Any]:
+    """Values for an attribute the bridge reads: mostly the hostile kind for it, else any text,
+    bytes that are not UTF-8, or a value that is not a string at all."""
+    if name.startswith("envoy.filter_state."):
+        specific: st.SearchStrategy[Any] = json_text
+    elif name in NUMERIC_NAMES:
+        specific = number_text
+    elif name.endswith("address"):
+        specific = st.sampled_from(["10.1.0.9:9080", "[::1]:80", "10.1.0.9:99999", ":80", "x:", "-"])
+    else:
+        specific = st.text(max_size=40)
+    typed = st.one_of(int64, st.floats(allow_nan=True), st.booleans())  # non-string AnyValues
+    return mostly(specific, st.one_of(typed, traffic.map(lambda b: b.decode("utf-8", "replace"))))
+
+
+NUMERIC_NAMES = {
+    name for name in otlp_logs.ATTRIBUTES if name.endswith(("_ns", "status_code", "_bytes", "start_time"))
+}
+NUMERIC_NAMES |= {"envoy.bytes_received", "envoy.bytes_sent"}
+WIDE_NAMES = sorted(
+    NUMERIC_NAMES | {name for name in otlp_logs.ATTRIBUTES if name.startswith("envoy.filter_state.")}
+)
+"""The attributes whose values have a width or a nesting to overflow: most hostile values go there."""
+
+
+def _base_record(i: int) -> dict[str, Any]:
+    """A good record's attributes (a TCP one for every third), for hostile values to replace."""
+    from support.otlp_logs import record_of
+
+    attributes, time_unix_nano = record_of(mesh.outbound(i), mesh.productpage())
+    attributes["envoy.start_time"] = f"{time_unix_nano // 10**9}.{time_unix_nano % 10**9:09d}"
+    if i % 3 == 2:
+        attributes = {
+            **attributes,
+            "envoy.log_type": "tcp",
+            "envoy.bytes_received": "10",
+            "envoy.bytes_sent": "20",
+        }
+    return attributes
+
+
+HOSTILE_NAMES = sorted(otlp_logs.ATTRIBUTES)
+otlp_record = st.builds(
+    lambda i, hostile: {**_base_record(i), **dict(hostile)},
+    st.integers(0, 5),
+    st.lists(
+        mostly(st.sampled_from(WIDE_NAMES), st.sampled_from(HOSTILE_NAMES)).flatmap(
+            lambda name: st.tuples(st.just(name), _attribute_value(name))
+        ),
+        min_size=1,
+        max_size=2,
+    ),
+)
+
+
+def _otlp_request(records: list[dict[str, Any]], times: list[int]) -> bytes:
+    request = logs_service_pb2.ExportLogsServiceRequest()
+    scope = request.resource_logs.add().scope_logs.add()
+    for attributes, time_unix_nano in zip(records, times, strict=True):
+        record = scope.log_records.add(time_unix_nano=time_unix_nano)
+        for key, value in attributes.items():
+            target = record.attributes.add(key=key).value
+            if isinstance(value, bool):
+                target.bool_value = value
+            elif isinstance(value, int):
+                target.int_value = value
+            elif isinstance(value, float):
+                target.double_value = value
+            else:
+                target.string_value = value
+    return request.SerializeToString()
+
+
+async def _accept(raw: bytes) -> tuple[Bridge, Any]:
+    bridge = offline_bridge()
+    response = logs_service_pb2.ExportLogsServiceResponse.FromString(
+        await bridge.receiver.accept_logs(raw, "fuzz")
+    )
+    while bridge.pipeline._queue:
+        bridge.pipeline.process(bridge.pipeline._queue.popleft())
+    bridge.flush_spans()
+    bridge.render_metrics()
+    return bridge, response
+
+
+class TestFuzzOtlpRecords:
+    @FUZZ
+    @given(
+        st.lists(otlp_record, min_size=1, max_size=3),
+        # 0: the start is envoy.start_time's
+        st.lists(st.sampled_from([0, 0, NOW_S * 10**9, 2**64 - 1]), min_size=3, max_size=3),
+    )
+    def test_any_attribute_values(self, records: list[dict[str, Any]], times: list[int]) -> None:
+        """Every attribute the bridge reads, with numbers at and past every integer width, JSON
+        nested past the recursion limit or holding numbers past a double, non-string values: each
+        record is taken or refused with a known reason, never an unexpected error."""
+        raw = _otlp_request(records, times[: len(records)])
+        bridge, response = asyncio.run(_accept(raw))
+        invalid = bridge.stats.entries_invalid
+        assert invalid.get("unexpected_error") == 0
+        assert response.partial_success.rejected_log_records <= len(records)
+        taken = sum(bridge.stats.entries_received.values.values())
+        refused_unread = invalid.get("malformed_entry")
+        assert taken + refused_unread == len(records)
