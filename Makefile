@@ -62,6 +62,7 @@ bench: compiled
 	$(BIN)/python bench/instructions.py --peers
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/stall.py
+	$(BIN)/python bench/attacks.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
