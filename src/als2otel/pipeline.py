@@ -29,7 +29,8 @@ from .translation import SpanBatch, Translator
 log = logging.getLogger("als2otel.pipeline")
 
 MAX_QUEUED_ENTRIES = 500_000
-"""Entries received but not yet analysed; beyond it, new batches are dropped and counted."""
+"""Entries received but not yet analysed; beyond it, new batches are dropped and counted (a batch
+larger than the bound is taken when the queue is empty)."""
 
 SLICE_ENTRIES = 128
 """Entries processed between two yields to the event loop (about 3 ms at 25 us an entry)."""
@@ -64,9 +65,11 @@ class Pipeline:
         self.spans = SpanBatch()
 
     def submit(self, batch: EntryBatch) -> bool:
-        """Queues a batch; False (dropped and counted) when it would take the queue past its bound."""
+        """Queues a batch; False (dropped and counted) when it would take the queue past its bound.
+        A batch larger than the whole bound (one ALS message of more entries) is taken when the
+        queue is empty: never dropped for its size alone."""
         count = len(batch.entries)
-        if self._queued + count > self._max_queued:
+        if self._queued and self._queued + count > self._max_queued:
             self._stats.dropped.inc("entries", "queue_full", by=count)
             self._limiter.warning(
                 "queue_full", "analysis is behind by %d entries; dropping %d", self._queued, count

@@ -100,6 +100,31 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
+class TestQueueBound:
+    async def test_a_message_larger_than_the_queue_is_taken_when_the_queue_is_empty(
+        self, make_bridge: Any, monkeypatch: Any
+    ) -> None:
+        """One message of more entries than the analysis queue holds: taken whole when nothing else
+        waits (never dropped for its size alone); while the queue holds entries, another is dropped
+        and counted as queue_full."""
+        bridge = await make_bridge(bridge_config(None))
+        monkeypatch.setattr(bridge.pipeline, "_max_queued", 50)
+        entries = [mesh.outbound(i) for i in range(80)]
+        assert await als.send(target(bridge), [als.http_message(entries, mesh.productpage())]) is None
+        await settle(bridge)
+        assert bridge.stats.calls.get("client") == 80
+        assert bridge.stats.dropped.get("entries", "queue_full") == 0
+        batch = bridge.pipeline._queue  # two at once: the second finds the first still queued
+        from als2otel.receiver import identify
+        from als2otel.receiver.server import EntryBatch
+
+        proxy = identify(mesh.productpage())
+        encoded = [entry.SerializeToString() for entry in entries]
+        assert bridge.pipeline.submit(EntryBatch(proxy, "v3", "http", encoded))
+        assert not bridge.pipeline.submit(EntryBatch(proxy, "v3", "http", encoded))
+        assert len(batch) == 1 and bridge.stats.dropped.get("entries", "queue_full") == 80
+
+
 class TestBadInput:
     async def test_malformed_message_ends_only_its_stream(self, make_bridge: Any) -> None:
         """Bytes that do not parse end that stream with INVALID_ARGUMENT; other streams go on."""
