@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from . import config as cfg
 from .analysis import Analyzer, AnalyzerChain, MxMeshAnalyzer, ProxyAnalyzer
@@ -64,6 +65,15 @@ def tune_garbage_collection() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def default_instance_id(http_port: int, environ: Mapping[str, str] = os.environ) -> str:
+    """``metrics.instance_id`` when the configuration leaves it out: the host name and the HTTP
+    port, as Prometheus names a target (``host:port``), unique among the bridges running on one
+    host (no two can listen on one port) and the same across restarts of one of them; in
+    Kubernetes the host name alone, which is the pod's name."""
+    host = socket.gethostname()
+    return host if "KUBERNETES_SERVICE_HOST" in environ else f"{host}:{http_port}"
+
+
 def name_labels(config: cfg.Config) -> tuple[str, ...]:
     """The labels naming a workload's service, for every place that names one from labels."""
     return tuple(config.service_name_labels)
@@ -110,7 +120,7 @@ class Bridge:
         self.config = config
         self.stats = Stats()
         self._clock = clock
-        self.instance_id = config.metrics.instance_id or socket.gethostname()
+        self.instance_id = config.metrics.instance_id or ""  # else the default once the HTTP port is known
         self._self_resource = Workload(service_name=SELF_SERVICE, instance=self.instance_id)
         self._delta = config.metrics.temporality == "delta"
         self.metrics = MetricStore(
@@ -186,6 +196,9 @@ class Bridge:
         if self.kube is not None:
             self.kube.start()
         await self.http.start()
+        if not self.instance_id:
+            self.instance_id = default_instance_id(self.http.port)
+            self._self_resource = Workload(service_name=SELF_SERVICE, instance=self.instance_id)
         await self.receiver.start()
         self._ready = True
 

@@ -114,6 +114,9 @@ class RetryConfig:
 class QueueConfig:
     queue_size: int = 200_000
     num_consumers: int = 4
+    storage: str | None = None  # a directory: requests kept on disk until accepted, resumed after a restart
+    max_storage_size: Size = Size(1024 * 1024 * 1024)
+    fsync: bool = False  # true: each request is on disk before it counts as queued (survives a power loss)
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,7 @@ class MetricsConfig:
     sets: list[str] = field(default_factory=lambda: ["http", "servicegraph"])
     temporality: Literal["cumulative", "delta"] = "cumulative"
     expire_after: Duration = Duration(15 * 60)
-    instance_id: str = ""
+    instance_id: str | None = None  # None: host:port (the pod's name in Kubernetes)
 
 
 @dataclass(frozen=True)
@@ -653,6 +656,14 @@ def _check_values(config: Config) -> list[str]:
         problems.append("exporters.otlp.sending_queue.queue_size: must be at least 1")
     if otlp.sending_queue.num_consumers < 1:
         problems.append("exporters.otlp.sending_queue.num_consumers: must be at least 1")
+    queue = otlp.sending_queue
+    if queue.storage is not None and not queue.storage.strip():
+        problems.append("exporters.otlp.sending_queue.storage: must be a directory, or null for memory")
+    if queue.storage is not None and queue.max_storage_size < 2 * otlp.max_request_size:
+        problems.append(
+            "exporters.otlp.sending_queue.max_storage_size: must hold at least two requests"
+            f" of max_request_size ({2 * otlp.max_request_size} bytes)"
+        )
     if otlp.max_request_size < MIN_REQUEST_SIZE:
         problems.append(f"exporters.otlp.max_request_size: must be at least {MIN_REQUEST_SIZE // 1024}KiB")
     if otlp.timeout <= 0:

@@ -109,8 +109,10 @@ class Stats:
         )
         self.http_connections_closed = Counter(
             "als2otel_http_connections_closed_total",
-            "HTTP connections the bridge closed itself, by reason: too many open, too slow, or a request"
-            " body refused while other bodies held the memory set aside for them (body_budget).",
+            "HTTP connections the bridge closed itself, by reason: connection_limit (refused: too many"
+            " open, each with a request), evicted (idle longest, closed at the bound to make room),"
+            " timeout (too slow), or body_budget (a request body refused while other bodies held the"
+            " memory set aside for them).",
             ("reason",),
         )
         self.worker_restarts = Counter(
@@ -124,7 +126,25 @@ class Stats:
             "Kubernetes list or watch requests that failed and were retried, by resource.",
             ("resource",),
         )
+        self.queue_corrupt_files = Counter(
+            "als2otel_sending_queue_corrupt_files_total",
+            "Files of the sending queue's storage found torn or corrupt at start, by signal: set aside"
+            " under corrupt/ and skipped.",
+            ("signal",),
+        )
+        self.queue_resumed = Counter(
+            "als2otel_sending_queue_resumed_total",
+            "Spans or metric points an earlier run left in the sending queue's storage, resumed at start"
+            " (a request in flight at that run's stop may arrive twice).",
+            ("signal",),
+        )
         self.streams_active = Gauge("als2otel_streams_active", "ALS streams open now.")
+        self.queue_storage_bytes = Gauge(
+            "als2otel_sending_queue_storage_bytes", "Bytes of export requests kept in sending_queue.storage."
+        )
+        self.queue_storage_requests = Gauge(
+            "als2otel_sending_queue_storage_requests", "Export requests kept in sending_queue.storage."
+        )
         self.metric_series = Gauge(
             "als2otel_metric_series", "Metric series held (idle ones expire after metrics.expire_after)."
         )

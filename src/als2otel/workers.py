@@ -41,14 +41,16 @@ import socket
 import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import aiohttp
 from google.rpc import status_pb2  # type: ignore[import-untyped]
 
 from . import config as cfg
-from .app import Bridge, tune_garbage_collection
+from .app import Bridge, default_instance_id, tune_garbage_collection
 from .export.prometheus import merge_pages, render
+from .export.storage import lock_directory
 from .stats import Stats
 from .translation.topology import merge_snapshots
 from .web import HttpServer
@@ -124,11 +126,19 @@ class WorkerState:
 
 
 def worker_config(config: cfg.Config, index: int, instance_id: str) -> cfg.Config:
-    """A worker's configuration: the shared ALS port, a private HTTP port, its own identity."""
+    """A worker's configuration: the shared ALS port, a private HTTP port, its own identity and,
+    with a sending queue on disk, its own subdirectory."""
     receiver = dataclasses.replace(config.receiver, workers=cfg.Workers(1))
     http = dataclasses.replace(config.http, listen="127.0.0.1:0", tls=cfg.HttpTlsConfig())
     metrics = dataclasses.replace(config.metrics, instance_id=f"{instance_id}-w{index}")
-    return dataclasses.replace(config, receiver=receiver, http=http, metrics=metrics)
+    otlp = config.exporters.otlp
+    if otlp.sending_queue.storage:
+        queue = dataclasses.replace(
+            otlp.sending_queue, storage=str(Path(otlp.sending_queue.storage) / f"w{index}")
+        )
+        otlp = dataclasses.replace(otlp, sending_queue=queue)
+    exporters = dataclasses.replace(config.exporters, otlp=otlp)
+    return dataclasses.replace(config, receiver=receiver, http=http, metrics=metrics, exporters=exporters)
 
 
 def run_worker(config: cfg.Config, conn: Connection, state: WorkerState) -> None:
@@ -251,10 +261,11 @@ class Supervisor:
     def __init__(self, config: cfg.Config) -> None:
         self.config = config
         self.stats = Stats()
-        self.instance_id = config.metrics.instance_id or socket.gethostname()
+        self.instance_id = config.metrics.instance_id or ""  # else the default once the HTTP port is known
         self._workers = [_Worker(i) for i in range(config.receiver.workers)]
         self._retired = RetiredCounters(config.metrics.expire_after)
         self._reserved: socket.socket | None = None
+        self._storage_lock: IO[bytes] | None = None
         self._session: aiohttp.ClientSession | None = None
         self.http = HttpServer(
             config.http.listen,
@@ -292,8 +303,13 @@ class Supervisor:
     async def start(self) -> None:
         """Start every worker and the HTTP port; returns once the workers are up (or
         :data:`START_TIMEOUT` passed: supervision then goes on as for a worker that died)."""
+        storage = self.config.exporters.otlp.sending_queue.storage
+        if storage:
+            self._storage_lock = lock_directory(storage)  # the workers take their subdirectories
         self._reserve_port()
         self._session = aiohttp.ClientSession()
+        await self.http.start()  # answers 503 on /readyz until the workers are ready
+        self.instance_id = self.instance_id or default_instance_id(self.http.port)
         for worker in self._workers:
             self._start(worker)
         deadline = time.monotonic() + START_TIMEOUT
@@ -301,7 +317,6 @@ class Supervisor:
             for worker in self._workers:
                 self._read_reports(worker)
             await asyncio.sleep(0.05)
-        await self.http.start()
         log.info(
             "%d workers share ALS port %d; HTTP on %s",
             len(self._workers),
@@ -407,6 +422,8 @@ class Supervisor:
             self._session = None
         if self._reserved is not None:
             self._reserved.close()
+        if self._storage_lock is not None:
+            self._storage_lock.close()
         return code
 
     def _healthy(self) -> bool:

@@ -4,6 +4,7 @@ refusals by kind, parallel sending, replicas that share a mesh, and series that 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import Counter
 from typing import Any
 
@@ -14,7 +15,7 @@ from support.mesh import sides, stream
 from support.otlp_receiver import GrpcOtlpReceiver, HttpOtlpReceiver, Partial, Received, Refusal, attributes
 from support.waiting import eventually
 
-from als2otel.app import INSTANCE_ATTRIBUTE, Bridge
+from als2otel.app import INSTANCE_ATTRIBUTE, Bridge, default_instance_id
 
 MiB = 1024 * 1024
 
@@ -228,10 +229,16 @@ def series_identities(received: Received) -> dict[tuple[Any, ...], float]:
 
 
 class TestReplicas:
-    @pytest.mark.parametrize("temporality", ["cumulative", "delta"])
-    async def test_two_bridges_never_write_one_series(self, make_bridge: Any, temporality: str) -> None:
-        """Each proxy's two worker streams split over two bridges: spans exact, no series written by
-        both (under the Prometheus OTLP translation), and the counts add up to the calls."""
+    @pytest.mark.parametrize(
+        ("temporality", "named"), [("cumulative", True), ("delta", True), ("cumulative", False)]
+    )
+    async def test_two_bridges_never_write_one_series(
+        self, make_bridge: Any, temporality: str, named: bool, monkeypatch: Any
+    ) -> None:
+        """Each proxy's two worker streams split over two bridges on one host, named by the
+        configuration or by default (host:port): spans exact, no series written by both (under the
+        Prometheus OTLP translation), and the counts add up to the calls."""
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
         receivers = [GrpcOtlpReceiver().start(), GrpcOtlpReceiver().start()]
         try:
             bridges = [
@@ -239,15 +246,16 @@ class TestReplicas:
                     bridge_config(
                         r.endpoint,
                         analyzers=["mx-mesh"],
-                        metrics={
-                            "export_interval": "0.5s",
-                            "temporality": temporality,
-                            "instance_id": f"bridge-{n}",
-                        },
+                        metrics={"export_interval": "0.5s", "temporality": temporality}
+                        | ({"instance_id": f"bridge-{n}"} if named else {}),
                     )
                 )
                 for n, r in enumerate(receivers)
             ]
+            if not named:
+                assert [b.instance_id for b in bridges] == [
+                    f"{socket.gethostname()}:{b.http.port}" for b in bridges
+                ]
             client, server = sides(400)
             from support.mesh import CALLEE, CALLER
 
@@ -279,7 +287,7 @@ class TestReplicas:
                     for point in metric.sum.data_points
                 )
             assert total == 400
-            for r, name in zip(receivers, ("bridge-0", "bridge-1"), strict=True):
+            for r, name in zip(receivers, (b.instance_id for b in bridges), strict=True):
                 points = [p for pts in r.received.latest_metrics().values() for p in pts]
                 per_service = [p for p in points if INSTANCE_ATTRIBUTE in attributes(p.attributes)]
                 assert per_service and {
@@ -288,6 +296,13 @@ class TestReplicas:
         finally:
             for r in receivers:
                 r.stop()
+
+    def test_the_default_identity_is_host_and_port_and_the_pod_name_in_kubernetes(self) -> None:
+        """Unique per bridge on a host (no two listen on one HTTP port) and the same across its
+        restarts; in Kubernetes the host name alone, which is the pod's name."""
+        host = socket.gethostname()
+        assert default_instance_id(9464, {}) == f"{host}:9464"
+        assert default_instance_id(9464, {"KUBERNETES_SERVICE_HOST": "10.96.0.1"}) == host
 
 
 class TestExpiry:

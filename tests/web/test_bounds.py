@@ -59,19 +59,47 @@ class TestConnections:
         assert bridge.stats.http_connections_closed.get("timeout") == 2
         assert (await request(bridge.http.port, get("/healthz")))[0] == 200
 
-    async def test_connection_limit(self, make_bridge: Any, monkeypatch: Any) -> None:
-        """Past the limit a new connection is closed at once; the held ones time out and /healthz answers."""
-        monkeypatch.setattr(connections, "REQUEST_HEAD_TIMEOUT", 2.0)
+    async def test_a_flood_of_idle_connections_never_keeps_a_probe_out(self, make_bridge: Any) -> None:
+        """300 idle connections held on the HTTP port (past its 256): each new one closes the connection
+        idle longest to make room, counted as evicted, and /healthz answers 200 within 1 s throughout."""
         bridge: Bridge = await make_bridge(bridge_config(None))
-        held = [
-            await asyncio.open_connection("127.0.0.1", bridge.http.port)
-            for _ in range(connections.MAX_CONNECTIONS)
-        ]
+        port = bridge.http.port
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(300)]
         assert await eventually_open(bridge, connections.MAX_CONNECTIONS)
+        for _ in range(10):
+            start = time.monotonic()
+            assert (await request(port, get("/healthz")))[0] == 200
+            assert time.monotonic() - start < 1
+            held.append(await asyncio.open_connection("127.0.0.1", port))  # the flood goes on
+        closed = bridge.stats.http_connections_closed
+        assert closed.get("evicted") >= 300 - connections.MAX_CONNECTIONS + 10
+        assert closed.get("connection_limit") == 0
+        assert bridge.http.open_connections <= connections.MAX_CONNECTIONS
+        for _, w in held:
+            w.close()
+
+    async def test_connections_each_busy_with_a_request_refuse_a_new_one(
+        self, make_bridge: Any, monkeypatch: Any
+    ) -> None:
+        """At the bound with every connection in the middle of a request (uploads mid-body), a new
+        connection is closed at once and counted (connection_limit)."""
+        monkeypatch.setattr(connections, "MAX_CONNECTIONS", 4)
+        bridge: Bridge = await make_bridge(bridge_config(None))
+        held = []
+        for _ in range(4):
+            reader, writer = await asyncio.open_connection("127.0.0.1", bridge.http.port)
+            writer.write(
+                b"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                b"Content-Length: 1000\r\n\r\n\x0a"
+            )
+            held.append((reader, writer))
+        assert await eventually_open(bridge, 4)
+        await asyncio.sleep(0.2)  # each request head is complete and handled
         reader, writer = await asyncio.open_connection("127.0.0.1", bridge.http.port)
         assert await closed_by_server(reader, 1)
         writer.close()
-        assert bridge.stats.http_connections_closed.get("connection_limit") >= 1
+        assert bridge.stats.http_connections_closed.get("connection_limit") == 1
+        assert bridge.stats.http_connections_closed.get("evicted") == 0
         for _, w in held:
             w.close()
         for _ in range(200):

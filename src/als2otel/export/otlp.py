@@ -50,6 +50,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from ..config import OtlpConfig
 from ..stats import LogLimiter, Stats
 from .split import halve
+from .storage import HEADER, DiskQueue, Stored
 
 log = logging.getLogger("als2otel.export")
 
@@ -217,19 +218,28 @@ def make_transport(signal: str, config: OtlpConfig) -> Transport:
 
 @dataclass(slots=True)
 class _Pending:
-    payload: bytes
+    payload: bytes | None  # None: read from ``stored`` when sent
     items: int  # spans or metric points
     first_try: float
+    stored: Stored | None = None  # its file, with sending_queue.storage
+    resumed: bool = False  # left by an earlier run: no newer snapshot replaces it
 
 
 class _SignalQueue:
     """One signal's bounded queue and the consumers that send from it."""
 
     def __init__(
-        self, signal: str, transport: Transport, config: OtlpConfig, stats: Stats, replace: bool
+        self,
+        signal: str,
+        transport: Transport,
+        config: OtlpConfig,
+        stats: Stats,
+        replace: bool,
+        disk: DiskQueue | None = None,
     ) -> None:
         self.signal = signal
         self.transport = transport
+        self.disk = disk
         self._capacity = config.sending_queue.queue_size
         self._consumers = config.sending_queue.num_consumers
         self._max_elapsed = config.retry_on_failure.max_elapsed_time
@@ -239,15 +249,13 @@ class _SignalQueue:
         self._limiter = LogLimiter(log, 30.0)
         self._queue: deque[_Pending] = deque()
         self._held_items = 0  # queued and in flight: what queue_size bounds
-        self._in_flight = 0
         self._wakeup = asyncio.Event()
         self._closing = False
 
     def put(self, payloads: list[tuple[bytes, int]]) -> None:
-        """Queue one export's requests (a cumulative snapshot replaces the unsent part of an older one)."""
-        if self._replace:
-            self._held_items -= sum(p.items for p in self._queue)
-            self._queue.clear()
+        """Queue one export's requests in memory (a cumulative snapshot replaces the unsent part of
+        an older one); beyond ``queue_size`` the new requests are dropped and counted."""
+        self._replace_unsent()
         items = sum(count for _, count in payloads)
         if not self._replace and self._held_items + items > self._capacity:
             self._stats.dropped.inc(self.signal, "queue_full", by=items)
@@ -266,6 +274,37 @@ class _SignalQueue:
                 self._held_items += count
         self._notify()
 
+    def put_stored(self, pending: _Pending) -> None:
+        """Queue a request kept on disk (written by the exporter, or resumed from an earlier run)."""
+        if not pending.resumed:
+            self._replace_unsent()
+        self._queue.append(pending)
+        self._held_items += pending.items
+        self._notify()
+
+    def _replace_unsent(self) -> None:
+        """A cumulative snapshot carries everything an older one did: the unsent ones go (not
+        those an earlier run left, whose series this run does not carry on)."""
+        if not self._replace:
+            return
+        kept = deque(p for p in self._queue if p.resumed)
+        for pending in self._queue:
+            if not pending.resumed:
+                self._held_items -= pending.items
+                if pending.stored is not None and self.disk is not None:
+                    self.disk.remove(pending.stored)
+        self._queue = kept
+
+    def oldest_queued(self) -> _Pending | None:
+        """The request waiting longest (not one in flight)."""
+        return self._queue[0] if self._queue else None
+
+    def evict_oldest(self) -> _Pending:
+        """Take the request waiting longest out of the queue, to be dropped."""
+        pending = self._queue.popleft()
+        self._held_items -= pending.items
+        return pending
+
     def _notify(self) -> None:
         self._wakeup.set()
 
@@ -282,9 +321,7 @@ class _SignalQueue:
                 return None
             self._wakeup.clear()
             await self._wakeup.wait()
-        pending = self._queue.popleft()
-        self._in_flight += 1
-        return pending
+        return self._queue.popleft()
 
     async def _consume(self) -> None:
         while True:
@@ -294,17 +331,28 @@ class _SignalQueue:
             try:
                 await self._deliver(pending)
             except asyncio.CancelledError:  # shutdown's deadline passed with this request unsent
-                self._stats.dropped.inc(self.signal, "shutdown", by=pending.items)
+                if pending.stored is None:  # (on disk, it waits for the next run)
+                    self._stats.dropped.inc(self.signal, "shutdown", by=pending.items)
                 raise
+            else:
+                if pending.stored is not None and self.disk is not None:
+                    self.disk.remove(pending.stored)
             finally:
-                self._in_flight -= 1
                 self._held_items -= pending.items
 
     async def _deliver(self, pending: _Pending) -> None:
         """Send one request until it is accepted, split, refused or out of time."""
+        payload = pending.payload
+        if payload is None:
+            assert pending.stored is not None and self.disk is not None
+            try:
+                payload = await asyncio.to_thread(self.disk.read, pending.stored)
+            except OSError as error:
+                self._drop(pending.items, "storage_error", f"cannot read {pending.stored.path}: {error}")
+                return
         backoff = BACKOFF_INITIAL
         while True:
-            outcome = await asyncio.to_thread(self._send, pending.payload)
+            outcome = await asyncio.to_thread(self._send, payload)
             if outcome.kind == "ok":
                 if outcome.rejected:
                     self._drop(outcome.rejected, "partial_success", outcome.detail)
@@ -313,17 +361,20 @@ class _SignalQueue:
                 return
             self._stats.export_failures.inc(self.signal)
             if outcome.kind == "too_large":
-                halves = halve(self.signal, pending.payload)
+                halves = halve(self.signal, payload)
                 if len(halves) > 1:
                     self._limiter.warning(
                         "too_large",
                         "OTLP %s request of %d bytes refused as too large (%s); sending it in two",
                         self.signal,
-                        len(pending.payload),
+                        len(payload),
                         outcome.detail,
                     )
-                    for payload, count in reversed(halves):
-                        self._queue.appendleft(_Pending(payload, count, pending.first_try))
+                    for half, count in reversed(halves):
+                        stored = self.disk.write(self.signal, half, count) if self.disk is not None else None
+                        self._queue.appendleft(
+                            _Pending(None if stored else half, count, pending.first_try, stored)
+                        )
                         self._held_items += count
                     self._notify()
                     return
@@ -343,7 +394,7 @@ class _SignalQueue:
                 self._max_elapsed,
             )
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX) * random.uniform(0.8, 1.2)
+            backoff = min(backoff * 2 * random.uniform(0.8, 1.2), BACKOFF_MAX)
             self._stats.export_retries.inc(self.signal)
 
     def _send(self, payload: bytes) -> Outcome:
@@ -360,17 +411,26 @@ class _SignalQueue:
 
     @property
     def held_items(self) -> int:
-        return self._held_items
+        """Items queued or in flight that a crash of this process would lose (none on disk)."""
+        return 0 if self.disk is not None else self._held_items
 
     def close(self) -> None:
         self._closing = True
         self._notify()
 
     def drop_all(self, reason: str) -> None:
+        """At the end of a shutdown: what is still queued is dropped and counted, unless it is on
+        disk, where it waits for the next run."""
+        kept = 0
         while self._queue:
             done = self._queue.popleft()
-            self._stats.dropped.inc(self.signal, reason, by=done.items)
             self._held_items -= done.items
+            if done.stored is None:
+                self._stats.dropped.inc(self.signal, reason, by=done.items)
+            else:
+                kept += 1
+        if kept:
+            log.info("%d OTLP %s requests stay in sending_queue.storage for the next run", kept, self.signal)
 
 
 class OtlpExporter:
@@ -386,20 +446,69 @@ class OtlpExporter:
         stats: Stats,
         cumulative_metrics: bool = True,
     ) -> None:
+        storage = config.sending_queue.storage
+        self._disk = DiskQueue(storage, stats, config.sending_queue.fsync) if storage else None
+        self._max_storage = config.sending_queue.max_storage_size
+        self._stats = stats
+        self._limiter = LogLimiter(log, 30.0)
         self._queues = {
-            s: _SignalQueue(s, t, config, stats, replace=cumulative_metrics and s == "metrics")
+            s: _SignalQueue(s, t, config, stats, cumulative_metrics and s == "metrics", self._disk)
             for s, t in transports.items()
         }
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
+        """Start sending; with storage, lock its directory (raises :class:`StorageLocked` if another
+        process holds it) and queue what an earlier run left there first, oldest first."""
+        if self._disk is not None:
+            for stored in self._disk.open():
+                queue = self._queues.get(stored.signal)
+                if queue is None:
+                    continue  # a signal this run does not export: left on disk
+                queue.put_stored(_Pending(None, stored.items, time.monotonic(), stored, resumed=True))
+                self._stats.queue_resumed.inc(stored.signal, by=stored.items)
         self._tasks = [task for queue in self._queues.values() for task in queue.tasks()]
 
     def export(self, signal: str, requests: list[tuple[bytes, int]]) -> None:
         """Queue one export's serialized requests, each with its spans or points; never blocks."""
         queue = self._queues.get(signal)
-        if queue is not None and any(count for _, count in requests):
+        if queue is None or not any(count for _, count in requests):
+            return
+        if self._disk is None:
             queue.put(requests)
+            return
+        now = time.monotonic()
+        for payload, count in requests:
+            if count and self._make_room(signal, len(payload), count):
+                try:
+                    stored = self._disk.write(signal, payload, count)
+                except OSError as error:  # a full or failing disk: this request cannot be kept
+                    self._stats.dropped.inc(signal, "storage_error", by=count)
+                    self._limiter.warning("storage_error", "OTLP %s request not queued: %s", signal, error)
+                    continue
+                queue.put_stored(_Pending(None, count, now, stored))
+
+    def _make_room(self, signal: str, size: int, items: int) -> bool:
+        """Drops the oldest waiting requests (any signal) until ``size`` more bytes fit in
+        ``max_storage_size``; False, the new request dropped, if the requests in flight fill it."""
+        disk = self._disk
+        assert disk is not None
+        while disk.bytes + size + HEADER.size > self._max_storage:
+            waiting = [q for q in self._queues.values() if q.oldest_queued() is not None]
+            if not waiting:
+                self._stats.dropped.inc(signal, "queue_full", by=items)
+                return False
+            queue = min(waiting, key=lambda q: q.oldest_queued().stored.sequence)  # type: ignore[union-attr]
+            oldest = queue.evict_oldest()
+            assert oldest.stored is not None
+            disk.remove(oldest.stored)
+            self._stats.dropped.inc(queue.signal, "queue_full", by=oldest.items)
+            self._limiter.warning(
+                "storage_full",
+                "sending_queue.storage is full (%d bytes); dropping the oldest requests",
+                self._max_storage,
+            )
+        return True
 
     def held(self, signal: str) -> int:
         """Spans or points of ``signal`` queued or in flight, not yet accepted by the backend."""
@@ -419,3 +528,5 @@ class OtlpExporter:
             await asyncio.gather(*pending, return_exceptions=True)
         for queue in self._queues.values():
             queue.drop_all("shutdown")
+        if self._disk is not None:
+            self._disk.close()

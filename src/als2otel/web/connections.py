@@ -3,7 +3,10 @@
 aiohttp parses HTTP; this module puts every connection it serves behind three
 bounds it has no setting for:
 
-- at most :data:`MAX_CONNECTIONS` open at once: one more is closed on accept;
+- at most :data:`MAX_CONNECTIONS` open at once: at the bound, the connection that has
+  waited longest without a complete request is closed to make room (so a flood of idle
+  connections cannot keep a probe out), or, when every one is busy with a request, the
+  new one is closed on accept;
 - a connection must deliver a complete request head within
   :data:`REQUEST_HEAD_TIMEOUT` of opening, and the next one within
   :data:`IDLE_TIMEOUT` of its last response (idle and slowloris clients alike
@@ -99,20 +102,25 @@ class ConnectionGuard:
 
     def _accept(self, transport: asyncio.BaseTransport, guarded: _Guarded) -> bool:
         if len(self._open) >= MAX_CONNECTIONS:
-            self.closed.inc("connection_limit")
-            now = time.monotonic()
-            if now >= self._next_log:
-                self._next_log = now + LOG_INTERVAL
-                log.warning("HTTP connections refused: %d are open already", MAX_CONNECTIONS)
-            return False
+            idle = [g for g in self._open.values() if g.waiting_since is not None]
+            if idle:
+                min(idle, key=lambda g: g.waiting_since or 0.0).close("evicted")
+                self._warn("HTTP connections at their bound (%d): closing the one idle longest")
+            else:
+                self.closed.inc("connection_limit")
+                self._warn("HTTP connections refused: %d are open already, each with a request")
+                return False
         self._open[transport] = guarded
         return True
 
+    def _warn(self, message: str) -> None:
+        now = time.monotonic()
+        if now >= self._next_log:
+            self._next_log = now + LOG_INTERVAL
+            log.warning(message, MAX_CONNECTIONS)
+
     def _release(self, transport: asyncio.BaseTransport) -> None:
         self._open.pop(transport, None)
-
-    def _timed_out(self) -> None:
-        self.closed.inc("timeout")
 
 
 class _Guarded(asyncio.Protocol):
@@ -123,6 +131,8 @@ class _Guarded(asyncio.Protocol):
         self._guard = guard
         self._transport: asyncio.BaseTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.waiting_since: float | None = None
+        """Since when it has waited for a complete request head (None while a request is handled)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._guard._accept(transport, self):
@@ -133,19 +143,25 @@ class _Guarded(asyncio.Protocol):
         self._inner.connection_made(transport)
 
     def arm(self, seconds: float) -> None:
+        """Wait at most ``seconds`` for the next complete request head."""
         self.disarm()
         if self._transport is not None:
-            self._timer = asyncio.get_running_loop().call_later(seconds, self._expire)
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(seconds, self.close, "timeout")
+            self.waiting_since = loop.time()
 
     def disarm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self.waiting_since = None
 
-    def _expire(self) -> None:
+    def close(self, reason: str) -> None:
+        """Cut the connection, counted under ``reason``."""
         self._timer = None
+        self.waiting_since = None
         if self._transport is not None:
-            self._guard._timed_out()
+            self._guard.closed.inc(reason)
             self._transport.abort()  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
