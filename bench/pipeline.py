@@ -14,6 +14,7 @@ gRPC as fast as the receiver reads them.
   from Istio's peer metadata on every entry (when the analyzer exists);
 * pipeline+mtls: the pipeline with ``receiver.tls`` (mutual TLS), the sender
   presenting a client certificate;
+* pipeline+storage: the pipeline with the sending queue on disk (``sending_queue.storage``);
 * pipeline+otlp: the same entries as OTLP log records (Envoy's OpenTelemetry
   access logger with als2otel's attribute set), one Export call per message.
 
@@ -318,6 +319,7 @@ def run_pipeline(
     analyzers: list[str],
     otlp: bool = False,
     mtls: bool = False,
+    storage: bool = False,
     *,
     result: Any,
     source: str = str(SOURCE),
@@ -353,13 +355,19 @@ def run_pipeline(
         }
         client_files = (str(ca.cert), str(client.cert), str(client.key))
 
+    exporter: dict[str, Any] = {"endpoint": f"127.0.0.1:{otlp_port}", "compression": "none"}
+    if storage:  # the sending queue on disk, in a fresh directory on this machine's disk
+        import tempfile
+
+        exporter["sending_queue"] = {"storage": tempfile.mkdtemp(prefix="als2otel-queue-")}
+
     async def main() -> dict[str, float]:
         config = cfg.parse(
             {
                 "receiver": receiver_config,
                 "http": {"listen": "127.0.0.1:0"},
                 "analyzers": analyzers,
-                "exporters": {"otlp": {"endpoint": f"127.0.0.1:{otlp_port}", "compression": "none"}},
+                "exporters": {"otlp": exporter},
                 "metrics": {"export_interval": "1s"},
             },
             {},
@@ -534,6 +542,8 @@ def main() -> None:
             target, proc_args = run_pipeline, (total, plain, [], True)
         elif mode == "pipeline+mtls":  # the same entries over mutual TLS (receiver.tls)
             target, proc_args = run_pipeline, (total, plain, [], False, True)
+        elif mode == "pipeline+storage":  # the sending queue on disk (sending_queue.storage)
+            target, proc_args = run_pipeline, (total, plain, [], False, False, True)
         elif mode == "pipeline+mx-mesh":
             target, proc_args = run_pipeline, (total, with_peers, ["mx-mesh"])
         elif mode.startswith("workers="):

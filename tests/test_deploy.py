@@ -17,7 +17,7 @@ from als2otel.analysis.k8s import watch
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 KUBECTL = Path(sys.executable).with_name("kubectl")
-TARGETS = ["", "overlays/hpa", "overlays/mtls-cert-manager"]
+TARGETS = ["", "overlays/hpa", "overlays/mtls-cert-manager", "overlays/persistent-queue"]
 KUBERNETES = "1.30.0"
 """The oldest Kubernetes the manifests are checked against (policy/v1, autoscaling/v2, appProtocol)."""
 CUSTOM_KINDS = {
@@ -83,7 +83,7 @@ def test_rbac_is_exactly_what_the_cache_watches() -> None:
     assert set(watch._resources(watch.client.ApiClient())) == set(watch.WATCHED)
 
 
-@pytest.mark.parametrize("target", ["", "overlays/mtls-cert-manager"])
+@pytest.mark.parametrize("target", ["", "overlays/mtls-cert-manager", "overlays/persistent-queue"])
 def test_configmap_passes_check_config(target: str) -> None:
     """The configuration the ConfigMap carries is valid, with the pod's name as the instance id."""
     raw = yaml.safe_load(one(render(target), "ConfigMap")["data"]["als2otel.yaml"])
@@ -136,6 +136,21 @@ def test_mtls_overlay_mounts_what_its_config_names() -> None:
     assert certificate["spec"]["usages"] == ["server auth"]
     for key, file in (("cert_file", "tls.crt"), ("key_file", "tls.key"), ("client_ca_file", "ca.crt")):
         assert tls[key] == f"{mount['mountPath']}/{file}"
+
+
+def test_queue_overlay_mounts_its_storage_and_keeps_the_root_read_only() -> None:
+    """The overlay's sending_queue.storage lies on a writable volume mounted for it, the base keeps
+    memory, and the root file system stays read-only."""
+    objects = render("overlays/persistent-queue")
+    raw = yaml.safe_load(one(objects, "ConfigMap")["data"]["als2otel.yaml"])
+    storage = cfg.parse(raw, {"POD_NAME": "x"}).exporters.otlp.sending_queue.storage
+    assert storage is not None
+    (container,) = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "queue")
+    assert storage.startswith(mount["mountPath"] + "/") and not mount.get("readOnly")
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    base = yaml.safe_load(one(render(""), "ConfigMap")["data"]["als2otel.yaml"])
+    assert cfg.parse(base, {"POD_NAME": "x"}).exporters.otlp.sending_queue.storage is None
 
 
 ISTIO = DEPLOY / "istio"
