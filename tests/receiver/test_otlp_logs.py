@@ -74,6 +74,29 @@ class TestSameAnswers:
             named = call.destination if side == "client" else call.source
             assert named is not None and named.pod_name == peer.name
 
+    def test_istio_1_24_client_peer_from_the_upstream_filter_state(self) -> None:
+        """Istio 1.24+ keeps the client side's peer (TCP, HTTP over its mTLS) in the upstream
+        connection's filter state: %FILTER_STATE(upstream_peer)% is "-" and
+        %UPSTREAM_FILTER_STATE(upstream_peer)% holds it. Read from there, mx-mesh names the peer as
+        from the same entry over ALS."""
+        from als2otel.receiver.otlp_logs import UPSTREAM_PEER
+
+        raw = mesh.outbound(1)
+        raw.common_properties.filter_state_objects.clear()
+        for key, value in peers.filter_state("struct", "upstream", CALLEE).items():
+            raw.common_properties.filter_state_objects[key].CopyFrom(value)
+        ident = als.identifier(
+            "sidecar~10.1.0.4~" + CALLER.name + ".default~default.svc.cluster.local", CALLER.node_metadata()
+        )
+        attributes, time_unix_nano = record_of(raw, ident)
+        attributes[UPSTREAM_PEER] = attributes.pop("envoy.filter_state.upstream_peer")
+        attributes["envoy.filter_state.upstream_peer"] = "-"
+        proxy, _, encoded = RecordReader().read(attributes, time_unix_nano)
+        from_otlp = normalize_http(accesslog_pb2.HTTPAccessLogEntry.FromString(encoded), "v3")
+        assert vars_of(from_otlp) == vars_of(normalize_http(raw, "v3"))
+        (call,) = AnalyzerChain([MxMeshAnalyzer()], ProxyAnalyzer(), Stats()).resolve(from_otlp, proxy)
+        assert call.resolved and call.destination is not None and call.destination.pod_name == CALLEE.name
+
     async def test_mixed_loggers_pair_every_call(self, make_bridge: Any, otlp: GrpcOtlpReceiver) -> None:
         """Client sides over ALS, server sides over OTLP (gRPC and HTTP): every call pairs, and the spans
         equal those of the same calls all over ALS, ids included."""

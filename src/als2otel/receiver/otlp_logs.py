@@ -29,6 +29,9 @@ STRUCT = "type.googleapis.com/google.protobuf.Struct"
 BYTES_VALUE = "type.googleapis.com/" + wrappers_pb2.BytesValue.DESCRIPTOR.full_name
 PEER_KEYS = ("upstream_peer", "downstream_peer", "wasm.upstream_peer", "wasm.downstream_peer")
 """Istio's exchanged peer metadata, both generations (the keys mx-mesh reads)."""
+UPSTREAM_PEER = "envoy.upstream_filter_state.upstream_peer"
+"""Istio 1.24+'s upstream peer where the upstream connection's filter state holds it (the client side
+of TCP, and of HTTP over Istio's mutual TLS): read when ``envoy.filter_state.upstream_peer`` is empty."""
 NODE_METADATA = ("NAME", "NAMESPACE", "WORKLOAD_NAME", "OWNER", "CLUSTER_ID", "INSTANCE_IPS")
 NODE_LABELS = (
     "app",
@@ -83,6 +86,9 @@ ATTRIBUTES: dict[str, str] = {
     # Istio's exchanged peer metadata: 1.24+ a Struct; up to 1.23 a FlatNode in a WasmState, which
     # Envoy serialises as an Any holding a BytesValue. %FILTER_STATE% writes either as JSON.
     **{f"envoy.filter_state.{key}": f"%FILTER_STATE({key})%" for key in PEER_KEYS},
+    # From 1.24 the TCP metadata exchange (also HTTP over Istio mTLS) keeps the client side's peer in
+    # the upstream connection's filter state, where only %UPSTREAM_FILTER_STATE% reads it.
+    UPSTREAM_PEER: "%UPSTREAM_FILTER_STATE(upstream_peer)%",
 }
 """Every attribute als2otel reads from a record, and the Envoy command operator that fills it."""
 
@@ -205,6 +211,8 @@ def entry_of(attributes: Mapping[str, str], time_unix_nano: int) -> tuple[str, b
         common.tls_properties.peer_certificate_properties.subject_alt_name.add().uri = san.encode()
     for key in PEER_KEYS:
         state = _value(attributes, f"envoy.filter_state.{key}")
+        if not state and key == "upstream_peer":
+            state = _value(attributes, UPSTREAM_PEER)
         if state:
             common.filter_state_objects[key].CopyFrom(_filter_state_any(state, key))
     if tcp:
