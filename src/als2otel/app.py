@@ -166,7 +166,7 @@ class Bridge:
             else None,
             ready=self.ready,
             healthy=lambda: not self.failed.is_set(),
-            topology=lambda window, histograms: self.topology.snapshot(window, seconds(), histograms),
+            topology=lambda view: self.topology.snapshot(view, seconds()),
             closed=self.stats.http_connections_closed,
             tls=config.http.tls,
             logs=self.receiver.accept_logs,

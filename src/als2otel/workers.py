@@ -52,7 +52,7 @@ from .app import Bridge, default_instance_id, tune_garbage_collection
 from .export.prometheus import merge_pages, render
 from .export.storage import lock_directory
 from .stats import Stats
-from .translation.topology import merge_snapshots
+from .translation.topology import View, merge_snapshots
 from .web import HttpServer
 from .web.server import Refused
 
@@ -481,11 +481,13 @@ class Supervisor:
         retired = self._retired.page(live, time.monotonic())
         return merge_pages([retired, *live, render(None, self.stats)])
 
-    async def _topology(self, window: float, histograms: bool) -> dict[str, Any]:
+    async def _topology(self, view: View) -> dict[str, Any]:
         """The workers' topologies merged (percentiles from their summed latency histograms)."""
-        path = f"/api/topology?window={window:g}s&histograms=1"
+        path = f"/api/topology?window={view.window:g}s&level={view.level}&histograms=1"
+        if view.step:
+            path += f"&step={view.step}s"
         answers = await asyncio.gather(*(self._ask(w, path) for w in self._workers))
-        return merge_snapshots([json.loads(body) for status, body in answers if status == 200], window)
+        return merge_snapshots([json.loads(body) for status, body in answers if status == 200], view)
 
 
 async def _ended(processes: list[Any], seconds: float) -> None:

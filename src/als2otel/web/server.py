@@ -26,7 +26,7 @@ from ..config import HttpTlsConfig, parse_duration, split_hostport
 from ..receiver.otlp_logs import MAX_REQUEST_BYTES
 from ..stats import Counter
 from ..tls import CertificateFiles
-from ..translation.topology import MAX_WINDOW
+from ..translation.topology import LEVELS, MAX_WINDOW, View, series_step
 from .connections import IDLE_TIMEOUT, REQUEST_HEAD_TIMEOUT, BodyBudget, ConnectionGuard, RateLimitedLog
 
 T = TypeVar("T")
@@ -117,6 +117,15 @@ def _limit_client_caused_logs() -> None:
             logger.addFilter(RateLimitedLog())
 
 
+def _query_duration(text: str) -> float | None:
+    return parse_duration(text) if len(text) <= MAX_QUERY_VALUE else None
+
+
+def _query_error(name: str, text: str, expected: str) -> web.Response:
+    shown = text if len(text) <= MAX_QUERY_VALUE else text[:MAX_QUERY_VALUE] + "..."
+    return web.json_response({"error": f"{name} must be {expected}; got {shown!r}"}, status=400)
+
+
 def _closing(response: web.Response) -> web.Response:
     """The response, and the connection closed after it: the rest of the body is not read."""
     response.force_close()
@@ -131,7 +140,7 @@ class HttpServer:
         metrics: Callable[[], Iterator[str] | Awaitable[Iterator[str]]] | None,
         ready: Callable[[], bool | Awaitable[bool]],
         healthy: Callable[[], bool] = lambda: True,
-        topology: Callable[[float, bool], dict[str, Any] | Awaitable[dict[str, Any]]] | None = None,
+        topology: Callable[[View], dict[str, Any] | Awaitable[dict[str, Any]]] | None = None,
         closed: Counter | None = None,
         tls: HttpTlsConfig | None = None,
         logs: Callable[[bytes, str], Awaitable[bytes]] | None = None,
@@ -227,17 +236,25 @@ class HttpServer:
         return web.Response(status=503, text="not ready\n")
 
     async def _api_topology(self, request: web.Request) -> web.Response:
+        """``?window=5m`` (up to 1h), ``&level=service|workload``, ``&step=15s`` (a series per edge)."""
         assert self._topology is not None
-        text = request.query.get("window", "5m")
-        window = parse_duration(text) if len(text) <= MAX_QUERY_VALUE else None
+        query = request.query
+        window = _query_duration(query.get("window", "5m"))
         if window is None or not 0 < window <= MAX_WINDOW:
-            shown = text if len(text) <= MAX_QUERY_VALUE else text[:MAX_QUERY_VALUE] + "..."
-            return web.json_response(
-                {"error": f"window must be a duration up to {MAX_WINDOW:.0f}s (30s, 5m, 1h); got {shown!r}"},
-                status=400,
+            return _query_error(
+                "window", query.get("window", ""), f"a duration up to {MAX_WINDOW:.0f}s (30s, 5m, 1h)"
             )
-        histograms = request.query.get("histograms") == "1"
-        return web.json_response(await _resolved(self._topology(window, histograms)))
+        level = query.get("level", "service")
+        if level not in LEVELS:
+            return _query_error("level", level, " or ".join(LEVELS))
+        step = 0
+        if "step" in query:
+            seconds = _query_duration(query["step"])
+            if seconds is None or not 0 < seconds <= window:
+                return _query_error("step", query["step"], "a duration up to the window (15s, 1m)")
+            step = series_step(seconds, window)
+        view = View(window, level, step, query.get("histograms") == "1")
+        return web.json_response(await _resolved(self._topology(view)))
 
     async def _otlp_logs(self, request: web.Request) -> web.Response:
         """OTLP/HTTP logs (protobuf, gzip or not): 400 with a google.rpc.Status for what does not parse,
