@@ -163,3 +163,24 @@ class TestDeprecatedKeys:
         """With both keys set, the top-level one is used."""
         config = cfg.parse({"service_name_labels": ["a"], "mx_mesh": {"service_name_labels": ["b"]}}, {})
         assert config.service_name_labels == ["a"]
+
+
+class TestTopologyPage:
+    def test_trace_url_keeps_its_placeholders(self) -> None:
+        """The template's ${service}, ${peer}, ${start} and ${end} are left for the page to fill."""
+        url = "http://jaeger:16686/search?service=${service}&start=${start}000&end=${end}000"
+        assert cfg.parse({"topology": {"trace_url": url}}, {}).topology.trace_url == url
+
+    @pytest.mark.parametrize(
+        ("section", "says"),
+        [
+            ({"trace_url": "jaeger:16686/search"}, "http:// or https://"),
+            ({"trace_url": "http://j/${svc}"}, "unknown placeholder ${svc}"),
+            ({"degraded_error_rate": 0.5, "failure_error_rate": 0.2}, "degraded < failure"),
+        ],
+    )
+    def test_bad_settings_are_reported(self, section: dict[str, object], says: str) -> None:
+        """A template that is no URL or names an unknown placeholder, thresholds out of order."""
+        with pytest.raises(cfg.ConfigError) as error:
+            cfg.parse({"topology": section}, {})
+        assert error.value.problems[0].startswith("topology.") and says in error.value.problems[0]

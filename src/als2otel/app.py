@@ -15,6 +15,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from . import config as cfg
 from .analysis import Analyzer, AnalyzerChain, MxMeshAnalyzer, ProxyAnalyzer
@@ -72,6 +73,15 @@ def default_instance_id(http_port: int, environ: Mapping[str, str] = os.environ)
     Kubernetes the host name alone, which is the pod's name."""
     host = socket.gethostname()
     return host if "KUBERNETES_SERVICE_HOST" in environ else f"{host}:{http_port}"
+
+
+def page_settings(config: cfg.Config) -> dict[str, Any]:
+    """What /api/topology tells the page besides the graph: its trace link and health thresholds."""
+    topology = config.topology
+    return {
+        "trace_url": topology.trace_url,
+        "health": {"degraded": topology.degraded_error_rate, "failure": topology.failure_error_rate},
+    }
 
 
 def name_labels(config: cfg.Config) -> tuple[str, ...]:
@@ -170,6 +180,7 @@ class Bridge:
             closed=self.stats.http_connections_closed,
             tls=config.http.tls,
             logs=self.receiver.accept_logs,
+            page=page_settings(config),
         )
         self._ready = False
         self._stopped = False

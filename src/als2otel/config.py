@@ -166,6 +166,18 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class TopologyConfig:
+    """The /topology page's links and health colours (as Kiali's defaults)."""
+
+    trace_url: str | None = None  # ${service}, ${peer}, ${start}, ${end} (Unix milliseconds)
+    degraded_error_rate: float = 0.001  # an edge or node above it is drawn degraded
+    failure_error_rate: float = 0.2  # above it, failing
+
+
+TRACE_URL_PLACEHOLDERS = ("${service}", "${peer}", "${start}", "${end}")
+
+
+@dataclass(frozen=True)
 class Config:
     receiver: ReceiverConfig = field(default_factory=ReceiverConfig)
     analyzers: list[str] = field(default_factory=lambda: ["mx-mesh", "k8s-mesh"])
@@ -175,6 +187,7 @@ class Config:
     exporters: ExportersConfig = field(default_factory=ExportersConfig)
     traces: TracesConfig = field(default_factory=TracesConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    topology: TopologyConfig = field(default_factory=TopologyConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     shutdown_timeout: Duration = Duration(10)
     log_level: str = "info"
@@ -656,6 +669,20 @@ def _check_values(config: Config) -> list[str]:
         problems.append("exporters.otlp.sending_queue.queue_size: must be at least 1")
     if otlp.sending_queue.num_consumers < 1:
         problems.append("exporters.otlp.sending_queue.num_consumers: must be at least 1")
+    topology = config.topology
+    if topology.trace_url is not None:
+        unknown = set(re.findall(r"\$\{[^}]*\}", topology.trace_url)) - set(TRACE_URL_PLACEHOLDERS)
+        if not topology.trace_url.startswith(("http://", "https://")):
+            problems.append("topology.trace_url: must be an http:// or https:// URL template")
+        elif unknown:
+            problems.append(
+                f"topology.trace_url: unknown placeholder {sorted(unknown)[0]}"
+                f" (known: {', '.join(TRACE_URL_PLACEHOLDERS)})"
+            )
+    if not 0 <= topology.degraded_error_rate < topology.failure_error_rate <= 1:
+        problems.append(
+            "topology.degraded_error_rate, topology.failure_error_rate: need 0 <= degraded < failure <= 1"
+        )
     queue = otlp.sending_queue
     if queue.storage is not None and not queue.storage.strip():
         problems.append("exporters.otlp.sending_queue.storage: must be a directory, or null for memory")

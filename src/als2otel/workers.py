@@ -48,7 +48,7 @@ import aiohttp
 from google.rpc import status_pb2  # type: ignore[import-untyped]
 
 from . import config as cfg
-from .app import Bridge, default_instance_id, tune_garbage_collection
+from .app import Bridge, default_instance_id, page_settings, tune_garbage_collection
 from .export.prometheus import merge_pages, render
 from .export.storage import lock_directory
 from .stats import Stats
@@ -276,6 +276,7 @@ class Supervisor:
             closed=self.stats.http_connections_closed,
             tls=config.http.tls,
             logs=self._forward_logs,
+            page=page_settings(config),
         )
         self._next_worker = 0
 

@@ -266,6 +266,7 @@ class TestEndpoint:
 
         status, body = await asyncio.to_thread(get, "/api/topology?window=5m")
         assert status == 200
+        assert body["trace_url"] is None and body["health"] == {"degraded": 0.001, "failure": 0.2}
         assert [(e["source"], e["target"]) for e in body["edges"]] == [
             ("default/productpage", "default/reviews")
         ]

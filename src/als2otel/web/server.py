@@ -144,11 +144,13 @@ class HttpServer:
         closed: Counter | None = None,
         tls: HttpTlsConfig | None = None,
         logs: Callable[[bytes, str], Awaitable[bytes]] | None = None,
+        page: dict[str, Any] | None = None,
     ) -> None:
         """Each provider may answer at once or be awaited (a supervisor asks its workers)."""
         self._tls = CertificateFiles(tls) if tls is not None and tls.enabled else None
         self._refresh: asyncio.Task[None] | None = None
         self._topology = topology
+        self._page = page or {}
         self._logs = logs
         self._healthy = healthy
         self._listen = listen
@@ -254,7 +256,7 @@ class HttpServer:
                 return _query_error("step", query["step"], "a duration up to the window (15s, 1m)")
             step = series_step(seconds, window)
         view = View(window, level, step, query.get("histograms") == "1")
-        return web.json_response(await _resolved(self._topology(view)))
+        return web.json_response({**await _resolved(self._topology(view)), **self._page})
 
     async def _otlp_logs(self, request: web.Request) -> web.Response:
         """OTLP/HTTP logs (protobuf, gzip or not): 400 with a google.rpc.Status for what does not parse,
