@@ -1,9 +1,8 @@
-"""OTLP export: the OpenTelemetry exporters hold the connection, we do the sending.
+"""OTLP export: the sending queue, and what each answer of the backend means.
 
 The translation builds OTLP requests itself, none larger than
-``max_request_size``; the SDK exporters (gRPC or HTTP/protobuf) provide the
-channel or session with its TLS, headers and compression, and we make each
-call, so that every answer is handled by its kind:
+``max_request_size``; a :mod:`transport <.transport>` (gRPC or HTTP/protobuf)
+carries each one, and every answer is handled by its kind:
 
 - accepted: done; a ``partial_success`` that rejected items is counted in
   ``als2otel_dropped_total{reason="partial_success"}`` and logged;
@@ -35,185 +34,18 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, Protocol
-
-import grpc
-from google.rpc import status_pb2  # type: ignore[import-untyped]
-from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
-from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
-from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from ..config import OtlpConfig
 from ..stats import LogLimiter, Stats
 from .split import halve
 from .storage import HEADER, DiskQueue, Stored
+from .transport import MAX_DETAIL, Outcome, Transport
 
 log = logging.getLogger("als2otel.export")
 
 BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 30.0
 """Backoff between our retries of one request, doubling from the initial value."""
-
-Kind = Literal["ok", "too_large", "refused", "retry"]
-
-
-class Outcome(NamedTuple):
-    """What a backend made of one request."""
-
-    kind: Kind
-    detail: str = ""  # the gRPC status or HTTP code and the backend's message
-    rejected: int = 0  # items a partial_success says were rejected
-
-
-class Transport(Protocol):
-    """Sends one serialized OTLP export request; blocking, run off the event loop."""
-
-    def send(self, payload: bytes, timeout: float) -> Outcome: ...
-
-    def close(self) -> None: ...
-
-
-def _quiet_sdk_loggers() -> None:
-    # The exporters log every failed attempt; we count them and log rate-limited instead.
-    for name in (
-        "opentelemetry.exporter.otlp.proto.grpc.exporter",
-        "opentelemetry.exporter.otlp.proto.http",
-        "opentelemetry.exporter.otlp.common.http",
-    ):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-
-
-_GRPC_SERVICES = {
-    "traces": "opentelemetry.proto.collector.trace.v1.TraceService",
-    "metrics": "opentelemetry.proto.collector.metrics.v1.MetricsService",
-}
-_RESPONSES: dict[str, tuple[Any, str]] = {
-    "traces": (trace_service_pb2.ExportTraceServiceResponse, "rejected_spans"),
-    "metrics": (metrics_service_pb2.ExportMetricsServiceResponse, "rejected_data_points"),
-}
-# OTLP/gRPC: the codes worth retrying (RESOURCE_EXHAUSTED is the size refusal, handled by splitting).
-_RETRYABLE_CODES = frozenset(
-    {
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.OUT_OF_RANGE,
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DATA_LOSS,
-    }
-)
-# OTLP/HTTP: the codes worth retrying.
-_RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
-_MAX_DETAIL = 300
-
-
-def _partial_success(signal: str, body: bytes) -> Outcome:
-    response_type, field = _RESPONSES[signal]
-    try:
-        response = response_type.FromString(body)
-    except Exception:  # an answer we cannot read still means accepted
-        return Outcome("ok")
-    partial = response.partial_success
-    rejected = getattr(partial, field)
-    if rejected or partial.error_message:
-        return Outcome("ok", f"partial success: {partial.error_message[:_MAX_DETAIL]}", rejected)
-    return Outcome("ok")
-
-
-class _GrpcTransport:
-    def __init__(self, signal: str, config: OtlpConfig) -> None:
-        base = GrpcSpanExporter if signal == "traces" else GrpcMetricExporter
-        endpoint = config.endpoint
-        secure = endpoint.startswith("https://") or (not config.insecure and "://" not in endpoint)
-        if "://" not in endpoint:
-            endpoint = f"{'https' if secure else 'http'}://{endpoint}"
-        # The SDK exporter builds the channel (TLS, OTEL_EXPORTER_OTLP_CERTIFICATE, headers,
-        # compression); we call the service on it with our serialized requests.
-        self._exporter = base(
-            endpoint=endpoint,
-            insecure=not secure,
-            headers=dict(config.headers),
-            compression=grpc.Compression.Gzip
-            if config.compression == "gzip"
-            else grpc.Compression.NoCompression,
-        )
-        self._signal = signal
-        channel: Any = self._exporter._channel
-        self._export = channel.unary_unary(f"/{_GRPC_SERVICES[signal]}/Export")
-        self._metadata = self._exporter._headers
-
-    def send(self, payload: bytes, timeout: float) -> Outcome:
-        try:
-            body = self._export(payload, metadata=self._metadata, timeout=timeout)
-        except grpc.RpcError as error:
-            code = error.code()
-            detail = f"gRPC {code.name}: {(error.details() or '')[:_MAX_DETAIL]}"
-            if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-                return Outcome("too_large", detail)
-            if code in _RETRYABLE_CODES:
-                return Outcome("retry", detail)  # DEADLINE_EXCEEDED too: it may have arrived, and goes again
-            return Outcome("refused", detail)
-        return _partial_success(self._signal, body)
-
-    def close(self) -> None:
-        self._exporter.shutdown()
-
-
-class _HttpTransport:
-    def __init__(self, signal: str, config: OtlpConfig) -> None:
-        base = config.endpoint.rstrip("/")
-        if "://" not in base:
-            base = f"{'http' if config.insecure else 'https'}://{base}"
-        cls = HttpSpanExporter if signal == "traces" else HttpMetricExporter
-        self._exporter = cls(
-            endpoint=f"{base}/v1/{signal}",
-            headers=dict(config.headers),
-            compression=(
-                HttpCompression.Gzip if config.compression == "gzip" else HttpCompression.NoCompression
-            ),
-        )
-        self._signal = signal
-        self._client = self._exporter._client
-
-    def send(self, payload: bytes, timeout: float) -> Outcome:
-        try:
-            result = self._client._submit(self._client._compress(payload), timeout)
-        except Exception as error:  # the session's own failures
-            return Outcome("retry", f"HTTP request failed: {error}"[:_MAX_DETAIL])
-        status = result.status_code
-        if status is None:
-            return Outcome("retry", f"HTTP no answer: {result.error}"[:_MAX_DETAIL])
-        if 200 <= status < 300:
-            return _partial_success(self._signal, result.content())
-        detail = f"HTTP {status}: {_status_message(result.content())}"
-        if status == 413:
-            return Outcome("too_large", detail)
-        if status in _RETRYABLE_HTTP:
-            return Outcome("retry", detail)
-        return Outcome("refused", detail)
-
-    def close(self) -> None:
-        self._exporter.shutdown()
-
-
-def _status_message(body: bytes) -> str:
-    """The message of an OTLP/HTTP error body (a google.rpc.Status), else its text."""
-    try:
-        message = status_pb2.Status.FromString(body).message
-    except Exception:
-        message = ""
-    return (message or body[:_MAX_DETAIL].decode("utf-8", "replace")).strip()[:_MAX_DETAIL]
-
-
-def make_transport(signal: str, config: OtlpConfig) -> Transport:
-    _quiet_sdk_loggers()
-    if config.protocol == "grpc":
-        return _GrpcTransport(signal, config)
-    return _HttpTransport(signal, config)
 
 
 @dataclass(slots=True)
@@ -401,7 +233,7 @@ class _SignalQueue:
         try:
             return self.transport.send(payload, self._timeout)
         except Exception as exc:  # a transport must never take the pipeline down
-            return Outcome("retry", f"transport error: {exc}"[:_MAX_DETAIL])
+            return Outcome("retry", f"transport error: {exc}"[:MAX_DETAIL])
 
     def _drop(self, items: int, reason: str, detail: str) -> None:
         self._stats.dropped.inc(self.signal, reason, by=items)
