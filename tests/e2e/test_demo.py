@@ -19,6 +19,7 @@ EXPECTED_EDGES = {
     ("default/productpage", "default/details"),
     ("default/productpage", "default/reviews"),
     ("default/reviews", "default/ratings"),
+    ("default/ratings", "mongodb.databases.example"),  # TCP, to a database outside the mesh
 }
 
 
@@ -66,6 +67,8 @@ def test_demo_draws_bookinfo_and_cleans_up() -> None:
         assert set(edges) == EXPECTED_EDGES
         for edge in edges.values():
             assert edge["requests"] > 0 and edge["rps"] > 0 and edge["p99_ms"] >= edge["p50_ms"] > 0
+        database = edges[("default/ratings", "mongodb.databases.example")]
+        assert database["protocol"] == "tcp" and database["bytes_received"] >= 8192 * database["connections"]
         assert len(envoy_pids() - before) == 7
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=30)

@@ -7,8 +7,9 @@ listener on :15001 routing by Host, clusters named ``inbound|9080||`` and
 to the pod's address, Istio's header-based metadata exchange). An ingress
 gateway (``router~``) on 127.0.10.1:8080 fronts productpage. Small apps call
 each other through their sidecars and forward ``x-request-id``, as bookinfo
-does; a load loop plays the users. Every Envoy streams its access logs to the
-bridge, which serves the live topology.
+does; a load loop plays the users; ratings also queries a database outside the
+mesh over TCP. Every Envoy streams its access logs to the bridge, which serves the
+live topology.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import dataclasses
 import http.client
 import logging
 import random
+import socket
+import socketserver
 import threading
 import time
 from collections import Counter
@@ -60,6 +63,12 @@ PODS = (
     Pod("reviews", "v3", "127.0.10.6", ("ratings",)),
     Pod("ratings", "v1", "127.0.10.7", error_rate=0.03),
 )
+DATABASE_HOST = "mongodb.databases.example"
+"""The ratings' database, outside the mesh (no sidecar): a TCP edge from ratings' sidecar."""
+DATABASE_IP, DATABASE_PORT = "127.0.10.20", 27017
+DATABASE_OUTBOUND_PORT = 15027
+"""ratings' sidecar listens here for the app's connections to the database (Istio's outbound TCP)."""
+DATABASE_CALLER = "ratings"
 SERVICES = sorted({p.app for p in PODS})
 EDGES = (
     ("user", "istio-ingressgateway"),
@@ -85,12 +94,12 @@ def _route(service: str) -> Route:
 
 
 def proxy_specs(
-    als: tuple[str, int], exchange_metadata: bool = True, loggers: str = "als"
+    als: tuple[str, int], exchange_metadata: bool = True, loggers: str = "als", database: bool = False
 ) -> list[ProxySpec]:
     """The gateway and one sidecar per pod; without ``exchange_metadata`` only IPs tell who called.
 
     ``loggers``: "als" (Envoy's gRPC access loggers), "otel" (its OpenTelemetry access logger), or
-    "mixed" (every other proxy on each).
+    "mixed" (every other proxy on each). ``database``: ratings' sidecar proxies TCP to the database.
     """
     labels = {
         "app": "istio-ingressgateway",
@@ -135,6 +144,9 @@ def proxy_specs(
                 app_port=APP_PORT,
                 outbound_port=OUTBOUND_PORT if pod.calls else None,
                 routes=[_route(s) for s in pod.calls],
+                tcp_routes=[(DATABASE_OUTBOUND_PORT, _DATABASE_ROUTE)]
+                if database and pod.app == DATABASE_CALLER
+                else [],
                 als_address=als,
                 exchange_metadata=exchange_metadata,
             )
@@ -145,6 +157,36 @@ def proxy_specs(
             for i, spec in enumerate(specs)
         ]
     return specs
+
+
+_DATABASE_ROUTE = Route(DATABASE_HOST, DATABASE_PORT, [(DATABASE_IP, DATABASE_PORT)])
+
+
+def _query_database(pod: Pod) -> None:
+    """One connection to the database through the pod's sidecar: a query out, a reply back."""
+    try:
+        with socket.create_connection((pod.ip, DATABASE_OUTBOUND_PORT), timeout=5) as connection:
+            connection.sendall(b"find ratings " + b"x" * 500 + b"\n")
+            while connection.recv(65536):
+                pass
+    except OSError:
+        pass
+
+
+class _Database(socketserver.ThreadingTCPServer):
+    """A database outside the mesh: answers each query with 8 KiB, then closes."""
+
+    allow_reuse_address = True
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                self.rfile.readline()
+                self.wfile.write(b"r" * 8192)
+
+        super().__init__((DATABASE_IP, DATABASE_PORT), Handler)
+        self.thread = threading.Thread(target=self.serve_forever, name="database", daemon=True)
 
 
 def _call_through_sidecar(pod: Pod, service: str, path: str, headers: dict[str, str]) -> int:
@@ -163,7 +205,7 @@ def _call_through_sidecar(pod: Pod, service: str, path: str, headers: dict[str, 
 class _App:
     """One pod's application: answers its path and calls its dependencies, forwarding trace headers."""
 
-    def __init__(self, pod: Pod, rng: random.Random) -> None:
+    def __init__(self, pod: Pod, rng: random.Random, database: bool = False) -> None:
         self.pod = pod
         self.received = 0  # requests this app answered
         self.made: Counter[str] = Counter()  # calls it made, per service
@@ -179,6 +221,8 @@ class _App:
                     _call_through_sidecar(pod, service, f"/{service}/0", forwarded)
                     with lock:
                         app.made[service] += 1
+                if database:
+                    _query_database(pod)
                 with lock:
                     app.received += 1
                 time.sleep(rng.uniform(0.002, 0.02))
@@ -216,10 +260,14 @@ class Bookinfo:
         seed: int = 1,
         exchange_metadata: bool = True,
         loggers: str = "als",
+        database: bool = False,
     ) -> None:
+        """``database``: ratings also queries a database outside the mesh over TCP (the demo's TCP edge)."""
         self._rng = random.Random(seed)
-        self.apps = [_App(pod, self._rng) for pod in PODS]
-        self.envoys = [EnvoyProcess(spec, workdir) for spec in proxy_specs(als, exchange_metadata, loggers)]
+        self.apps = [_App(pod, self._rng, database and pod.app == DATABASE_CALLER) for pod in PODS]
+        self.database = _Database() if database else None
+        specs = proxy_specs(als, exchange_metadata, loggers, database)
+        self.envoys = [EnvoyProcess(spec, workdir) for spec in specs]
         self._rate = rate
         self._stop = threading.Event()
         self._load = threading.Thread(target=self._load_loop, name="load", daemon=True)
@@ -227,6 +275,8 @@ class Bookinfo:
         self.failed = 0
 
     def start(self) -> None:
+        if self.database is not None:
+            self.database.thread.start()
         for app in self.apps:
             app.start()
         started: list[EnvoyProcess] = []
@@ -276,3 +326,6 @@ class Bookinfo:
             envoy.stop()
         for app in self.apps:
             app.stop()
+        if self.database is not None:
+            self.database.shutdown()
+            self.database.server_close()

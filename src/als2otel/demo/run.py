@@ -44,7 +44,7 @@ async def run_demo(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     workdir = Path(tempfile.mkdtemp(prefix="als2otel-demo-"))
-    mesh = Bookinfo(("127.0.0.1", bridge.receiver.port), workdir, rate=rate)
+    mesh = Bookinfo(("127.0.0.1", bridge.receiver.port), workdir, rate=rate, database=True)
     try:
         await asyncio.to_thread(mesh.start)
         host = http_listen.rpartition(":")[0] or "127.0.0.1"
