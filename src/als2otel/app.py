@@ -89,12 +89,14 @@ def name_labels(config: cfg.Config) -> tuple[str, ...]:
     return tuple(config.service_name_labels)
 
 
-def build_analyzers(config: cfg.Config, kube: KubeCache | None) -> list[Analyzer]:
+def build_analyzers(config: cfg.Config, kube: KubeCache | None, stats: Stats | None = None) -> list[Analyzer]:
     """The configured analyzers, in order (k8s-mesh only with a Kubernetes cache)."""
     analyzers: list[Analyzer] = []
+    rotations = stats.cache_rotations if stats is not None else None
     for name in config.analyzers:
         if name == "mx-mesh":
-            analyzers.append(MxMeshAnalyzer(PeerDecoder(name_labels=name_labels(config))))
+            decoder = PeerDecoder(name_labels=name_labels(config), rotations=rotations)
+            analyzers.append(MxMeshAnalyzer(decoder))
         elif name == "k8s-mesh" and kube is not None:
             analyzers.append(K8sMeshAnalyzer(kube.index))
     return analyzers
@@ -156,7 +158,9 @@ class Bridge:
             rotations=self.stats.cache_rotations,
         )
         self.kube = build_kube_cache(config, self.stats)
-        self.chain = AnalyzerChain(build_analyzers(config, self.kube), ProxyAnalyzer(), self.stats)
+        self.chain = AnalyzerChain(
+            build_analyzers(config, self.kube, self.stats), ProxyAnalyzer(), self.stats
+        )
         self.pipeline = Pipeline(
             self.chain, self.translator, self.stats, on_spans=self._export_spans, clock=clock
         )

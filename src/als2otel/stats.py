@@ -91,7 +91,8 @@ class Stats:
         )
         self.cache_rotations = Counter(
             "als2otel_cache_rotations_total",
-            "Bounded caches (decoded addresses, connection keys, call shapes) that filled and started over.",
+            "Bounded caches that filled and started over, by cache: decoded addresses, connection keys,"
+            " call shapes, decoded peers, OpenTelemetry-logger proxies.",
             ("cache",),
         )
         self.streams_ended = Counter(

@@ -255,8 +255,10 @@ class TestFormats:
                         decoder.decode_any(type_url, payload)
 
     def test_cache_decodes_each_peer_once(self) -> None:
-        """The same raw bytes are decoded once; the cache is bounded."""
-        decoder = PeerDecoder(max_entries=2)
+        """The same raw bytes are decoded once; the cache is bounded, and each time it starts over
+        is counted (als2otel_cache_rotations_total{cache="peers"})."""
+        rotations = Stats().cache_rotations
+        decoder = PeerDecoder(max_entries=2, rotations=rotations)
         raw = peers.lower_struct(REVIEWS).SerializeToString()
         first = decoder.decode_any("type.googleapis.com/google.protobuf.Struct", raw)
         assert decoder.decode_any("type.googleapis.com/google.protobuf.Struct", raw) is first
@@ -264,3 +266,4 @@ class TestFormats:
             other = peers.lower_struct(peers.pod(f"svc{i}")).SerializeToString()
             decoder.decode_any("type.googleapis.com/google.protobuf.Struct", other)
         assert len(decoder._cache) <= 2
+        assert rotations.get("peers") == 2  # six distinct peers through a table of two

@@ -151,6 +151,25 @@ def vars_of(entry: Any) -> dict[str, Any]:
     return out
 
 
+class TestBounds:
+    def test_the_proxy_table_starts_over_when_full_and_says_so(self, monkeypatch: Any) -> None:
+        """Records of more proxies than the table holds: it starts over, counted as a rotation of
+        cache="otlp_proxies", and every record is still read."""
+        from als2otel.receiver import otlp_logs
+
+        monkeypatch.setattr(otlp_logs, "MAX_CACHED_PROXIES", 3)
+        stats = Stats()
+        reader = RecordReader(rotations=stats.cache_rotations)
+        for i in range(7):
+            peer = peers.pod(f"svc{i}")
+            ident = als.identifier(
+                f"sidecar~10.1.0.{i}~{peer.name}.default~default.svc.cluster.local", peer.node_metadata()
+            )
+            attributes, at = record_of(mesh.outbound(i), ident)
+            assert reader.read(attributes, at)[0].pod_name == peer.name
+        assert stats.cache_rotations.get("otlp_proxies") == 2
+
+
 class TestBadInput:
     async def test_malformed_requests(self, make_bridge: Any) -> None:
         """Bytes that are no request: INVALID_ARGUMENT over gRPC, 400 over HTTP; the wrong

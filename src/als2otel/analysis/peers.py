@@ -30,6 +30,7 @@ from google.protobuf.message import DecodeError
 
 from .. import istio
 from ..model import Workload
+from ..stats import Counter
 
 STRUCT = "type.googleapis.com/google.protobuf.Struct"
 BYTES_VALUE = "type.googleapis.com/google.protobuf.BytesValue"
@@ -51,11 +52,16 @@ class PeerDecoder:
     """Decodes peer metadata with a bounded cache keyed by the raw bytes."""
 
     def __init__(
-        self, max_entries: int = MAX_CACHED_PEERS, name_labels: tuple[str, ...] = istio.NAME_LABELS
+        self,
+        max_entries: int = MAX_CACHED_PEERS,
+        name_labels: tuple[str, ...] = istio.NAME_LABELS,
+        rotations: Counter | None = None,
     ) -> None:
+        """``rotations`` counts each time the full cache starts over (``cache="peers"``)."""
         self._cache: dict[tuple[str, bytes], Workload | str] = {}
         self._max = max_entries
         self._name_labels = name_labels
+        self._rotations = rotations
 
     def decode_any(self, type_url: str, value: bytes) -> Workload:
         key = (type_url, value)
@@ -67,6 +73,8 @@ class PeerDecoder:
                 found = exc.reason
             if len(self._cache) >= self._max:
                 self._cache.clear()
+                if self._rotations is not None:
+                    self._rotations.inc("peers")
             self._cache[key] = found
         if isinstance(found, str):
             raise PeerError(found)

@@ -21,6 +21,7 @@ from google.protobuf import any_pb2, json_format, struct_pb2, wrappers_pb2
 
 from .. import istio
 from ..model import Proxy
+from ..stats import Counter
 from ._proto import accesslog_pb2, als_pb2, core_pb2
 from .identity import identify
 from .normalize import HTTP_VERSIONS, METHOD_NAMES, RESPONSE_FLAG_CODES, InvalidEntry
@@ -124,9 +125,13 @@ def strings(key_values: Any) -> dict[str, str]:
 class RecordReader:
     """Turns records into (proxy, log type, encoded ALS entry); remembers the proxies it identified."""
 
-    def __init__(self, name_labels: tuple[str, ...] = istio.NAME_LABELS) -> None:
+    def __init__(
+        self, name_labels: tuple[str, ...] = istio.NAME_LABELS, rotations: Counter | None = None
+    ) -> None:
+        """``rotations`` counts each time the full table starts over (``cache="otlp_proxies"``)."""
         self._name_labels = name_labels
         self._proxies: dict[tuple[str, ...], Proxy] = {}
+        self._rotations = rotations
 
     def read(self, attributes: Mapping[str, str], time_unix_nano: int) -> tuple[Proxy, str, bytes]:
         """Raises :class:`InvalidEntry` (``missing_node``, ``malformed_attribute``)."""
@@ -141,6 +146,8 @@ class RecordReader:
         if proxy is None:
             if len(self._proxies) >= MAX_CACHED_PROXIES:
                 self._proxies.clear()
+                if self._rotations is not None:
+                    self._rotations.inc("otlp_proxies")
             proxy = self._proxies[key] = identify(identifier_of(attributes), self._name_labels)
         return proxy
 

@@ -105,7 +105,7 @@ class AlsServer:
         self._sink = sink
         self._stats = stats
         self._limiter = LogLimiter(log)
-        self._records = otlp_logs.RecordReader(name_labels)
+        self._records = otlp_logs.RecordReader(name_labels, stats.cache_rotations)
         self._server: grpc.aio.Server | None = None
         self._front: TlsFront | None = None
         self.port = 0
