@@ -467,11 +467,14 @@ def run_serve(
     ready.wait()
     time.sleep(0.1)  # the receiver's CPU reading is at most 50 ms old
     receiver_cpu_start = receiver_cpu.value
+    workers_start = _children_cpu(bridge.pid) if workers > 1 else {}
     go.set()
     start = time.perf_counter()
     while counts.value < total:
         time.sleep(0.02)
     seconds = time.perf_counter() - start
+    workers_end = _children_cpu(bridge.pid) if workers > 1 else {}
+    split = sorted(round(workers_end[pid] - workers_start.get(pid, 0.0), 2) for pid in workers_end)
     helpers_cpu = receiver_cpu.value - receiver_cpu_start
     proc.join()
     helpers_cpu += sender_cpu.value
@@ -487,8 +490,30 @@ def run_serve(
             "workers": workers,
             "entries": total,
             "sender_and_otlp_receiver_cpu_seconds": round(helpers_cpu, 2),
+            "worker_cpu_seconds": split,
         }
     )
+
+
+def _children_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user and system) of each worker process of ``pid``, read from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) != pid:  # the field after the state is the parent's pid
+            continue
+        with open(f"/proc/{entry}/cmdline", "rb") as f:
+            if b"spawn_main" not in f.read():
+                continue  # multiprocessing's resource tracker, not a worker
+        found[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    return found
 
 
 def _rss_mb() -> float:

@@ -367,3 +367,44 @@ class TestWorkersUnderFailure:
             )
         finally:
             await supervisor.stop()
+
+
+class TestLoadSharing:
+    async def test_eight_busy_connections_are_shared_evenly(self) -> None:
+        """Eight connections at once (two gateways with four Envoy worker threads each): the parent
+        hands four to each worker, counted per worker, and neither does more than 60% of the work
+        (the kernel's hash once gave one worker six)."""
+        port = free_port()
+        supervisor = Supervisor(cfg.parse(worker_config(port), {}))
+        await supervisor.start()
+        try:
+            per_stream, streams = 200, 8
+            messages = [
+                [
+                    als.http_message(
+                        [
+                            mesh.outbound(s * per_stream + i, start_ms=als.real_now_ms())
+                            for i in range(per_stream)
+                        ],
+                        mesh.productpage(),
+                    )
+                ]
+                * 5
+                for s in range(streams)
+            ]
+            results = await asyncio.gather(
+                *(als.send(f"127.0.0.1:{supervisor.als_port}", m) for m in messages)
+            )
+            assert results == [None] * streams
+            handed = supervisor.stats.worker_connections
+            assert (handed.get("0"), handed.get("1")) == (4, 4)
+            work = []
+            for worker in supervisor._workers:
+                page = (await asyncio.to_thread(get, worker.http_port, "/metrics"))[1]
+                work.append(sample(page, "als2otel_entries_received_total"))
+            assert sum(work) == streams * per_stream * 5
+            assert max(work) <= 0.6 * sum(work), work
+            merged = (await asyncio.to_thread(get, port, "/metrics"))[1]
+            assert sample(merged, 'als2otel_worker_connections_total{worker="0"}') == 4
+        finally:
+            await supervisor.stop()

@@ -128,7 +128,9 @@ class Bridge:
         *,
         transport_factory: TransportFactory = make_transport,
         clock: Callable[[], int] = time.time_ns,
+        handed: bool = False,
     ) -> None:
+        """``handed``: a worker's bridge, serving the ALS connections its parent hands over."""
         self.config = config
         self.stats = Stats()
         self._clock = clock
@@ -172,6 +174,7 @@ class Bridge:
             max_connection_age=config.receiver.max_connection_age,
             max_connection_age_grace=config.receiver.max_connection_age_grace,
             tls=config.receiver.tls,
+            handed=handed,
         )
         self.http = HttpServer(
             config.http.listen,

@@ -122,6 +122,13 @@ class Stats:
             " unresponsive (no heartbeat for 10 s, then killed).",
             ("reason",),
         )
+        self.worker_connections = Counter(
+            "als2otel_worker_connections_total",
+            "ALS connections the workers' parent handed to each worker (the ready one with the fewest"
+            ' open connections, the least loaded among equals), by worker; "none" when no worker'
+            " was ready (the connection was closed, and Envoy connects again).",
+            ("worker",),
+        )
         self.k8s_errors = Counter(
             "als2otel_k8s_watch_errors_total",
             "Kubernetes list or watch requests that failed and were retried, by resource.",

@@ -1,9 +1,13 @@
 """Several worker processes behind one bridge: ``receiver.workers`` > 1.
 
 Each worker is a whole bridge (receiver, pipeline, exporters, its own Kubernetes
-cache) in its own process, bound to the same ALS port with SO_REUSEPORT, so the
-kernel spreads Envoy's connections over them. Its HTTP side listens on a private
-loopback port. Every :data:`TICK` it writes its state into memory it shares with
+cache) in its own process. The parent accepts every connection on the ALS port and
+hands it (the socket itself, over the worker's pipe) to the ready worker with the
+fewest open connections, the least loaded among equals, so that a few busy
+connections are shared evenly rather than dealt by a hash; the worker relays it to
+its gRPC server (:mod:`.receiver.front`, which also ends TLS). Connections are dealt
+again as they end (``receiver.max_connection_age``). A worker's HTTP side listens
+on a private loopback port. Every :data:`TICK` it writes its state into memory it shares with
 the parent (:class:`WorkerState`): a heartbeat, whether it is ready, and what it
 holds unexported. The parent process here:
 
@@ -40,6 +44,7 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
+from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import IO, Any
@@ -83,9 +88,14 @@ FORWARD_TIMEOUT = 25.0
 """Seconds the parent waits for a worker to take an OTLP/HTTP logs request (the parent's own
 handler has 30 s)."""
 
+RATE_WINDOW = 5.0
+"""Seconds over which a worker's entries per second are measured, to deal connections by load."""
+
 KILL_WAIT = 1.0
 """Seconds granted after ``shutdown_timeout`` for a worker's process to end, and again after
 a kill."""
+
+LISTEN_BACKLOG = 1024
 
 _SPAWN = multiprocessing.get_context("spawn")
 
@@ -94,17 +104,27 @@ class WorkerState:
     """A worker's state in memory shared with its parent: written by the worker every
     :data:`TICK`, read by the parent at any time, and after the worker died."""
 
-    HEARTBEAT, READY, HELD_ENTRIES, HELD_TRACES = range(4)
+    HEARTBEAT, READY, HELD_ENTRIES, HELD_TRACES, CONNECTIONS, ENTRIES = range(6)
 
     def __init__(self) -> None:
-        self.values: Any = _SPAWN.RawArray("d", 4)
+        self.values: Any = _SPAWN.RawArray("d", 6)
 
-    def write(self, ready: bool, held: dict[str, int]) -> None:
+    def write(self, ready: bool, held: dict[str, int], connections: int = 0, entries: int = 0) -> None:
         values = self.values
         values[self.READY] = 1.0 if ready else 0.0
         values[self.HELD_ENTRIES] = held.get("entries", 0)
         values[self.HELD_TRACES] = held.get("traces", 0)
+        values[self.CONNECTIONS] = connections
+        values[self.ENTRIES] = entries
         values[self.HEARTBEAT] = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process
+
+    @property
+    def connections(self) -> int:
+        return int(self.values[self.CONNECTIONS])
+
+    @property
+    def entries(self) -> int:
+        return int(self.values[self.ENTRIES])
 
     @property
     def heartbeat(self) -> float:
@@ -151,20 +171,33 @@ def run_worker(config: cfg.Config, conn: Connection, state: WorkerState) -> None
 
 
 async def _worker(config: cfg.Config, conn: Connection, state: WorkerState) -> int:
-    bridge = Bridge(config)
+    bridge = Bridge(config, handed=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await bridge.start()
     tune_garbage_collection()
+
+    def take() -> None:  # the parent handed over a connection
+        try:
+            handle = reduction.recv_handle(conn)
+        except (OSError, EOFError, IndexError, RuntimeError):
+            loop.remove_reader(conn.fileno())  # the parent is gone; SIGTERM or the pipe's end follows
+            return
+        bridge.receiver.take(socket.socket(fileno=handle))
+
+    loop.add_reader(conn.fileno(), take)
     conn.send(("port", bridge.http.port))
     waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(bridge.failed.wait())]
+    stats = bridge.stats
     while not any(w.done() for w in waits):
-        state.write(ready=bridge.ready(), held=bridge.held_unexported())
+        received = sum(stats.entries_received.values.values())
+        state.write(bridge.ready(), bridge.held_unexported(), bridge.receiver.open_connections, received)
         await asyncio.wait(waits, timeout=TICK, return_when=asyncio.FIRST_COMPLETED)
     for w in waits:
         w.cancel()
+    loop.remove_reader(conn.fileno())
     state.write(ready=False, held=bridge.held_unexported())
     await bridge.stop()
     state.write(ready=False, held=bridge.held_unexported())
@@ -182,6 +215,25 @@ class _Worker:
     restart_at: float | None = None  # monotonic: when a dead worker is started again
     failures: int = 0
     page: str = ""  # its last /metrics page
+    handed: list[float] = dataclasses.field(default_factory=list)  # when connections were handed to it
+    rates: list[tuple[float, int]] = dataclasses.field(default_factory=list)  # (when, entries received)
+
+    def load(self, now: float) -> tuple[int, float]:
+        """What choosing it for a new connection weighs: its open connections (counting those
+        handed since its last heartbeat), then its entries per second over the last few seconds."""
+        heartbeat = self.state.heartbeat
+        self.handed = [t for t in self.handed if t > heartbeat]
+        rate = 0.0
+        if len(self.rates) >= 2:
+            (t0, e0), (t1, e1) = self.rates[0], self.rates[-1]
+            rate = (e1 - e0) / max(t1 - t0, 1e-3)
+        return self.state.connections + len(self.handed), rate
+
+    def sample(self, now: float) -> None:
+        """Keep the entries count of the last :data:`RATE_WINDOW` seconds."""
+        self.rates.append((now, self.state.entries))
+        while len(self.rates) > 2 and now - self.rates[0][0] > RATE_WINDOW:
+            self.rates.pop(0)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.is_alive()
@@ -264,7 +316,7 @@ class Supervisor:
         self.instance_id = config.metrics.instance_id or ""  # else the default once the HTTP port is known
         self._workers = [_Worker(i) for i in range(config.receiver.workers)]
         self._retired = RetiredCounters(config.metrics.expire_after)
-        self._reserved: socket.socket | None = None
+        self._listener: socket.socket | None = None
         self._storage_lock: IO[bytes] | None = None
         self._session: aiohttp.ClientSession | None = None
         self.http = HttpServer(
@@ -288,18 +340,53 @@ class Supervisor:
     def als_port(self) -> int:
         return cfg.split_hostport(self.config.receiver.listen)[1]  # type: ignore[index]
 
-    def _reserve_port(self) -> None:
-        """With port 0, pick one port for every worker and hold it (SO_REUSEPORT, not listening)."""
+    def _listen(self) -> None:
+        """Open the ALS port (with port 0, a free one, written back into the configuration)."""
         host, port = cfg.split_hostport(self.config.receiver.listen)  # type: ignore[misc]
-        reserved = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        reserved.bind((host, port))
-        self._reserved = reserved
-        chosen = reserved.getsockname()[1]
+        listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(LISTEN_BACKLOG)
+        listener.setblocking(False)
+        self._listener = listener
+        chosen = listener.getsockname()[1]
         listen = f"[{host}]:{chosen}" if ":" in host else f"{host}:{chosen}"
         self.config = dataclasses.replace(
             self.config, receiver=dataclasses.replace(self.config.receiver, listen=listen)
         )
+
+    def _accept(self) -> None:
+        """Hand every connection waiting on the ALS port to a worker (see :meth:`_hand`)."""
+        assert self._listener is not None
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:  # out of file descriptors, say: the client retries
+                log.warning("cannot accept an ALS connection: %s", error)
+                return
+            with sock:
+                self._hand(sock)
+
+    def _hand(self, sock: socket.socket) -> None:
+        """Give a connection to the ready worker with the fewest open connections (the least loaded
+        among equals), counted in ``als2otel_worker_connections_total{worker}``; with no worker
+        ready it is closed, and Envoy connects again."""
+        now = time.monotonic()
+        ready = [w for w in self._workers if w.ready(now) and w.conn is not None]
+        if not ready:
+            self.stats.worker_connections.inc("none")
+            return
+        worker = min(ready, key=lambda w: w.load(now))
+        assert worker.conn is not None
+        try:
+            reduction.send_handle(worker.conn, sock.fileno(), worker.process.pid)
+        except OSError:
+            self.stats.worker_connections.inc("none")
+            return
+        worker.handed.append(now)
+        self.stats.worker_connections.inc(str(worker.index))
 
     async def start(self) -> None:
         """Start every worker and the HTTP port; returns once the workers are up (or
@@ -307,7 +394,7 @@ class Supervisor:
         storage = self.config.exporters.otlp.sending_queue.storage
         if storage:
             self._storage_lock = lock_directory(storage)  # the workers take their subdirectories
-        self._reserve_port()
+        self._listen()
         self._session = aiohttp.ClientSession()
         await self.http.start()  # answers 503 on /readyz until the workers are ready
         self.instance_id = self.instance_id or default_instance_id(self.http.port)
@@ -318,8 +405,10 @@ class Supervisor:
             for worker in self._workers:
                 self._read_reports(worker)
             await asyncio.sleep(0.05)
+        assert self._listener is not None
+        asyncio.get_running_loop().add_reader(self._listener.fileno(), self._accept)
         log.info(
-            "%d workers share ALS port %d; HTTP on %s",
+            "%d workers take the connections of ALS port %d; HTTP on %s",
             len(self._workers),
             self.als_port,
             self.config.http.listen,
@@ -336,6 +425,7 @@ class Supervisor:
         worker.process.start()
         child.close()
         worker.conn, worker.http_port, worker.page = parent, 0, ""
+        worker.handed, worker.rates = [], []
         worker.started_at, worker.restart_at = time.monotonic(), None
 
     def _read_reports(self, worker: _Worker) -> None:
@@ -358,6 +448,7 @@ class Supervisor:
         """One look at every worker: replace what died or hung, start what is due. Never waits."""
         for worker in self._workers:
             self._read_reports(worker)
+            worker.sample(now)
             if worker.restart_at is not None:
                 if now >= worker.restart_at:
                     self._start(worker)
@@ -399,8 +490,12 @@ class Supervisor:
         )
 
     async def stop(self) -> int:
-        """SIGTERM (and SIGCONT) to every worker; 0 when each flushed and exited 0 within
-        ``shutdown_timeout`` and a second; what has not stopped by then is killed."""
+        """No new connections; SIGTERM (and SIGCONT) to every worker; 0 when each flushed and exited
+        0 within ``shutdown_timeout`` and a second; what has not stopped by then is killed."""
+        if self._listener is not None:
+            asyncio.get_running_loop().remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
         running = [w for w in self._workers if w.alive()]
         for worker in running:
             worker.process.terminate()
@@ -421,8 +516,6 @@ class Supervisor:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self._reserved is not None:
-            self._reserved.close()
         if self._storage_lock is not None:
             self._storage_lock.close()
         return code

@@ -24,7 +24,8 @@ from support.otlp_logs import export_grpc, export_request, post_logs, record_of
 from support.waiting import eventually
 
 from als2otel.app import Bridge
-from als2otel.receiver import otlp_logs, tls_front
+from als2otel.receiver import front as tls_front
+from als2otel.receiver import otlp_logs
 from als2otel.receiver.server import AlsServer
 from als2otel.stats import Stats
 from als2otel.translation.wire import varint

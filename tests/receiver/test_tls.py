@@ -25,7 +25,7 @@ from support.waiting import eventually
 
 from als2otel import config as cfg
 from als2otel.demo.envoy import EnvoyProcess, ProxySpec, Route
-from als2otel.receiver import tls_front
+from als2otel.receiver import front as tls_front
 
 
 async def send_tls(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -35,9 +36,9 @@ from ..model import Proxy
 from ..stats import LogLimiter, Stats
 from . import otlp_logs, otlp_wire
 from ._proto import als_pb2
+from .front import Front
 from .identity import identify
 from .normalize import InvalidEntry
-from .tls_front import TlsFront
 
 log = logging.getLogger("als2otel.receiver")
 
@@ -95,8 +96,11 @@ class AlsServer:
         max_connection_age: float = 0.0,
         max_connection_age_grace: float = 0.0,
         tls: TlsConfig | None = None,
+        handed: bool = False,
     ) -> None:
+        """``handed``: listen on no TCP port; serve the connections given to :meth:`take`."""
         self._listen = listen
+        self._handed = handed
         self._tls = tls
         self._max_age = max_connection_age
         self._max_age_grace = max_connection_age_grace
@@ -107,7 +111,7 @@ class AlsServer:
         self._limiter = LogLimiter(log)
         self._records = otlp_logs.RecordReader(name_labels, stats.cache_rotations)
         self._server: grpc.aio.Server | None = None
-        self._front: TlsFront | None = None
+        self._front: Front | None = None
         self.port = 0
 
     async def start(self) -> None:
@@ -141,9 +145,11 @@ class AlsServer:
             LOGS_SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(self._export_logs)}
         )
         server.add_generic_rpc_handlers((*handlers.values(), logs))
-        if self._tls is not None and self._tls.enabled:
-            # TLS ends in the front, which sees (and counts) every refused handshake.
-            self._front = TlsFront(self._listen, self._tls, self._stats, self._limiter)
+        tls = self._tls if self._tls is not None and self._tls.enabled else None
+        if tls is not None or self._handed:
+            # TLS ends in the front, which sees (and counts) every refused handshake; connections
+            # the workers' parent hands over come in through it too.
+            self._front = Front(self._listen, tls, self._stats, self._limiter)
             address = f"unix:{self._front.backend}"
         else:
             address = self._listen
@@ -152,7 +158,7 @@ class AlsServer:
             raise OSError(f"cannot listen for ALS on {address}")
         await server.start()
         self._server = server
-        if self._front is not None:
+        if self._front is not None and not self._handed:
             port = await self._front.start()
         self.port = port
         mode = (
@@ -160,7 +166,20 @@ class AlsServer:
             if self._tls is None or not self._tls.enabled
             else ("mutual TLS" if self._tls.client_ca_file else "TLS")
         )
-        log.info("ALS receiver listening on %s (port %d, %s)", self._listen, port, mode)
+        if self._handed:
+            log.info("ALS receiver taking the connections its parent hands over (%s)", mode)
+        else:
+            log.info("ALS receiver listening on %s (port %d, %s)", self._listen, port, mode)
+
+    def take(self, sock: socket.socket) -> None:
+        """Serve an ALS connection the workers' parent accepted and handed over."""
+        assert self._front is not None, "started with handed=True"
+        self._front.take(sock)
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections open now (counted where a front relays them)."""
+        return self._front.open_connections if self._front is not None else len(self._connections)
 
     async def stop(self, grace: float) -> None:
         """Stop taking streams; give open ones ``grace`` seconds to deliver what they sent."""

@@ -1,4 +1,4 @@
-"""TLS on the ALS port, ended here so that every refused handshake is seen.
+"""The ALS port's front: TLS ended here, and connections handed over by the workers' parent.
 
 gRPC's Python server does TLS itself but says nothing of a handshake it refused: a
 client without a valid certificate would vanish without a trace. So with
@@ -8,6 +8,10 @@ fails), then relays the connection's bytes both ways to the gRPC server, which l
 on a Unix socket in a directory only this process may enter. Each relayed connection
 reaches gRPC from a socket named after the client's address, so the streams' logs
 still name the client.
+
+With workers, the parent accepts every connection and hands it to the worker with the
+least load (:mod:`..workers`); the worker's front takes it (:meth:`Front.take`) and relays
+it the same way, with TLS or without.
 """
 
 from __future__ import annotations
@@ -77,14 +81,15 @@ _DETAILS = {
 }
 
 
-class TlsFront:
-    """The TLS listener of the ALS port, relaying to the gRPC server at :attr:`backend`."""
+class Front:
+    """The ALS port's listener (or taker of handed connections), relaying to the gRPC server at
+    :attr:`backend`; TLS when ``config`` is given."""
 
-    def __init__(self, listen: str, config: TlsConfig, stats: Stats, limiter: LogLimiter) -> None:
+    def __init__(self, listen: str, config: TlsConfig | None, stats: Stats, limiter: LogLimiter) -> None:
         self._listen = listen
-        self._min_version = config.min_version
-        self._files = CertificateFiles(config)
-        self._context = self._files.mutual_context(config.min_version)
+        self._files = CertificateFiles(config) if config is not None else None
+        self._min_version = config.min_version if config is not None else ""
+        self._context = self._files.mutual_context(self._min_version) if self._files is not None else None
         self._stats = stats
         self._limiter = limiter
         self._directory = Path(tempfile.mkdtemp(prefix="als2otel-"))  # 0700: this process only
@@ -95,6 +100,7 @@ class TlsFront:
         self._handshaking: dict[asyncio.Task[Any], None] = {}
         self._cut: set[asyncio.Task[Any]] = set()
         self._numbers = itertools.count()
+        self._handed: set[asyncio.Future[Any]] = set()
         self.port = 0
 
     async def start(self) -> int:
@@ -106,6 +112,21 @@ class TlsFront:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
+
+    def take(self, sock: socket.socket) -> None:
+        """Serve a connection accepted elsewhere (the workers' parent handed it over)."""
+        sock.setblocking(False)
+        self._handed.add(
+            asyncio.ensure_future(
+                asyncio.get_running_loop().connect_accepted_socket(lambda: _Connection(self), sock)
+            )
+        )
+        for done in [task for task in self._handed if task.done()]:
+            self._handed.discard(done)
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._connections)
 
     async def stop(self) -> None:
         """No new connections; those relayed already end when gRPC ends them."""
@@ -136,8 +157,19 @@ class TlsFront:
         client = "unknown"
         if isinstance(peer, tuple):
             client = f"ipv6:[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"ipv4:{peer[0]}:{peer[1]}"
-        fresh = self._files.reload(lambda: self._files.mutual_context(self._min_version), "ALS")
-        self._context = fresh or self._context
+        if self._files is not None and not await self._handshake(reader, writer, client):
+            return
+        await self._relay(reader, writer, client)
+
+    async def _handshake(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str
+    ) -> bool:
+        """The TLS handshake, bounded and counted; False (logged) if it failed."""
+        files = self._files
+        assert files is not None
+        fresh = files.reload(lambda: files.mutual_context(self._min_version), "ALS")
+        context = self._context = fresh or self._context
+        assert context is not None
         handshake = asyncio.current_task()
         assert handshake is not None
         if len(self._handshaking) >= MAX_PENDING_HANDSHAKES:
@@ -148,7 +180,7 @@ class TlsFront:
         self._handshaking[handshake] = None
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-                await writer.start_tls(self._context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT + 1)
+                await writer.start_tls(context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT + 1)
         except (OSError, TimeoutError, EOFError, asyncio.CancelledError) as error:
             cut = handshake in self._cut
             if isinstance(error, asyncio.CancelledError) and not cut:
@@ -159,10 +191,13 @@ class TlsFront:
             self._limiter.warning(
                 f"tls_{reason}", "TLS handshake from %s refused (%s): %s", client, reason, detail
             )
-            return
+            return False
         finally:
             self._handshaking.pop(handshake, None)
             self._cut.discard(handshake)
+        return True
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str) -> None:
         upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             # Named after the client (an abstract name, no file): gRPC's peer() for its streams.
@@ -171,7 +206,7 @@ class TlsFront:
             await asyncio.get_running_loop().sock_connect(upstream, self.backend)
         except OSError:
             upstream.close()
-            log.warning("the ALS server behind TLS is not reachable; closing %s's connection", client)
+            log.warning("the ALS server behind the front is not reachable; closing %s's connection", client)
             return
         up_reader, up_writer = await asyncio.open_unix_connection(sock=upstream, limit=CHUNK)
         try:
@@ -183,7 +218,7 @@ class TlsFront:
 class _Connection(asyncio.StreamReaderProtocol):
     """A client's connection, known to the front from its first moment (so a stop can cut it)."""
 
-    def __init__(self, front: TlsFront) -> None:
+    def __init__(self, front: Front) -> None:
         super().__init__(asyncio.StreamReader(limit=CHUNK), front._accept)
         self._front = front
 
