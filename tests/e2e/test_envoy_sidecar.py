@@ -168,6 +168,56 @@ async def test_streams_reconnect_at_max_connection_age_and_lose_nothing(
         await asyncio.to_thread(envoy.stop)
 
 
+async def test_with_workers_aged_connections_are_dealt_again_and_lose_nothing(
+    otlp: GrpcOtlpReceiver, reviews_app: StatusApp, tmp_path: Any
+) -> None:
+    """Two workers, a 1 s connection age: each time Envoy reconnects, the parent hands the new
+    connection to a worker by load, so it moves between them; every request still becomes its span."""
+    from als2otel.workers import Supervisor
+
+    raw = {
+        "receiver": {
+            "listen": "127.0.0.1:0",
+            "workers": 2,
+            "max_connection_age": "1s",
+            "max_connection_age_grace": "1s",
+        },
+        "http": {"listen": f"127.0.0.1:{free_port()}"},
+        "analyzers": [],
+        "exporters": {"otlp": {"endpoint": otlp.endpoint}},
+        "metrics": {"export_interval": "0.5s"},
+        "shutdown_timeout": "3s",
+    }
+    from als2otel import config as cfg
+
+    supervisor = Supervisor(cfg.parse(raw, {}))
+    await supervisor.start()
+    stop = asyncio.Event()
+    running = asyncio.ensure_future(supervisor.run(stop))
+    envoy = EnvoyProcess(productpage_sidecar(supervisor.als_port, reviews_app), tmp_path)
+    await asyncio.to_thread(envoy.start)
+    try:
+        sent = 0
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            port = envoy.spec.outbound_port
+            assert (
+                await asyncio.to_thread(request, port, "GET", f"/status/200?n={sent}", "reviews:9080") == 200
+            )
+            sent += 1
+            await asyncio.sleep(0.02)
+        assert await eventually(lambda: len(otlp.received.spans()) >= sent, 20)
+        await asyncio.sleep(1.0)
+        assert len(otlp.received.spans()) == sent == len(reviews_app.requests)
+        handed = supervisor.stats.worker_connections
+        assert handed.get("0") >= 1 and handed.get("1") >= 1 and handed.get("none") == 0
+        assert handed.get("0") + handed.get("1") >= 3  # reconnected along the way, dealt each time
+    finally:
+        await asyncio.to_thread(envoy.stop)
+        stop.set()
+        await running
+
+
 async def test_opentelemetry_access_logger_gives_the_same_spans(
     make_bridge: Any, otlp: GrpcOtlpReceiver, reviews_app: StatusApp, tmp_path: Any
 ) -> None:
