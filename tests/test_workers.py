@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -10,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +68,32 @@ def worker_config(http_port: int, otlp: str | None = None, **extra: Any) -> dict
     }
 
 
+@dataclasses.dataclass
+class Supervised:
+    """A supervisor under its supervision loop; once the block ends, how its stop went."""
+
+    supervisor: Supervisor
+    code: int | None = None
+    stop_seconds: float = 0.0
+
+
+@contextlib.asynccontextmanager
+async def supervised(raw: dict[str, Any]) -> AsyncIterator[Supervised]:
+    """Start a supervisor and its supervision loop; at the end, stop it as SIGTERM would."""
+    supervisor = Supervisor(cfg.parse(raw, {}))
+    await supervisor.start()
+    stop = asyncio.Event()
+    running = asyncio.ensure_future(supervisor.run(stop))
+    outcome = Supervised(supervisor)
+    try:
+        yield outcome
+    finally:
+        started = time.monotonic()
+        stop.set()
+        outcome.code = await running
+        outcome.stop_seconds = time.monotonic() - started
+
+
 class TestSupervisor:
     async def test_workers_share_the_port_and_metrics_merge_exactly(self) -> None:
         """16 streams over two workers: both get some, and the parent's /metrics sums them exactly."""
@@ -114,11 +143,8 @@ class TestSupervisor:
     async def test_a_killed_worker_is_restarted(self) -> None:
         """SIGKILL to a worker: /readyz is 503 until it is back, the restart is counted."""
         port = free_port()
-        supervisor = Supervisor(cfg.parse(worker_config(port), {}))
-        await supervisor.start()
-        stop = asyncio.Event()
-        running = asyncio.ensure_future(supervisor.run(stop))
-        try:
+        async with supervised(worker_config(port)) as run:
+            supervisor = run.supervisor
             os.kill(supervisor.worker_pids[0], signal.SIGKILL)
             statuses = []
             for _ in range(100):
@@ -130,9 +156,7 @@ class TestSupervisor:
             page = (await asyncio.to_thread(get, port, "/metrics"))[1]
             assert sample(page, "als2otel_worker_restarts_total") == 1
             await send_streams(supervisor.als_port, 5)
-        finally:
-            stop.set()
-            assert await running == 0
+        assert run.code == 0
 
 
 def test_sigterm_with_workers_delivers_every_span(tmp_path: Path) -> None:
@@ -203,52 +227,51 @@ class TestWorkersUnderFailure:
 
         otlp.received.reply = unavailable
         port = free_port()
-        supervisor = Supervisor(cfg.parse(worker_config(port, otlp.endpoint), {}))
-        await supervisor.start()
-        stop = asyncio.Event()
-        running = asyncio.ensure_future(supervisor.run(stop))
         try:
-            per_stream = 50
-            sent = STREAMS * per_stream
-            await send_streams(supervisor.als_port, per_stream)
+            async with supervised(worker_config(port, otlp.endpoint)) as run:
+                supervisor = run.supervisor
+                per_stream = 50
+                sent = STREAMS * per_stream
+                await send_streams(supervisor.als_port, per_stream)
 
-            async def received() -> float:
-                pages = [
-                    (await asyncio.to_thread(get, w.http_port, "/metrics"))[1] for w in supervisor._workers
-                ]
-                return sum(sample(page, "als2otel_entries_received_total") for page in pages)
+                async def received() -> float:
+                    pages = [
+                        (await asyncio.to_thread(get, w.http_port, "/metrics"))[1]
+                        for w in supervisor._workers
+                    ]
+                    return sum(sample(page, "als2otel_entries_received_total") for page in pages)
 
-            while await received() < sent:
-                await asyncio.sleep(0.01)
-            before = counting_samples((await asyncio.to_thread(get, port, "/metrics"))[1])
-            await asyncio.sleep(3 * workers.TICK)  # a tick after the last entry was read
-            victim = supervisor._workers[0]
-            assert victim.state.held()["traces"] + victim.state.held()["entries"] > 0  # spans not yet sent
-            os.kill(victim.process.pid, signal.SIGKILL)
-            backend_down = False
-            for _ in range(200):
-                if (await asyncio.to_thread(get, port, "/readyz"))[0] == 200 and victim.failures:
-                    break
-                await asyncio.sleep(0.05)
-            after_page = (await asyncio.to_thread(get, port, "/metrics"))[1]
-            after = counting_samples(after_page)
-            assert {
-                key: (value, after.get(key)) for key, value in before.items() if after.get(key, 0) < value
-            } == {}
-            counted = sample(
-                after_page, 'als2otel_dropped_total{signal="traces",reason="worker_died"}'
-            ) + sample(after_page, 'als2otel_dropped_total{signal="entries",reason="worker_died"}')
-            spans_of_the_living = sent - counted
-            assert await asyncio.to_thread(
-                otlp.received.wait_for, lambda: len(otlp.received.spans()) >= spans_of_the_living, 20
-            )
-            arrived = len(otlp.received.spans())
-            assert arrived <= sent and counted > 0
-            assert arrived + counted >= sent, (arrived, counted, sent)
-            assert sample(after_page, 'als2otel_worker_restarts_total{reason="exited"}') == 1
+                while await received() < sent:
+                    await asyncio.sleep(0.01)
+                before = counting_samples((await asyncio.to_thread(get, port, "/metrics"))[1])
+                await asyncio.sleep(3 * workers.TICK)  # a tick after the last entry was read
+                victim = supervisor._workers[0]
+                assert (
+                    victim.state.held()["traces"] + victim.state.held()["entries"] > 0
+                )  # spans not yet sent
+                os.kill(victim.process.pid, signal.SIGKILL)
+                backend_down = False
+                for _ in range(200):
+                    if (await asyncio.to_thread(get, port, "/readyz"))[0] == 200 and victim.failures:
+                        break
+                    await asyncio.sleep(0.05)
+                after_page = (await asyncio.to_thread(get, port, "/metrics"))[1]
+                after = counting_samples(after_page)
+                assert {
+                    key: (value, after.get(key)) for key, value in before.items() if after.get(key, 0) < value
+                } == {}
+                counted = sample(
+                    after_page, 'als2otel_dropped_total{signal="traces",reason="worker_died"}'
+                ) + sample(after_page, 'als2otel_dropped_total{signal="entries",reason="worker_died"}')
+                spans_of_the_living = sent - counted
+                assert await asyncio.to_thread(
+                    otlp.received.wait_for, lambda: len(otlp.received.spans()) >= spans_of_the_living, 20
+                )
+                arrived = len(otlp.received.spans())
+                assert arrived <= sent and counted > 0
+                assert arrived + counted >= sent, (arrived, counted, sent)
+                assert sample(after_page, 'als2otel_worker_restarts_total{reason="exited"}') == 1
         finally:
-            stop.set()
-            await running
             otlp.stop()
 
     async def test_a_stopped_worker_stalls_no_answer_of_the_parent_and_is_replaced(
@@ -316,12 +339,8 @@ class TestWorkersUnderFailure:
         ends at once; after a healthy period its failures no longer count."""
         monkeypatch.setattr(workers, "HEALTHY_RESET", 1.0)
         port = free_port()
-        supervisor = Supervisor(cfg.parse(worker_config(port), {}))
-        await supervisor.start()
-        stop = asyncio.Event()
-        running = asyncio.ensure_future(supervisor.run(stop))
-        try:
-            flaky, steady = supervisor._workers
+        async with supervised(worker_config(port)) as run:
+            flaky, steady = run.supervisor._workers
             flaky.failures = 6
             os.kill(flaky.process.pid, signal.SIGKILL)
             await asyncio.sleep(0.5)
@@ -334,11 +353,7 @@ class TestWorkersUnderFailure:
             assert steady.alive() and steady.failures == 1
             await asyncio.sleep(1.5)
             assert steady.failures == 0
-        finally:
-            start = time.monotonic()
-            stop.set()
-            await running
-            assert time.monotonic() - start < 5
+        assert run.stop_seconds < 5
 
     async def test_a_request_that_cannot_succeed_is_not_answered_retryable(self) -> None:
         """Through the parent: bytes that are no request are a 400, a request past the size bound a
