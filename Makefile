@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo serve test lint bench clean system-deps compiled
+.PHONY: demo serve test quick lint bench clean system-deps compiled
 
 # Pure Python, editable: an edit takes effect at once (`make compiled` builds what
 # `pip install .` installs: the per-entry modules compiled by mypyc, see setup.py).
@@ -23,8 +23,8 @@ serve: $(BIN)/.installed
 	$(BIN)/als2otel serve $(if $(CONFIG),--config $(CONFIG))
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff format --check src tests bench setup.py
-	$(BIN)/ruff check src tests bench setup.py
+	$(BIN)/ruff format --check src tests bench scripts setup.py
+	$(BIN)/ruff check src tests bench scripts setup.py
 	$(BIN)/mypy
 
 # Debian's chromium renders /topology in the page test; Debian's prometheus scrapes /metrics.
@@ -53,6 +53,10 @@ COMPILED_TESTS := tests/translation tests/analysis tests/receiver/test_normalize
 test: lint system-deps compiled
 	$(BIN)/pytest -q -p no:cacheprovider
 	ALS2OTEL_EXPECT_COMPILED=1 PYTHONPATH=$(COMPILED)/src $(BIN)/pytest -q -p no:cacheprovider $(COMPILED_TESTS)
+
+# The fast part of the suite, for the edit-test loop: no real Envoy, Prometheus, Chromium or worker processes.
+quick: lint
+	$(BIN)/pytest -q -p no:cacheprovider --ignore=tests/e2e --ignore=tests/test_workers.py --ignore=tests/test_cli.py
 
 bench: compiled
 	$(BIN)/python bench/pipeline.py --streams 8 --compiled
