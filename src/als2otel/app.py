@@ -75,6 +75,37 @@ def default_instance_id(http_port: int, environ: Mapping[str, str] = os.environ)
     return host if "KUBERNETES_SERVICE_HOST" in environ else f"{host}:{http_port}"
 
 
+EXIT_FAILED = 1
+"""A bridge's exit code when its processing stopped, so that an orchestrator restarts it."""
+
+
+async def run_bridge(
+    bridge: Bridge,
+    stop: asyncio.Event,
+    *,
+    started: Callable[[], None] | None = None,
+    tick: Callable[[], None] | None = None,
+    interval: float = 1.0,
+) -> int:
+    """One bridge's life, as ``serve`` and each worker live it: start it (``started`` once it
+    takes traffic), run until ``stop`` is set or its processing stops (``tick`` every
+    ``interval`` seconds meanwhile), then stop it gracefully; 0, or :data:`EXIT_FAILED`."""
+    await bridge.start()
+    tune_garbage_collection()
+    if started is not None:
+        started()
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(bridge.failed.wait())]
+    while not any(w.done() for w in waits):
+        if tick is not None:
+            tick()
+        await asyncio.wait(waits, timeout=interval if tick else None, return_when=asyncio.FIRST_COMPLETED)
+    for w in waits:
+        w.cancel()
+    log.info("stopping: draining and flushing (up to %.0fs)", bridge.config.shutdown_timeout)
+    await bridge.stop()
+    return EXIT_FAILED if bridge.failed.is_set() else 0
+
+
 def page_settings(config: cfg.Config) -> dict[str, Any]:
     """What /api/topology tells the page besides the graph: its trace link and health thresholds."""
     topology = config.topology

@@ -12,8 +12,6 @@ from . import __version__
 from . import config as cfg
 
 EXIT_BAD_CONFIG = 2
-EXIT_FAILED = 1
-"""``serve`` stopped because processing had stopped, so that an orchestrator restarts it."""
 
 
 def _load_or_report(path: str | None) -> cfg.Config | None:
@@ -50,26 +48,17 @@ async def _serve(config: cfg.Config) -> int:
         from . import workers
 
         return await workers.serve(config, stop)
-    from .app import Bridge, tune_garbage_collection
+    from .app import Bridge, run_bridge
 
-    bridge = Bridge(config)
-    await bridge.start()
-    tune_garbage_collection()
-    logging.getLogger("als2otel").info(
-        "als2otel %s ready: ALS on %s, HTTP on %s",
-        __version__,
-        config.receiver.listen,
-        config.http.listen,
-    )
-    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(bridge.failed.wait())]
-    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    for task in waits:
-        task.cancel()
-    logging.getLogger("als2otel").info(
-        "stopping: draining and flushing (up to %.0fs)", config.shutdown_timeout
-    )
-    await bridge.stop()
-    return EXIT_FAILED if bridge.failed.is_set() else 0
+    def ready() -> None:
+        logging.getLogger("als2otel").info(
+            "als2otel %s ready: ALS on %s, HTTP on %s",
+            __version__,
+            config.receiver.listen,
+            config.http.listen,
+        )
+
+    return await run_bridge(Bridge(config), stop, started=ready)
 
 
 def _serve_command(args: argparse.Namespace) -> int:

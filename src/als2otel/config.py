@@ -592,9 +592,11 @@ def _kind(value: Any) -> str:
 
 
 def split_hostport(text: str) -> tuple[str, int] | None:
-    """``host:port`` or ``[v6]:port`` into parts; None when it is not one."""
+    """``host:port`` or ``[v6]:port`` into parts; None when it is not one (the port: one to five
+    ASCII digits, at most 65535). The one parser of a listen address, and of the addresses Envoy's
+    OpenTelemetry logger writes as text."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not (port.isascii() and port.isdigit()) or len(port) > 5 or int(port) > 65535:
         return None
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

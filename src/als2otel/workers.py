@@ -53,7 +53,7 @@ import aiohttp
 from google.rpc import status_pb2  # type: ignore[import-untyped]
 
 from . import config as cfg
-from .app import Bridge, default_instance_id, page_settings, tune_garbage_collection
+from .app import Bridge, default_instance_id, page_settings, run_bridge
 from .export.prometheus import merge_pages, render
 from .export.storage import lock_directory
 from .stats import Stats
@@ -176,8 +176,6 @@ async def _worker(config: cfg.Config, conn: Connection, state: WorkerState) -> i
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await bridge.start()
-    tune_garbage_collection()
 
     def take() -> None:  # the parent handed over a connection
         try:
@@ -187,21 +185,19 @@ async def _worker(config: cfg.Config, conn: Connection, state: WorkerState) -> i
             return
         bridge.receiver.take(socket.socket(fileno=handle))
 
-    loop.add_reader(conn.fileno(), take)
-    conn.send(("port", bridge.http.port))
-    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(bridge.failed.wait())]
-    stats = bridge.stats
-    while not any(w.done() for w in waits):
-        received = sum(stats.entries_received.values.values())
-        state.write(bridge.ready(), bridge.held_unexported(), bridge.receiver.open_connections, received)
-        await asyncio.wait(waits, timeout=TICK, return_when=asyncio.FIRST_COMPLETED)
-    for w in waits:
-        w.cancel()
+    def started() -> None:
+        loop.add_reader(conn.fileno(), take)
+        conn.send(("port", bridge.http.port))
+
+    def tick() -> None:
+        received = sum(bridge.stats.entries_received.values.values())
+        ready = bridge.ready() and not stop.is_set()
+        state.write(ready, bridge.held_unexported(), bridge.receiver.open_connections, received)
+
+    code = await run_bridge(bridge, stop, started=started, tick=tick, interval=TICK)
     loop.remove_reader(conn.fileno())
     state.write(ready=False, held=bridge.held_unexported())
-    await bridge.stop()
-    state.write(ready=False, held=bridge.held_unexported())
-    return 1 if bridge.failed.is_set() else 0
+    return code
 
 
 @dataclasses.dataclass

@@ -192,7 +192,7 @@ class TestProcessingStops:
         """serve then stops by itself, flushing what it can, and returns 1 for the orchestrator."""
         from support.net import free_port
 
-        from als2otel import cli
+        from als2otel import app, cli
         from als2otel import config as cfg
 
         self.break_the_pipeline(monkeypatch)
@@ -215,7 +215,7 @@ class TestProcessingStops:
                 break
             await asyncio.sleep(0.05)
         assert await als.send(f"127.0.0.1:{als_port}", [message]) is None
-        assert await asyncio.wait_for(served, 20) == cli.EXIT_FAILED
+        assert await asyncio.wait_for(served, 20) == app.EXIT_FAILED
 
 
 class TestBigMessages:

@@ -20,6 +20,7 @@ from typing import Any
 from google.protobuf import any_pb2, json_format, struct_pb2, wrappers_pb2
 
 from .. import istio
+from ..config import split_hostport
 from ..model import Proxy
 from ..stats import Counter
 from ._proto import accesslog_pb2, als_pb2, core_pb2
@@ -299,10 +300,10 @@ def _start_time(attributes: Mapping[str, str]) -> int:
 
 def _address(text: str, name: str) -> bytes:
     """``ip:port`` or ``[v6]:port`` as an encoded ``Address``."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()) or int(port) > 0xFFFF or not host:
+    parts = split_hostport(text)
+    if parts is None:
         raise InvalidEntry("malformed_attribute", f"{name} is not ip:port")
-    socket = core_pb2.SocketAddress(address=host.strip("[]"), port_value=int(port))
+    socket = core_pb2.SocketAddress(address=parts[0], port_value=parts[1])
     return core_pb2.Address(socket_address=socket).SerializeToString()
 
 
