@@ -23,7 +23,7 @@ from .analysis.k8s import KubeIndex, NameRule
 from .analysis.k8s.watch import KubeCache, NoKubernetesConfig, api_client
 from .analysis.k8s_mesh import K8sMeshAnalyzer
 from .analysis.peers import PeerDecoder
-from .export import OtlpExporter, Transport, make_transport, render, render_chunks
+from .export import OtlpExporter, Transport, make_transport, render_chunks
 from .export.otlp_metrics import metrics_request
 from .export.split import split_request
 from .model import Workload
@@ -229,9 +229,6 @@ class Bridge:
     def ready(self) -> bool:
         """Taking traffic, with the Kubernetes caches (if any) listed once."""
         return self._ready and (self.kube is None or self.kube.synced.is_set())
-
-    def render_metrics(self) -> str:
-        return render(self.metrics, self.stats)
 
     async def start(self) -> None:
         if self.exporter is not None:

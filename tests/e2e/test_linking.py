@@ -12,6 +12,8 @@ from support import als, servicegraph
 from support.mesh import CALLEE, CALLER, sides, stream
 from support.otlp_receiver import GrpcOtlpReceiver
 
+from als2otel.export import render
+
 
 async def wait_spans(otlp: GrpcOtlpReceiver, count: int, settle: float = 1.5) -> list[Any]:
     deadline = time.monotonic() + 30
@@ -53,7 +55,7 @@ async def test_sampling_keeps_whole_traces_and_every_metric(make_bridge: Any, ot
     assert set(per_trace.values()) == {2}  # both sides or neither
     # Binomial(10000, 0.1): mean 1000, sd 30; 5 sd either side.
     assert 850 <= len(per_trace) <= 1150
-    text = bridge.render_metrics()
+    text = render(bridge.metrics, bridge.stats)
     assert 'http_client_request_duration_seconds_count{service_name="productpage"' in text
     counted = sum(
         s.histogram.count

@@ -16,6 +16,7 @@ from support.otlp_receiver import GrpcOtlpReceiver, HttpOtlpReceiver, Partial, R
 from support.waiting import eventually
 
 from als2otel.app import INSTANCE_ATTRIBUTE, Bridge, default_instance_id
+from als2otel.export import render
 
 MiB = 1024 * 1024
 
@@ -322,7 +323,7 @@ class TestExpiry:
             await stream_calls(bridge, 20, first=generation * 20, caller=caller, callee=callee)
             await asyncio.sleep(1.6)  # longer than expire_after, and several exports
             sizes.append(len(bridge.metrics.series))
-        page = bridge.render_metrics()
+        page = render(bridge.metrics, bridge.stats)
         assert "reviews5" in page and "reviews4" not in page and "reviews0" not in page
         newest = otlp.received.metrics[-1]
         services = {attributes(rm.resource.attributes).get("service.name") for rm in newest.resource_metrics}

@@ -21,6 +21,7 @@ from support import als, mesh, peers
 
 from als2otel import config as cfg
 from als2otel.app import Bridge
+from als2otel.export import render
 from als2otel.receiver import identify, otlp_logs
 from als2otel.receiver._proto import accesslog_pb2, core_pb2
 from als2otel.receiver.server import EntryBatch
@@ -188,7 +189,7 @@ async def process(encoded: list[bytes], proxy: Any) -> Bridge:
     bridge = offline_bridge()
     bridge.pipeline.process(EntryBatch(proxy, "v3", "http", encoded))
     bridge.flush_spans()
-    bridge.render_metrics()
+    render(bridge.metrics, bridge.stats)
     bridge.topology.snapshot(300, als.synthetic_clock() / 1e9)
     return bridge
 
@@ -380,7 +381,7 @@ async def _accept(raw: bytes) -> tuple[Bridge, Any]:
     while bridge.pipeline._queue:
         bridge.pipeline.process(bridge.pipeline._queue.popleft())
     bridge.flush_spans()
-    bridge.render_metrics()
+    render(bridge.metrics, bridge.stats)
     return bridge, response
 
 

@@ -16,6 +16,7 @@ from support.otlp_receiver import GrpcOtlpReceiver
 from support.waiting import eventually
 
 from als2otel.app import Bridge
+from als2otel.export import render
 from als2otel.receiver._proto import accesslog_pb2
 
 NODE = mesh.PRODUCTPAGE_NODE
@@ -124,8 +125,13 @@ class TestPoisonedValues:
         (after,) = bridge.topology.snapshot(300, als.synthetic_clock() / 1e9)["edges"]
         assert after["requests"] == edge["requests"] == 60
         assert after["rps"] <= edge["rps"]
-        assert 'http_server_request_duration_seconds_count{service_name="reviews"' in bridge.render_metrics()
-        assert "} 60\n" in bridge.render_metrics().split("http_server_request_duration_seconds_count")[1]
+        assert 'http_server_request_duration_seconds_count{service_name="reviews"' in render(
+            bridge.metrics, bridge.stats
+        )
+        assert (
+            "} 60\n"
+            in render(bridge.metrics, bridge.stats).split("http_server_request_duration_seconds_count")[1]
+        )
 
     async def test_negative_duration(self, make_bridge: Any) -> None:
         """A negative duration is invalid with its own reason."""

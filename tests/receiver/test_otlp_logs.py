@@ -20,6 +20,7 @@ from support.waiting import eventually
 
 from als2otel.analysis import AnalyzerChain, MxMeshAnalyzer, ProxyAnalyzer
 from als2otel.app import Bridge
+from als2otel.export import render
 from als2otel.receiver import identify, normalize_http
 from als2otel.receiver._proto import accesslog_pb2
 from als2otel.receiver.otlp_logs import RecordReader
@@ -133,7 +134,7 @@ class TestSameAnswers:
         finally:
             reference.stop()
         assert otlp_ids == als_ids
-        assert mixed.render_metrics().count("traces_service_graph_request_total{") == 1
+        assert render(mixed.metrics, mixed.stats).count("traces_service_graph_request_total{") == 1
 
 
 def vars_of(entry: Any) -> dict[str, Any]:

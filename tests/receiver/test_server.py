@@ -11,6 +11,7 @@ from conftest import bridge_config
 from support import als, mesh
 
 from als2otel.app import Bridge
+from als2otel.export import render
 from als2otel.receiver._proto import als_pb2, core_pb2
 
 
@@ -59,7 +60,7 @@ class TestStreams:
         assert await als.send(target(bridge), messages) is None
         await settle(bridge)
         assert bridge.stats.calls.get("client") == 5
-        text = bridge.render_metrics()
+        text = render(bridge.metrics, bridge.stats)
         assert 'http_client_request_duration_seconds_count{service_name="productpage"' in text
 
     async def test_large_first_message(self, make_bridge: Any) -> None:
