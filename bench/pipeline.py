@@ -135,16 +135,14 @@ def build_messages(
 
 
 def offline_bridge(peers: bool) -> Any:
-    """A Bridge for in-process runs (no gRPC, no exporter) that builds spans as with an exporter."""
+    """The per-entry core for in-process runs (no gRPC, no exporter), building spans as a bridge
+    that exports them does."""
     from als2otel import config as cfg
-    from als2otel.app import Bridge
+    from als2otel.app import build_core
+    from als2otel.stats import Stats
 
-    config = cfg.parse(
-        {"analyzers": ["mx-mesh"] if peers else [], "exporters": {"otlp": {"enabled": False}}}, {}
-    )
-    bridge = Bridge(config)
-    bridge.translator._traces = True  # spans are built as with an exporter, then dropped
-    return bridge
+    config = cfg.parse({"analyzers": ["mx-mesh"] if peers else []}, {})
+    return build_core(config, Stats(), traces=True)
 
 
 def add_traffic_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,6 +15,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from . import config as cfg
@@ -152,6 +153,46 @@ def build_kube_cache(config: cfg.Config, stats: Stats) -> KubeCache | None:
     return KubeCache(api, index, stats)
 
 
+@dataclass
+class Core:
+    """What every entry passes through, with nothing around it (no ports, no exporter): the
+    pipeline (normalise, analyse), the translator and the stores it fills. Built alone by
+    benches, fuzzing and tools (:func:`build_core`); a :class:`Bridge` wraps one."""
+
+    stats: Stats
+    metrics: MetricStore
+    topology: Topology
+    translator: Translator
+    chain: AnalyzerChain
+    pipeline: Pipeline
+
+
+def build_core(
+    config: cfg.Config,
+    stats: Stats,
+    *,
+    traces: bool,
+    on_spans: Callable[[SpanBatch], None] = lambda batch: None,
+    clock: Callable[[], int] = time.time_ns,
+    kube: KubeCache | None = None,
+) -> Core:
+    """A :class:`Core` for ``config``: ``traces`` whether spans are built (a bridge builds them
+    when it exports them), ``on_spans`` given each full batch, ``kube`` the cache k8s-mesh uses."""
+    metrics = MetricStore(start_ns=clock(), stats=stats, expire_after=config.metrics.expire_after)
+    seconds = time.time if clock is time.time_ns else lambda: clock() / 1e9
+    topology = Topology(stats.dropped, clock=seconds, expired=stats.expired)
+    translator = Translator(
+        MetricRecorder(metrics, config.metrics.sets),
+        traces=traces,
+        sampling_ratio=config.traces.sampling_ratio,
+        topology=topology,
+        rotations=stats.cache_rotations,
+    )
+    chain = AnalyzerChain(build_analyzers(config, kube, stats), ProxyAnalyzer(), stats)
+    pipeline = Pipeline(chain, translator, stats, on_spans=on_spans, clock=clock)
+    return Core(stats, metrics, topology, translator, chain, pipeline)
+
+
 class Bridge:
     def __init__(
         self,
@@ -168,11 +209,7 @@ class Bridge:
         self.instance_id = config.metrics.instance_id or ""  # else the default once the HTTP port is known
         self._self_resource = Workload(service_name=SELF_SERVICE, instance=self.instance_id)
         self._delta = config.metrics.temporality == "delta"
-        self.metrics = MetricStore(
-            start_ns=clock(), stats=self.stats, expire_after=config.metrics.expire_after
-        )
         seconds = time.time if clock is time.time_ns else lambda: clock() / 1e9
-        self.topology = Topology(self.stats.dropped, clock=seconds, expired=self.stats.expired)
         otlp = config.exporters.otlp
         self.exporter: OtlpExporter | None = None
         if otlp.enabled:
@@ -183,20 +220,17 @@ class Bridge:
                 self.stats,
                 cumulative_metrics=not self._delta,
             )
-        self.translator = Translator(
-            MetricRecorder(self.metrics, config.metrics.sets),
-            traces=config.traces.enabled and self.exporter is not None,
-            sampling_ratio=config.traces.sampling_ratio,
-            topology=self.topology,
-            rotations=self.stats.cache_rotations,
-        )
         self.kube = build_kube_cache(config, self.stats)
-        self.chain = AnalyzerChain(
-            build_analyzers(config, self.kube, self.stats), ProxyAnalyzer(), self.stats
+        core = build_core(
+            config,
+            self.stats,
+            traces=config.traces.enabled and self.exporter is not None,
+            on_spans=self._export_spans,
+            clock=clock,
+            kube=self.kube,
         )
-        self.pipeline = Pipeline(
-            self.chain, self.translator, self.stats, on_spans=self._export_spans, clock=clock
-        )
+        self.metrics, self.topology, self.translator = core.metrics, core.topology, core.translator
+        self.chain, self.pipeline = core.chain, core.pipeline
         self.receiver = AlsServer(
             config.receiver.listen,
             self.pipeline.submit,

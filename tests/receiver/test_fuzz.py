@@ -20,11 +20,12 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from support import als, mesh, peers
 
 from als2otel import config as cfg
-from als2otel.app import Bridge
+from als2otel.app import Core, build_core
 from als2otel.export import render
 from als2otel.receiver import identify, otlp_logs
 from als2otel.receiver._proto import accesslog_pb2, core_pb2
-from als2otel.receiver.server import EntryBatch
+from als2otel.receiver.server import AlsServer, EntryBatch
+from als2otel.stats import Stats
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 FUZZ = settings(
@@ -171,27 +172,19 @@ def http_entry(draw: Any) -> bytes:
     return entry.SerializeToString()
 
 
-def offline_bridge() -> Bridge:
-    config = cfg.parse(
-        {
-            "analyzers": ["mx-mesh"],
-            "exporters": {"otlp": {"enabled": False}},
-            "metrics": {"sets": ["http", "servicegraph", "istio"]},
-        },
-        {},
-    )
-    bridge = Bridge(config, clock=als.synthetic_clock)
-    bridge.translator._traces = True  # spans are built as with an exporter
-    return bridge
+def offline_core() -> Core:
+    """The per-entry core, building spans as a bridge that exports them does."""
+    config = cfg.parse({"analyzers": ["mx-mesh"], "metrics": {"sets": ["http", "servicegraph", "istio"]}}, {})
+    return build_core(config, Stats(), traces=True, clock=als.synthetic_clock)
 
 
-async def process(encoded: list[bytes], proxy: Any) -> Bridge:
-    bridge = offline_bridge()
-    bridge.pipeline.process(EntryBatch(proxy, "v3", "http", encoded))
-    bridge.flush_spans()
-    render(bridge.metrics, bridge.stats)
-    bridge.topology.snapshot(300, als.synthetic_clock() / 1e9)
-    return bridge
+async def process(encoded: list[bytes], proxy: Any) -> Core:
+    core = offline_core()
+    core.pipeline.process(EntryBatch(proxy, "v3", "http", encoded))
+    core.pipeline.spans.take()
+    render(core.metrics, core.stats)
+    core.topology.snapshot(300, als.synthetic_clock() / 1e9)
+    return core
 
 
 class TestFuzz:
@@ -199,8 +192,8 @@ class TestFuzz:
     @given(st.lists(http_entry(), min_size=1, max_size=4), st.sampled_from([SIDECAR, GATEWAY]))
     def test_any_field_values(self, entries: list[bytes], proxy: Any) -> None:
         """Arbitrary values in every field the bridge reads: never an unexpected error."""
-        bridge = asyncio.run(process(entries, proxy))
-        assert bridge.stats.entries_invalid.get("unexpected_error") == 0
+        core = asyncio.run(process(entries, proxy))
+        assert core.stats.entries_invalid.get("unexpected_error") == 0
 
     def test_mutated_real_entries(self) -> None:
         """Real entries with bytes flipped, cut, repeated or inserted: never an unexpected error."""
@@ -230,13 +223,13 @@ class TestFuzz:
                 else:
                     data[where:where] = data[max(0, where - 16) : where]
             mutated.append(bytes(data))
-        bridge = asyncio.run(process(mutated, SIDECAR))
-        assert bridge.stats.entries_invalid.get("unexpected_error") == 0
+        core = asyncio.run(process(mutated, SIDECAR))
+        assert core.stats.entries_invalid.get("unexpected_error") == 0
         counted = (
-            sum(bridge.stats.entries_invalid.values.values())
-            + sum(bridge.stats.entries_intermediate.values.values())
-            + sum(bridge.stats.entries_unresolved.values.values())
-            + bridge.stats.calls.get("client")
+            sum(core.stats.entries_invalid.values.values())
+            + sum(core.stats.entries_intermediate.values.values())
+            + sum(core.stats.entries_unresolved.values.values())
+            + core.stats.calls.get("client")
         )
         assert counted >= len(mutated)  # every entry ends somewhere counted
 
@@ -373,16 +366,16 @@ def _otlp_request(records: list[dict[str, Any]], times: list[int]) -> bytes:
     return request.SerializeToString()
 
 
-async def _accept(raw: bytes) -> tuple[Bridge, Any]:
-    bridge = offline_bridge()
-    response = logs_service_pb2.ExportLogsServiceResponse.FromString(
-        await bridge.receiver.accept_logs(raw, "fuzz")
-    )
-    while bridge.pipeline._queue:
-        bridge.pipeline.process(bridge.pipeline._queue.popleft())
-    bridge.flush_spans()
-    render(bridge.metrics, bridge.stats)
-    return bridge, response
+async def _accept(raw: bytes) -> tuple[Core, Any]:
+    core = offline_core()
+    batches: list[EntryBatch] = []
+    receiver = AlsServer("127.0.0.1:0", lambda batch: batches.append(batch) is None, core.stats)
+    response = logs_service_pb2.ExportLogsServiceResponse.FromString(await receiver.accept_logs(raw, "fuzz"))
+    for batch in batches:
+        core.pipeline.process(batch)
+    core.pipeline.spans.take()
+    render(core.metrics, core.stats)
+    return core, response
 
 
 class TestFuzzOtlpRecords:
@@ -397,10 +390,10 @@ class TestFuzzOtlpRecords:
         nested past the recursion limit or holding numbers past a double, non-string values: each
         record is taken or refused with a known reason, never an unexpected error."""
         raw = _otlp_request(records, times[: len(records)])
-        bridge, response = asyncio.run(_accept(raw))
-        invalid = bridge.stats.entries_invalid
+        core, response = asyncio.run(_accept(raw))
+        invalid = core.stats.entries_invalid
         assert invalid.get("unexpected_error") == 0
         assert response.partial_success.rejected_log_records <= len(records)
-        taken = sum(bridge.stats.entries_received.values.values())
+        taken = sum(core.stats.entries_received.values.values())
         refused_unread = invalid.get("malformed_entry")
         assert taken + refused_unread == len(records)
