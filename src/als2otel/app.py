@@ -166,6 +166,15 @@ class Core:
     chain: AnalyzerChain
     pipeline: Pipeline
 
+    def expire(self) -> None:
+        """Forget series and edges gone idle (``metrics.expire_after``; edges: the largest window),
+        and the call shapes whose metric plans held a series that went."""
+        if self.metrics.expire():
+            self.translator.forget_shapes()
+        self.topology.expire()
+        self.stats.metric_series.value = len(self.metrics.series)
+        self.stats.topology_edges.value = self.topology.edge_count
+
 
 def build_core(
     config: cfg.Config,
@@ -229,6 +238,7 @@ class Bridge:
             clock=clock,
             kube=self.kube,
         )
+        self.core = core
         self.metrics, self.topology, self.translator = core.metrics, core.topology, core.translator
         self.chain, self.pipeline = core.chain, core.pipeline
         self.receiver = AlsServer(
@@ -354,9 +364,5 @@ class Bridge:
                 next_metrics += interval
 
     def expire(self) -> None:
-        """Forget series and edges gone idle (``metrics.expire_after``; edges: the largest window)."""
-        if self.metrics.expire():
-            self.translator.forget_shapes()  # their plans held removed series
-        self.topology.expire()
-        self.stats.metric_series.value = len(self.metrics.series)
-        self.stats.topology_edges.value = self.topology.edge_count
+        """Forget what went idle (:meth:`Core.expire`)."""
+        self.core.expire()

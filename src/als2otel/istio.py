@@ -90,10 +90,10 @@ def workload_from_node_metadata(
     labels: dict[str, str] = (
         {str(k): str(v) for k, v in labels_raw.items()} if isinstance(labels_raw, Mapping) else {}
     )
-    name = _text(meta.get("NAME")) or pod_name
-    namespace = _text(meta.get("NAMESPACE")) or namespace
-    owner_kind, owner_name = _owner_workload(_text(meta.get("OWNER")))
-    workload_name = _text(meta.get("WORKLOAD_NAME")) or owner_name or workload_name_from_pod(name)
+    name = string_or_empty(meta.get("NAME")) or pod_name
+    namespace = string_or_empty(meta.get("NAMESPACE")) or namespace
+    owner_kind, owner_name = _owner_workload(string_or_empty(meta.get("OWNER")))
+    workload_name = string_or_empty(meta.get("WORKLOAD_NAME")) or owner_name or workload_name_from_pod(name)
     service = service_name_from_labels(labels, workload_name, name_labels)
     if not service:
         return None
@@ -105,14 +105,15 @@ def workload_from_node_metadata(
         instance=name,
         workload_name=workload_name,
         pod_name="" if on_vm else name,
-        cluster=_text(meta.get("CLUSTER_ID")),
+        cluster=string_or_empty(meta.get("CLUSTER_ID")),
         canonical_service=labels.get(CANONICAL_NAME, "") or service,
         canonical_revision=labels.get(CANONICAL_REVISION, "") or version_from_labels(labels),
         deployment=owner_name if owner_kind == "deployments" else "",
     )
 
 
-def _text(value: Any) -> str:
+def string_or_empty(value: Any) -> str:
+    """A node metadata value that should be a string: itself, or "" for anything else."""
     return value if isinstance(value, str) else ""
 
 

@@ -30,8 +30,8 @@ def identify(
         role=role,
         log_name=identifier.log_name,
         ip=ip or (instance_ips[0] if instance_ips else ""),
-        pod_name=_text(meta.get("NAME")) or pod,
-        namespace=_text(meta.get("NAMESPACE")) or namespace,
+        pod_name=istio.string_or_empty(meta.get("NAME")) or pod,
+        namespace=istio.string_or_empty(meta.get("NAMESPACE")) or namespace,
         workload=workload,
         instance_ips=instance_ips or ((ip,) if ip else ()),
     )
@@ -59,5 +59,3 @@ def _plain(value: struct_pb2.Value) -> Any:
     return getattr(value, kind)
 
 
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""

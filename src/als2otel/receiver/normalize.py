@@ -108,13 +108,13 @@ def decode_entry(encoded: bytes, log_type: str, api_version: str, now_ns: int, c
     return entry
 
 
-def _text(value: bytes) -> str:
+def _from_traffic(value: bytes) -> str:
     """A value Envoy copied from traffic, with any byte that is not UTF-8 replaced."""
     return value.decode("utf-8", "replace")
 
 
 def _text_map(values: Any) -> dict[str, str] | None:
-    """A logged header or trailer map, values decoded as by :func:`_text`; None when empty."""
+    """A logged header or trailer map, values decoded as by :func:`_from_traffic`; None when empty."""
     if not values:
         return None
     return {name: value.decode("utf-8", "replace") for name, value in values.items()}
@@ -281,7 +281,7 @@ def _begin(raw: Any, protocol: Protocol, api_version: str, cache: AddressCache) 
         for san in common.tls_properties.peer_certificate_properties.subject_alt_name:
             if san.uri:
                 entry.mtls = True
-                entry.peer_principal = _text(san.uri)
+                entry.peer_principal = _from_traffic(san.uri)
                 break
     return entry
 
@@ -297,7 +297,7 @@ def normalize_http(
     entry.http_version = _HTTP_VERSIONS.get(raw.protocol_version, "")
     request = raw.request
     entry.method = _METHODS.get(request.request_method, "")
-    # What _text does, inline: five calls an entry cost more than the decoding itself.
+    # What _from_traffic does, inline: five calls an entry cost more than the decoding itself.
     entry.scheme = request.scheme.decode("utf-8", "replace")
     entry.authority = request.authority.decode("utf-8", "replace")
     entry.path = request.path.decode("utf-8", "replace")
