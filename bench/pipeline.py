@@ -15,6 +15,10 @@ gRPC as fast as the receiver reads them.
 * pipeline+mtls: the pipeline with ``receiver.tls`` (mutual TLS), the sender
   presenting a client certificate;
 * pipeline+storage: the pipeline with the sending queue on disk (``sending_queue.storage``);
+* bare+envoy, pipeline+envoy: traffic as Envoy 1.40 under Istio sends it (TLS properties, logged
+  headers, a connection and a request id per request, destinations over 200 pods) with
+  k8s-mesh resolving both ends through a list/watch cache of the mesh's pods, next to the
+  bare receiver on the same messages;
 * pipeline+otlp: the same entries as OTLP log records (Envoy's OpenTelemetry
   access logger with als2otel's attribute set), one Export call per message.
 
@@ -64,14 +68,25 @@ def pin(core: int) -> None:
         os.sched_setaffinity(0, {core})
 
 
+ENVOY_PODS = 200
+"""Destination pods of the Envoy-shaped traffic (``--envoy``), each a pod k8s-mesh finds by its IP."""
+
+
+def envoy_pod_ip(n: int) -> str:
+    return f"10.2.{n // 200}.{n % 200 + 1}"
+
+
 def build_messages(
-    total: int, streams: int, with_peers: bool, per_connection: int = 10, offset: int = 0
+    total: int, streams: int, with_peers: bool, per_connection: int = 10, offset: int = 0, envoy: bool = False
 ) -> list[list[bytes]]:
     """Pre-serialized messages per stream; the first of each carries the identifier.
 
     Entry ``i`` (counted from ``offset``) has request and trace ids of its own; every
     ``per_connection`` entries share a connection (the client-side ports), as
-    keep-alive connections and Envoy's connection pools carry many requests.
+    keep-alive connections and Envoy's connection pools carry many requests. ``envoy``: as
+    a sidecar of Envoy 1.40 under Istio logs them, with its TLS properties (the peer's
+    SPIFFE identity), the logged request headers, and destinations spread over
+    :data:`ENVOY_PODS` pods.
     """
     from support import als
 
@@ -129,9 +144,58 @@ def build_messages(
                 )
                 for i in range(offset + start, offset + min(start + BATCH, per_stream))
             ]
+            if envoy:
+                for i, entry in enumerate(entries, offset + start):
+                    _as_envoy_logs_it(entry, i)
             messages.append(als.http_message(entries, ident if start == 0 else None).SerializeToString())
         out.append(messages)
     return out
+
+
+def _as_envoy_logs_it(entry: Any, i: int) -> None:
+    """An entry as Istio's sidecar logs it: mutual TLS with the peer's SPIFFE identity, the
+    logged headers, and the destination pod of its request."""
+    from support import als
+
+    common = entry.common_properties
+    tls = common.tls_properties
+    tls.tls_version = 4  # TLSv1_3
+    tls.tls_sni_hostname = "outbound_.9080_._.reviews.default.svc.cluster.local"
+    tls.peer_certificate_properties.subject_alt_name.add().uri = (
+        "spiffe://cluster.local/ns/default/sa/reviews"
+    )
+    tls.local_certificate_properties.subject_alt_name.add().uri = (
+        "spiffe://cluster.local/ns/default/sa/productpage"
+    )
+    pod = i % ENVOY_PODS
+    common.upstream_remote_address = als.address(envoy_pod_ip(pod), 9080)
+    common.upstream_cluster = f"outbound|9080||svc{pod % 20}.default.svc.cluster.local"
+    headers = entry.request.request_headers
+    headers["user-agent"] = b"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36"
+    headers["content-type"] = b"application/json"
+    headers["x-b3-traceid"] = f"{i:032x}".encode()
+    headers["x-b3-spanid"] = f"{i + 7:016x}".encode()
+    entry.request.user_agent = headers["user-agent"]
+    entry.response.response_headers["content-type"] = b"application/json"
+
+
+def envoy_mesh(directory: Path) -> tuple[Any, Path]:
+    """A list/watch API server holding the Envoy-shaped traffic's mesh (its destination pods behind
+    20 Services, and the sources), and a kubeconfig for it."""
+    from support import kube_api
+
+    api = kube_api.FakeKubeApi().start()
+    for n in range(ENVOY_PODS):
+        service = f"svc{n % 20}"
+        api.put(kube_api.pod("default", f"{service}-v1-5f7b9c6d8-{n:05d}", envoy_pod_ip(n), {"app": service}))
+    for k in range(20):
+        api.put(kube_api.service("default", f"svc{k}", {"app": f"svc{k}"}))
+    for s in range(64):
+        ip = f"10.1.{s // 250}.{s % 250 + 1}"
+        api.put(kube_api.pod("default", f"productpage-v1-6b746f74dc-{s:05d}", ip, {"app": "productpage"}))
+    api.put(kube_api.pod("default", "productpage-v1-6b746f74dc-shared", "10.1.0.4", {"app": "productpage"}))
+    api.put(kube_api.service("default", "productpage", {"app": "productpage"}))
+    return api, api.kubeconfig(directory)
 
 
 def offline_bridge(peers: bool) -> Any:
@@ -318,6 +382,7 @@ def run_pipeline(
     otlp: bool = False,
     mtls: bool = False,
     storage: bool = False,
+    k8s: bool = False,
     *,
     result: Any,
     source: str = str(SOURCE),
@@ -353,6 +418,12 @@ def run_pipeline(
         }
         client_files = (str(ca.cert), str(client.cert), str(client.key))
 
+    k8s_config: dict[str, Any] = {}
+    if k8s:  # k8s-mesh over a list/watch cache of the mesh's pods
+        import tempfile
+
+        _api, kubeconfig = envoy_mesh(Path(tempfile.mkdtemp()))
+        k8s_config = {"kubeconfig": str(kubeconfig)}
     exporter: dict[str, Any] = {"endpoint": f"127.0.0.1:{otlp_port}", "compression": "none"}
     if storage:  # the sending queue on disk, in a fresh directory on this machine's disk
         import tempfile
@@ -366,6 +437,7 @@ def run_pipeline(
                 "http": {"listen": "127.0.0.1:0"},
                 "analyzers": analyzers,
                 "exporters": {"otlp": exporter},
+                **({"k8s": k8s_config} if k8s_config else {}),
                 "metrics": {"export_interval": "1s"},
             },
             {},
@@ -373,6 +445,8 @@ def run_pipeline(
         bridge = Bridge(config)
         await bridge.start()
         tune_garbage_collection()  # as `als2otel serve` does once started
+        while not bridge.ready():  # k8s-mesh: the cache has listed the mesh
+            await asyncio.sleep(0.05)
         ready, go = SPAWN.Event(), SPAWN.Event()
         proc = SPAWN.Process(
             target=sender, args=(f"127.0.0.1:{bridge.receiver.port}", spec, ready, go, otlp, client_files)
@@ -549,6 +623,8 @@ def main() -> None:
     total = args.entries - args.entries % (args.streams * BATCH)
     plain = (total, args.streams, False, args.requests_per_connection)
     with_peers = (total, args.streams, True, args.requests_per_connection)
+    # As Envoy sends them: a connection per request, a request id each, TLS properties and headers.
+    envoy_shaped = (total, args.streams, False, 1, 0, True)
     results = {}
     modes = args.modes.split(",") + [f"workers={n}" for n in args.workers.split(",") if n]
     if args.compiled and not list(COMPILED.glob("als2otel/*.so")):
@@ -569,13 +645,17 @@ def main() -> None:
             target, proc_args = run_pipeline, (total, plain, [], False, False, True)
         elif mode == "pipeline+mx-mesh":
             target, proc_args = run_pipeline, (total, with_peers, ["mx-mesh"])
+        elif mode == "bare+envoy":  # the bare receiver on the Envoy-shaped messages below
+            target, proc_args = run_bare, (total, envoy_shaped)
+        elif mode == "pipeline+envoy":  # Envoy-shaped traffic, k8s-mesh over a list/watch cache
+            target, proc_args = run_pipeline, (total, envoy_shaped, ["k8s-mesh"], False, False, False, True)
         elif mode.startswith("workers="):
             entries = args.workers_entries - args.workers_entries % (args.streams * BATCH)
             spec = (entries, args.streams, False, args.requests_per_connection)
             target, proc_args = run_serve, (entries, spec, int(mode.split("=")[1]))
         else:
             raise SystemExit(f"unknown mode {mode}")
-        runs = builds.items() if mode != "bare" else [("", None)]  # bare imports no als2otel module
+        runs = builds.items() if not mode.startswith("bare") else [("", None)]  # bare imports no als2otel module
         for build, source in runs:
             queue: Any = SPAWN.Queue()
             kwargs = {"result": queue} if source is None else {"result": queue, "source": source}
@@ -597,6 +677,11 @@ def main() -> None:
         if "bare" in results and "pipeline" + build in results:
             ratio = results["pipeline" + build]["entries_per_s"] / results["bare"]["entries_per_s"]
             print(f"pipeline{build} / bare = {ratio:.3f}")
+        if "bare+envoy" in results and "pipeline+envoy" + build in results:
+            ratio = (
+                results["pipeline+envoy" + build]["entries_per_s"] / results["bare+envoy"]["entries_per_s"]
+            )
+            print(f"pipeline+envoy{build} / bare+envoy = {ratio:.3f}")
     print(
         json.dumps(
             {

@@ -35,7 +35,6 @@ class CertificateFiles:
         self.client_ca_file = getattr(config, "client_ca_file", None) or ""
         self._limiter = LogLimiter(log, 60.0)
         self._stamp = self._stamps()
-        self.reloads = 0
 
     def _stamps(self) -> tuple[tuple[int, int], ...]:
         out = []
@@ -88,6 +87,5 @@ class CertificateFiles:
             )
             self._stamp = ()  # look again next time
             return None
-        self.reloads += 1
         log.info("TLS certificate for the %s port read again from %s", port, self.cert_file)
         return loaded
