@@ -159,14 +159,13 @@ def _as_envoy_logs_it(entry: Any, i: int) -> None:
 
     common = entry.common_properties
     tls = common.tls_properties
-    tls.tls_version = 4  # TLSv1_3
-    tls.tls_sni_hostname = "outbound_.9080_._.reviews.default.svc.cluster.local"
-    tls.peer_certificate_properties.subject_alt_name.add().uri = (
-        "spiffe://cluster.local/ns/default/sa/reviews"
-    )
-    tls.local_certificate_properties.subject_alt_name.add().uri = (
-        "spiffe://cluster.local/ns/default/sa/productpage"
-    )
+    # Fields our .proto leaves undeclared still travel, as Envoy sends them: version TLSv1_3 (1),
+    # the cipher suite 0x1301 (2), the SNI (3).
+    sni = b"outbound_.9080_._.reviews.default.svc.cluster.local"
+    tls.MergeFromString(b"\x08\x04" + b"\x12\x03\x08\x81\x26" + b"\x1a" + bytes([len(sni)]) + sni)
+    peer, local = tls.peer_certificate_properties, tls.local_certificate_properties
+    peer.subject_alt_name.add().uri = b"spiffe://cluster.local/ns/default/sa/reviews"
+    local.subject_alt_name.add().uri = b"spiffe://cluster.local/ns/default/sa/productpage"
     pod = i % ENVOY_PODS
     common.upstream_remote_address = als.address(envoy_pod_ip(pod), 9080)
     common.upstream_cluster = f"outbound|9080||svc{pod % 20}.default.svc.cluster.local"
@@ -655,7 +654,9 @@ def main() -> None:
             target, proc_args = run_serve, (entries, spec, int(mode.split("=")[1]))
         else:
             raise SystemExit(f"unknown mode {mode}")
-        runs = builds.items() if not mode.startswith("bare") else [("", None)]  # bare imports no als2otel module
+        runs = (
+            builds.items() if not mode.startswith("bare") else [("", None)]
+        )  # bare imports no als2otel module
         for build, source in runs:
             queue: Any = SPAWN.Queue()
             kwargs = {"result": queue} if source is None else {"result": queue, "source": source}
