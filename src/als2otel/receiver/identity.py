@@ -57,5 +57,3 @@ def _plain(value: struct_pb2.Value) -> Any:
     if kind is None or kind == "null_value":
         return None
     return getattr(value, kind)
-
-
