@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,36 @@ class TestGracefulShutdown:
                 process.kill()
             process.wait()
             otlp.stop()
+
+
+def test_a_second_bridge_on_the_als_port_is_refused(tmp_path: Path) -> None:
+    """Two `serve` on one ALS port: the second exits 1 saying it cannot listen, instead of silently
+    sharing the port's connections with the first."""
+    als_port = free_port()
+    configs = []
+    for name in ("first", "second"):
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "receiver": {"listen": f"127.0.0.1:{als_port}"},
+                    "http": {"listen": f"127.0.0.1:{free_port()}"},
+                    "analyzers": [],
+                    "exporters": {"otlp": {"enabled": False}},
+                }
+            )
+        )
+        configs.append(config)
+    first = subprocess.Popen([*CLI, "serve", "--config", str(configs[0])], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", als_port)) == 0:
+                    break
+            time.sleep(0.1)
+        second = run("serve", "--config", str(configs[1]))
+        assert second.returncode == 1 and "cannot listen for ALS" in second.stderr
+    finally:
+        first.terminate()
+        first.wait(30)

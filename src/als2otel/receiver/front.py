@@ -108,7 +108,7 @@ class Front:
         assert hostport is not None  # validated with the configuration
         host, port = hostport
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: _Connection(self), host or None, port, reuse_port=True
+            lambda: _Connection(self), host or None, port
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port

@@ -117,7 +117,7 @@ class AlsServer:
     async def start(self) -> None:
         options: list[tuple[str, int]] = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 1),
+            ("grpc.so_reuseport", 0),  # a second process on the port is an error, not a silent sharer
             # Streams last for days: keep idle connections alive, accept Envoy's pings.
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
@@ -153,9 +153,12 @@ class AlsServer:
             address = f"unix:{self._front.backend}"
         else:
             address = self._listen
-        port = server.add_insecure_port(address)
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError:  # grpcio's word for a port it cannot bind
+            port = 0
         if port == 0:
-            raise OSError(f"cannot listen for ALS on {address}")
+            raise OSError(f"cannot listen for ALS on {address} (in use by another process?)")
         await server.start()
         self._server = server
         if self._front is not None and not self._handed:
