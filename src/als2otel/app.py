@@ -121,13 +121,12 @@ def name_labels(config: cfg.Config) -> tuple[str, ...]:
     return tuple(config.service_name_labels)
 
 
-def build_analyzers(config: cfg.Config, kube: KubeCache | None, stats: Stats | None = None) -> list[Analyzer]:
+def build_analyzers(config: cfg.Config, kube: KubeCache | None, stats: Stats) -> list[Analyzer]:
     """The configured analyzers, in order (k8s-mesh only with a Kubernetes cache)."""
     analyzers: list[Analyzer] = []
-    rotations = stats.cache_rotations if stats is not None else None
     for name in config.analyzers:
         if name == "mx-mesh":
-            decoder = PeerDecoder(name_labels=name_labels(config), rotations=rotations)
+            decoder = PeerDecoder(name_labels=name_labels(config), rotations=stats.cache_rotations)
             analyzers.append(MxMeshAnalyzer(decoder))
         elif name == "k8s-mesh" and kube is not None:
             analyzers.append(K8sMeshAnalyzer(kube.index))

@@ -104,23 +104,31 @@ class WorkerState:
     """A worker's state in memory shared with its parent: written by the worker every
     :data:`TICK`, read by the parent at any time, and after the worker died."""
 
-    HEARTBEAT, READY, HELD_ENTRIES, HELD_TRACES, CONNECTIONS, ENTRIES = range(6)
+    HEARTBEAT, READY, HELD_ENTRIES, HELD_TRACES, CONNECTIONS, TAKEN, ENTRIES = range(7)
 
     def __init__(self) -> None:
-        self.values: Any = _SPAWN.RawArray("d", 6)
+        self.values: Any = _SPAWN.RawArray("d", 7)
 
-    def write(self, ready: bool, held: dict[str, int], connections: int = 0, entries: int = 0) -> None:
+    def write(
+        self, ready: bool, held: dict[str, int], connections: int = 0, taken: int = 0, entries: int = 0
+    ) -> None:
+        """``connections``: open now; ``taken``: handed over by the parent so far (those counted)."""
         values = self.values
         values[self.READY] = 1.0 if ready else 0.0
         values[self.HELD_ENTRIES] = held.get("entries", 0)
         values[self.HELD_TRACES] = held.get("traces", 0)
         values[self.CONNECTIONS] = connections
+        values[self.TAKEN] = taken
         values[self.ENTRIES] = entries
         values[self.HEARTBEAT] = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process
 
     @property
     def connections(self) -> int:
         return int(self.values[self.CONNECTIONS])
+
+    @property
+    def taken(self) -> int:
+        return int(self.values[self.TAKEN])
 
     @property
     def entries(self) -> int:
@@ -146,8 +154,8 @@ class WorkerState:
 
 
 def worker_config(config: cfg.Config, index: int, instance_id: str) -> cfg.Config:
-    """A worker's configuration: the shared ALS port, a private HTTP port, its own identity and,
-    with a sending queue on disk, its own subdirectory."""
+    """A worker's configuration: no ALS port of its own (the parent hands it connections), a private
+    HTTP port, its own identity and, with a sending queue on disk, its own subdirectory."""
     receiver = dataclasses.replace(config.receiver, workers=cfg.Workers(1))
     http = dataclasses.replace(config.http, listen="127.0.0.1:0", tls=cfg.HttpTlsConfig())
     metrics = dataclasses.replace(config.metrics, instance_id=f"{instance_id}-w{index}")
@@ -177,13 +185,17 @@ async def _worker(config: cfg.Config, conn: Connection, state: WorkerState) -> i
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
+    taken = 0
+
     def take() -> None:  # the parent handed over a connection
+        nonlocal taken
         try:
             handle = reduction.recv_handle(conn)
         except (OSError, EOFError, IndexError, RuntimeError):
             loop.remove_reader(conn.fileno())  # the parent is gone; SIGTERM or the pipe's end follows
             return
         bridge.receiver.take(socket.socket(fileno=handle))
+        taken += 1
 
     def started() -> None:
         loop.add_reader(conn.fileno(), take)
@@ -192,7 +204,7 @@ async def _worker(config: cfg.Config, conn: Connection, state: WorkerState) -> i
     def tick() -> None:
         received = sum(bridge.stats.entries_received.values.values())
         ready = bridge.ready() and not stop.is_set()
-        state.write(ready, bridge.held_unexported(), bridge.receiver.open_connections, received)
+        state.write(ready, bridge.held_unexported(), bridge.receiver.open_connections, taken, received)
 
     code = await run_bridge(bridge, stop, started=started, tick=tick, interval=TICK)
     loop.remove_reader(conn.fileno())
@@ -211,19 +223,17 @@ class _Worker:
     restart_at: float | None = None  # monotonic: when a dead worker is started again
     failures: int = 0
     page: str = ""  # its last /metrics page
-    handed: list[float] = dataclasses.field(default_factory=list)  # when connections were handed to it
+    handed: int = 0  # connections handed to it since it started
     rates: list[tuple[float, int]] = dataclasses.field(default_factory=list)  # (when, entries received)
 
-    def load(self, now: float) -> tuple[int, float]:
-        """What choosing it for a new connection weighs: its open connections (counting those
-        handed since its last heartbeat), then its entries per second over the last few seconds."""
-        heartbeat = self.state.heartbeat
-        self.handed = [t for t in self.handed if t > heartbeat]
+    def load(self) -> tuple[int, float]:
+        """What choosing it for a new connection weighs: its open connections (with those handed to
+        it that its last tick had not taken yet), then its entries per second over the last seconds."""
         rate = 0.0
         if len(self.rates) >= 2:
             (t0, e0), (t1, e1) = self.rates[0], self.rates[-1]
             rate = (e1 - e0) / max(t1 - t0, 1e-3)
-        return self.state.connections + len(self.handed), rate
+        return self.state.connections + max(self.handed - self.state.taken, 0), rate
 
     def sample(self, now: float) -> None:
         """Keep the entries count of the last :data:`RATE_WINDOW` seconds."""
@@ -374,14 +384,14 @@ class Supervisor:
         if not ready:
             self.stats.worker_connections.inc("none")
             return
-        worker = min(ready, key=lambda w: w.load(now))
+        worker = min(ready, key=_Worker.load)
         assert worker.conn is not None
         try:
             reduction.send_handle(worker.conn, sock.fileno(), worker.process.pid)
         except OSError:
             self.stats.worker_connections.inc("none")
             return
-        worker.handed.append(now)
+        worker.handed += 1
         self.stats.worker_connections.inc(str(worker.index))
 
     async def start(self) -> None:
@@ -421,7 +431,7 @@ class Supervisor:
         worker.process.start()
         child.close()
         worker.conn, worker.http_port, worker.page = parent, 0, ""
-        worker.handed, worker.rates = [], []
+        worker.handed, worker.rates = 0, []
         worker.started_at, worker.restart_at = time.monotonic(), None
 
     def _read_reports(self, worker: _Worker) -> None:
@@ -459,7 +469,7 @@ class Supervisor:
                     "worker %d has not answered for %.0f s; killing it", worker.index, worker.silent_for(now)
                 )
                 worker.process.kill()
-                worker.process.join(KILL_WAIT)
+                worker.process.join(KILL_WAIT)  # a killed process ends at once: reaped, not waited on
                 self._replace(worker, "unresponsive", now)
             else:
                 self._replace(worker, "exited", now)

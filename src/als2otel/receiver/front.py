@@ -126,7 +126,8 @@ class Front:
 
     @property
     def open_connections(self) -> int:
-        return len(self._connections)
+        """Connections open now, handed-over ones still being set up included."""
+        return len(self._connections) + sum(1 for task in self._handed if not task.done())
 
     async def stop(self) -> None:
         """No new connections; those relayed already end when gRPC ends them."""
