@@ -1,11 +1,12 @@
-"""The per-entry path compiled to C with mypyc, where a C compiler is at hand.
+"""The per-entry path compiled, where a C compiler is at hand.
 
 pyproject.toml holds everything else about the package. ``pip install .`` compiles the
 modules in :data:`COMPILED` (the work done for every access-log entry: decoding, analysis,
-spans and metric points) into extension modules next to their sources, which Python then
-imports instead: the same code, about a sixth faster per core (README, "Performance").
+spans and metric points) with mypyc into extension modules next to their sources, which
+Python then imports instead, and builds the C sources of :data:`NATIVE_SOURCES` (the entry
+reader), each of which its Python twin stands in for where it is missing (docs/performance.md).
 Where no compiler works the build warns and installs the pure-Python modules, which
-behave the same. ``ALS2OTEL_NO_EXTENSIONS=1`` skips compiling: the development venv is
+behave the same, byte for byte. ``ALS2OTEL_NO_EXTENSIONS=1`` skips compiling: the development venv is
 installed that way, since an editable install would keep running the compiled copy of a
 module after its source changed (``make test`` tests both builds).
 """
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 COMPILED = [
@@ -55,18 +56,31 @@ class OptionalBuildExt(build_ext):
             _not_compiled(error)
 
 
+NATIVE_SOURCES = ["src/als2otel/receiver/_entries.c"]
+"""The per-entry work written in C, each beside its Python twin (the entry reader: normalize.py)."""
+
+NATIVE = [
+    Extension(
+        path.removeprefix("src/").removesuffix(".c").replace("/", "."),
+        [path],
+        extra_compile_args=["-O2", "-Wall", "-Wno-unused-parameter"],
+    )
+    for path in NATIVE_SOURCES
+]
+
+
 def extensions() -> list[Any]:
-    """The compiled modules' extensions; none when asked not to, or when mypyc is missing
-    (a build without isolation) or refuses the code."""
+    """The compiled modules' extensions and the C ones; none when asked not to; only the C ones
+    when mypyc is missing (a build without isolation) or refuses the code."""
     if os.environ.get("ALS2OTEL_NO_EXTENSIONS"):
         return []
     try:
         from mypyc.build import mypycify  # noqa: PLC0415 (a build requirement, needed only here)
 
-        return list(mypycify([*MYPY_ARGS, *COMPILED], group_name="als2otel"))
+        return [*mypycify([*MYPY_ARGS, *COMPILED], group_name="als2otel"), *NATIVE]
     except (Exception, SystemExit) as error:  # ImportError included
         _not_compiled(error)
-        return []
+        return list(NATIVE)
 
 
 def _not_compiled(error: BaseException) -> None:

@@ -22,14 +22,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def compiled_modules() -> list[str]:
-    """The modules setup.py compiles (its COMPILED), as module names."""
+    """The modules setup.py compiles (its COMPILED and NATIVE_SOURCES), as module names."""
     tree = ast.parse((ROOT / "setup.py").read_text())
-    paths = next(
-        ast.literal_eval(node.value)
-        for node in tree.body
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "COMPILED"
-    )
-    return [path.removeprefix("src/").removesuffix(".py").replace("/", ".") for path in paths]
+    paths = [
+        path
+        for name in ("COMPILED", "NATIVE_SOURCES")
+        for path in next(
+            ast.literal_eval(node.value)
+            for node in tree.body
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == name
+        )
+    ]
+    return [path.removeprefix("src/").rsplit(".", 1)[0].replace("/", ".") for path in paths]
 
 
 def pytest_configure(config: pytest.Config) -> None:

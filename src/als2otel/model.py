@@ -40,6 +40,14 @@ class SocketAddr(NamedTuple):
     port: int
 
 
+class AnyValue(NamedTuple):
+    """A ``google.protobuf.Any`` of an entry's filter state, as the native reader gives it (the
+    Python path keeps protobuf's own message, which reads the same)."""
+
+    type_url: str
+    value: bytes
+
+
 class Workload(NamedTuple):
     """A service identity: what becomes an OpenTelemetry resource.
 

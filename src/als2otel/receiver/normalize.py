@@ -6,17 +6,29 @@ parses the entry alone (one that does not parse spoils nothing else), decodes
 the values Envoy copies from traffic leniently (a byte that is not UTF-8
 becomes U+FFFD in that value alone), and refuses times that cannot be a
 recent call before they reach metrics or the topology.
+
+Two builds, one behaviour. Where ``pip install .`` had a C compiler, ``_entries.c`` reads
+each ordinary final entry straight from its bytes into the same :class:`Entry` this module's
+Python path makes; anything out of the ordinary (and every entry, without the extension) takes
+the Python path below, which is the definition of both: its rules for bad input are the only
+ones (tests/receiver/test_native.py compares the two entry by entry).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from ..model import Entry, Protocol, SocketAddr
+from ..model import AnyValue, Entry, Protocol, SocketAddr
 from ..stats import Counter
 from ._proto import accesslog_pb2, core_pb2
+
+try:
+    from . import _entries as native  # type: ignore[attr-defined]
+except ImportError:  # built without a C compiler, or with ALS2OTEL_NO_EXTENSIONS=1
+    native = None
 
 _FINAL_TYPES = frozenset(
     {
@@ -93,6 +105,19 @@ def decode_entry(encoded: bytes, log_type: str, api_version: str, now_ns: int, c
     Raises :class:`InvalidEntry` (``malformed_entry``, ``time_out_of_range``, or a reason of
     :func:`normalize_http`) or :class:`IntermediateEntry`.
     """
+    entry = native.decode(encoded, log_type == "http", api_version, cache) if native is not None else None
+    if entry is None:
+        entry = decode_entry_python(encoded, log_type, api_version, cache)
+    end_ns = entry.start_ns + max(entry.downstream_end_ns, 0)
+    if not -MAX_CLOCK_SKEW_NS < end_ns - now_ns < MAX_CLOCK_SKEW_NS:
+        raise InvalidEntry(
+            "time_out_of_range", f"the entry ends {(end_ns - now_ns) / 3.6e12:+.1f} h from the bridge's clock"
+        )
+    return entry
+
+
+def decode_entry_python(encoded: bytes, log_type: str, api_version: str, cache: AddressCache) -> Entry:
+    """:func:`decode_entry`'s parsing on the Python path alone (no check of the clock)."""
     try:
         if log_type == "http":
             entry = normalize_http(accesslog_pb2.HTTPAccessLogEntry.FromString(encoded), api_version, cache)
@@ -100,11 +125,6 @@ def decode_entry(encoded: bytes, log_type: str, api_version: str, now_ns: int, c
             entry = normalize_tcp(accesslog_pb2.TCPAccessLogEntry.FromString(encoded), api_version, cache)
     except DecodeError:
         raise InvalidEntry("malformed_entry", f"a {log_type.upper()} entry that does not parse") from None
-    end_ns = entry.start_ns + max(entry.downstream_end_ns, 0)
-    if not -MAX_CLOCK_SKEW_NS < end_ns - now_ns < MAX_CLOCK_SKEW_NS:
-        raise InvalidEntry(
-            "time_out_of_range", f"the entry ends {(end_ns - now_ns) / 3.6e12:+.1f} h from the bridge's clock"
-        )
     return entry
 
 
@@ -135,7 +155,7 @@ class AddressCache:
     def __init__(self, rotations: Counter | None = None, max_addresses: int = MAX_CACHED_ADDRESSES) -> None:
         self.addresses: dict[bytes, SocketAddr] = {}
         self._ports: dict[bytes, int] = {}
-        self._max = max_addresses
+        self.max_addresses = max_addresses
         self._rotations = rotations
 
     def decode(self, encoded: bytes, which_field: str) -> SocketAddr | None:
@@ -147,7 +167,7 @@ class AddressCache:
             return None
         found = self._ip_socket(encoded) or _any_address(encoded, which_field)
         if found is not None:
-            if len(self.addresses) >= self._max:
+            if len(self.addresses) >= self.max_addresses:
                 self.addresses.clear()
                 if self._rotations is not None:
                     self._rotations.inc("addresses")
@@ -210,6 +230,19 @@ def _any_address(encoded: bytes, which_field: str) -> SocketAddr | None:
     if kind is not None:
         raise InvalidEntry("address_kind", f"{which_field} is a {kind}, not an IP socket address")
     return None
+
+
+if native is not None:
+    if native.fields() != tuple(f.name for f in dataclasses.fields(Entry)):
+        raise RuntimeError("_entries.c fills other fields than model.Entry has: rebuild it with them")
+    native.configure(
+        Entry,
+        SocketAddr,
+        AnyValue,
+        METHOD_NAMES,
+        HTTP_VERSIONS,
+        tuple(code for _, code in RESPONSE_FLAG_CODES),
+    )
 
 
 def _response_flags(common: accesslog_pb2.AccessLogCommon) -> tuple[str, ...]:

@@ -1,0 +1,1065 @@
+/* Envoy's encoded HTTP and TCP access-log entries into Entry objects, read straight from their bytes.
+
+   The native twin of normalize.py's Python path (normalize_http, normalize_tcp, AddressCache),
+   which stays the definition: for every entry this returns either the Entry the Python path
+   gives, field for field, or None, and then the caller takes the Python path. None is the
+   answer to everything out of the ordinary (a field set twice, a group, a string that is not
+   UTF-8, an intermediate entry, a time or duration the Python path refuses or that would not
+   fit 64 bits, ...): the Python path then raises the same InvalidEntry or IntermediateEntry it
+   always did, so the rules for bad input live in one place. What is ordinary, every final
+   entry Envoy sends, is read here without a Python object per field: one pass over the bytes,
+   offsets into them kept in C structures, and Python objects made only for the values an
+   Entry holds.
+
+   Every read is checked against the end of its buffer before it happens (tests/receiver/
+   test_native.py runs the fuzz corpus and hostile entries through both paths and compares;
+   the README says how it was run under AddressSanitizer). */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Set once by configure(): the types an Entry is made of, and the Python path's tables. */
+static PyObject *entry_type, *socket_addr_type, *any_value_type;
+static PyObject *str_http, *str_grpc, *str_tcp, *str_empty, *str_addresses, *str_decode, *str_max;
+static PyObject *str_content_type, *str_application_grpc;
+static PyObject *methods[10], *http_versions[5];
+static PyObject *flag_codes[28]; /* ResponseFlags field number -> Envoy's short code */
+static PyObject *address_names[5];
+
+#define ENTRY_FIELDS 30
+static const char *FIELD_NAMES[ENTRY_FIELDS] = {
+    "api_version", "protocol", "start_ns", "downstream_end_ns", "first_upstream_tx_ns",
+    "last_upstream_rx_ns", "downstream_remote", "downstream_direct_remote", "downstream_local",
+    "upstream_remote", "upstream_local", "upstream_cluster", "route_name", "response_flags",
+    "mtls", "peer_principal", "filter_state", "method", "scheme", "authority", "path",
+    "user_agent", "request_id", "http_version", "response_code", "grpc_status",
+    "request_headers", "response_headers", "received_bytes", "sent_bytes",
+};
+
+static const int64_t NS = 1000000000LL;
+static const int64_t MAX_DURATION_NS = 366LL * 24 * 3600 * 1000000000LL;
+static const int64_t MAX_SECONDS = 4000000000LL; /* year 2096: beyond it the Python path decides */
+
+/* ---- the wire format ------------------------------------------------------------------------- */
+
+typedef struct {
+    const uint8_t *p, *end;
+} Reader;
+
+typedef struct {
+    const uint8_t *data;
+    Py_ssize_t size;
+} Span; /* a length-delimited value inside the entry's bytes; data NULL: absent */
+
+enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
+
+/* One varint; 0 when the bytes end first or it runs past ten bytes. */
+static int
+read_varint(Reader *r, uint64_t *out)
+{
+    uint64_t value = 0;
+    for (int shift = 0; shift < 70; shift += 7) {
+        if (r->p >= r->end) {
+            return 0;
+        }
+        uint8_t byte = *r->p++;
+        if (shift == 63 && byte > 1) {
+            return 0; /* past 64 bits: the Python path decides */
+        }
+        value |= (uint64_t)(byte & 0x7F) << shift;
+        if (!(byte & 0x80)) {
+            *out = value;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The next field's number, wire type and, for WT_LEN, its bytes; for WT_VARINT its value.
+   0 at the end of the reader (ok set to 1) or on anything unusual (ok set to 0). */
+typedef struct {
+    uint32_t number;
+    int wire_type;
+    uint64_t varint;
+    Span bytes;
+} Field;
+
+static int
+next_field(Reader *r, Field *f, int *ok)
+{
+    *ok = 1;
+    if (r->p >= r->end) {
+        return 0;
+    }
+    *ok = 0;
+    uint64_t tag;
+    if (!read_varint(r, &tag) || tag > 0xFFFFFFFFULL) {
+        return 0;
+    }
+    f->number = (uint32_t)(tag >> 3);
+    f->wire_type = (int)(tag & 7);
+    if (f->number == 0 || f->number > 536870911U) {
+        return 0;
+    }
+    switch (f->wire_type) {
+    case WT_VARINT:
+        if (!read_varint(r, &f->varint)) {
+            return 0;
+        }
+        break;
+    case WT_I64:
+        if (r->end - r->p < 8) {
+            return 0;
+        }
+        r->p += 8;
+        break;
+    case WT_I32:
+        if (r->end - r->p < 4) {
+            return 0;
+        }
+        r->p += 4;
+        break;
+    case WT_LEN: {
+        uint64_t size;
+        if (!read_varint(r, &size) || size > (uint64_t)(r->end - r->p)) {
+            return 0;
+        }
+        f->bytes.data = r->p;
+        f->bytes.size = (Py_ssize_t)size;
+        r->p += size;
+        break;
+    }
+    default: /* groups and the wire types that do not exist */
+        return 0;
+    }
+    *ok = 1;
+    return 1;
+}
+
+static Reader
+reader_of(Span s)
+{
+    Reader r = {s.data, s.data + s.size};
+    return r;
+}
+
+/* Each declared field once: a second occurrence (a sub-message to merge, a value to replace)
+   goes to the Python path. Bit n for field n (fields up to 63). */
+static int
+first_time(uint64_t *seen, uint32_t number)
+{
+    uint64_t bit = 1ULL << (number & 63);
+    if (*seen & bit) {
+        return 0;
+    }
+    *seen |= bit;
+    return 1;
+}
+
+#define EXPECT(field, type) \
+    if ((field)->wire_type != (type) || !first_time(&seen, (field)->number)) return 0
+
+/* google.protobuf.Timestamp or Duration as nanoseconds; 0 when out of what 64 bits hold. */
+static int
+read_time(Span s, int64_t *out)
+{
+    Reader r = reader_of(s);
+    Field f;
+    int ok;
+    uint64_t seen = 0;
+    int64_t seconds = 0;
+    int32_t nanos = 0;
+    while (next_field(&r, &f, &ok)) {
+        if (f.number == 1) {
+            EXPECT(&f, WT_VARINT);
+            seconds = (int64_t)f.varint;
+        }
+        else if (f.number == 2) {
+            EXPECT(&f, WT_VARINT);
+            nanos = (int32_t)(uint32_t)f.varint;
+        }
+    }
+    if (!ok || seconds > MAX_SECONDS || seconds < -MAX_SECONDS) {
+        return 0;
+    }
+    *out = seconds * NS + nanos;
+    return 1;
+}
+
+/* ---- Python values --------------------------------------------------------------------------- */
+
+static PyObject *
+text_strict(Span s) /* a proto3 `string`: NULL with no exception when not UTF-8 */
+{
+    if (s.data == NULL || s.size == 0) {
+        Py_INCREF(str_empty);
+        return str_empty;
+    }
+    PyObject *text = PyUnicode_DecodeUTF8((const char *)s.data, s.size, NULL);
+    if (text == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+        PyErr_Clear();
+    }
+    return text;
+}
+
+static PyObject *
+text_lenient(Span s) /* a value Envoy copied from traffic: bytes.decode("utf-8", "replace") */
+{
+    if (s.data == NULL || s.size == 0) {
+        Py_INCREF(str_empty);
+        return str_empty;
+    }
+    return PyUnicode_DecodeUTF8((const char *)s.data, s.size, "replace");
+}
+
+/* A message of two length-delimited fields, 1 and 2 (a map entry: key and value; an Any:
+   type_url and value), each at most once. Any other field is the Python path's (protobuf keeps
+   a map entry with one out of its map), and so is a repeated one (protobuf checks every
+   occurrence of a string, not only the last). */
+static int
+pair_fields(Span s, Span *first, Span *second)
+{
+    Reader r = reader_of(s);
+    Field f;
+    int ok;
+    uint64_t seen = 0;
+    first->data = second->data = NULL;
+    first->size = second->size = 0;
+    while (next_field(&r, &f, &ok)) {
+        if (f.number != 1 && f.number != 2) {
+            return 0;
+        }
+        EXPECT(&f, WT_LEN);
+        *(f.number == 1 ? first : second) = f.bytes;
+    }
+    return ok;
+}
+
+/* map<string, bytes> as {name: value decoded leniently}; NULL without exception: not ours.
+   Empty maps give None, as _text_map does. The last map entry named grpc-status is kept in
+   *grpc_status when asked for. */
+typedef struct {
+    Span entries[64];
+    int count;
+} MapSpans;
+
+static PyObject *
+text_map(const MapSpans *map, Span *grpc_status)
+{
+    if (map->count == 0) {
+        Py_RETURN_NONE;
+    }
+    PyObject *dict = PyDict_New();
+    if (dict == NULL) {
+        return NULL;
+    }
+    for (int i = 0; i < map->count; i++) {
+        Span key, value;
+        if (!pair_fields(map->entries[i], &key, &value)) {
+            goto not_ours;
+        }
+        PyObject *name = text_strict(key);
+        if (name == NULL) {
+            if (PyErr_Occurred()) {
+                goto error;
+            }
+            goto not_ours;
+        }
+        if (grpc_status != NULL && key.size == 11 && memcmp(key.data, "grpc-status", 11) == 0) {
+            *grpc_status = value;
+            if (grpc_status->data == NULL) {
+                grpc_status->data = (const uint8_t *)"";
+            }
+        }
+        PyObject *text = text_lenient(value);
+        if (text == NULL || PyDict_SetItem(dict, name, text) < 0) {
+            Py_DECREF(name);
+            Py_XDECREF(text);
+            goto error;
+        }
+        Py_DECREF(name);
+        Py_DECREF(text);
+    }
+    return dict;
+not_ours: /* no exception set: the caller answers None */
+error:
+    Py_DECREF(dict);
+    return NULL;
+}
+
+/* ---- addresses --------------------------------------------------------------------------------- */
+
+/* AddressCache._ip_socket, byte for byte: the same checks in the same order (it defines which
+   encodings count as the usual one). 1 with *out set; 0 when the Python path must decode. */
+static int
+ip_socket(const uint8_t *e, Py_ssize_t len, PyObject **out)
+{
+    if (len < 4) {
+        return 0;
+    }
+    Py_ssize_t n = e[3];
+    if (e[0] != 0x0A || e[2] != 0x12 || e[1] != len - 2) {
+        return 0;
+    }
+    Py_ssize_t ip_end = 4 + n < len ? 4 + n : len;
+    const uint8_t *field = e + ip_end;
+    Py_ssize_t field_len = len - ip_end;
+    if (ip_end == 4 || field_len < 2 || field_len > 4 || field[0] != 0x18) {
+        return 0; /* an empty ip, or a port field not of one to three bytes */
+    }
+    uint32_t port = 0;
+    int shift = 0;
+    for (Py_ssize_t i = 1; i < field_len; i++, shift += 7) {
+        port |= (uint32_t)(field[i] & 0x7F) << shift;
+        if (!(field[i] & 0x80)) {
+            if (i != field_len - 1 || port > 0xFFFF) {
+                return 0;
+            }
+            PyObject *ip = PyUnicode_DecodeUTF8((const char *)e + 4, ip_end - 4, NULL);
+            if (ip == NULL) {
+                if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+                    return -1;
+                }
+                PyErr_Clear();
+                return 0;
+            }
+            PyObject *port_obj = PyLong_FromUnsignedLong(port);
+            PyObject *pair = port_obj ? PyTuple_Pack(2, ip, port_obj) : NULL;
+            Py_DECREF(ip);
+            Py_XDECREF(port_obj);
+            if (pair == NULL) {
+                return -1;
+            }
+            PyObject *args = PyTuple_Pack(1, pair);
+            Py_DECREF(pair);
+            if (args == NULL) {
+                return -1;
+            }
+            /* tuple.__new__(SocketAddr, (ip, port)), as the Python path makes it */
+            *out = PyTuple_Type.tp_new((PyTypeObject *)socket_addr_type, args, NULL);
+            Py_DECREF(args);
+            return *out == NULL ? -1 : 1;
+        }
+    }
+    return 0;
+}
+
+/* `cached(encoded) or decode(encoded, which)` of _begin: the cache's dict first, then the usual
+   encoding read here and stored as AddressCache.decode stores it, else AddressCache.decode
+   itself (which rotates a full cache, counting it, and raises InvalidEntry for the Python
+   path's reasons). */
+static PyObject *
+address(PyObject *cache, PyObject *addresses, Py_ssize_t max, Span s, int which)
+{
+    if (s.data == NULL || s.size == 0) {
+        Py_RETURN_NONE;
+    }
+    PyObject *key = PyBytes_FromStringAndSize((const char *)s.data, s.size);
+    if (key == NULL) {
+        return NULL;
+    }
+    PyObject *found = PyDict_GetItemWithError(addresses, key);
+    if (found != NULL) {
+        Py_DECREF(key);
+        Py_INCREF(found);
+        return found;
+    }
+    if (PyErr_Occurred()) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    if (PyDict_GET_SIZE(addresses) < max) {
+        PyObject *decoded = NULL;
+        int got = ip_socket(s.data, s.size, &decoded);
+        if (got < 0) {
+            Py_DECREF(key);
+            return NULL;
+        }
+        if (got) {
+            if (PyDict_SetItem(addresses, key, decoded) < 0) {
+                Py_DECREF(decoded);
+                decoded = NULL;
+            }
+            Py_DECREF(key);
+            return decoded;
+        }
+    }
+    PyObject *decoded = PyObject_CallMethodObjArgs(cache, str_decode, key, address_names[which], NULL);
+    Py_DECREF(key);
+    return decoded;
+}
+
+/* ---- the entry ------------------------------------------------------------------------------- */
+
+typedef struct {
+    int64_t start_ns, first_tx, last_rx, last_downstream_tx, duration;
+    Span addresses[5]; /* downstream remote, direct remote, local; upstream remote, local */
+    Span upstream_cluster, route_name;
+    uint32_t flags; /* bit n: ResponseFlags field n set */
+    Span peer_uri;  /* the first peer SAN whose uri is set and not empty */
+    MapSpans filter_state;
+    /* HTTP */
+    int32_t protocol_version, method;
+    Span scheme, authority, path, user_agent, request_id;
+    MapSpans request_headers, response_headers, response_trailers;
+    int has_response_code;
+    uint32_t response_code;
+    /* TCP */
+    uint64_t received_bytes, sent_bytes;
+} Raw;
+
+static int
+add_span(MapSpans *map, Span s)
+{
+    if (map->count == (int)(sizeof map->entries / sizeof map->entries[0])) {
+        return 0; /* more entries than we keep offsets for: the Python path */
+    }
+    map->entries[map->count++] = s;
+    return 1;
+}
+
+static int
+read_response_flags(Span s, uint32_t *flags)
+{
+    Reader r = reader_of(s);
+    Field f;
+    int ok;
+    uint64_t seen = 0;
+    while (next_field(&r, &f, &ok)) {
+        if (f.number == 13) { /* unauthorized_details: set when present, whatever it holds */
+            EXPECT(&f, WT_LEN);
+            Reader inner = reader_of(f.bytes);
+            Field g;
+            uint64_t inner_seen = 0;
+            while (next_field(&inner, &g, &ok)) {
+                if (g.number == 1 && (g.wire_type != WT_VARINT || !first_time(&inner_seen, 1))) {
+                    return 0;
+                }
+            }
+            if (!ok) {
+                return 0;
+            }
+            *flags |= 1U << 13;
+        }
+        else if (f.number >= 1 && f.number <= 27) {
+            EXPECT(&f, WT_VARINT);
+            if (f.varint) {
+                *flags |= 1U << f.number;
+            }
+        }
+    }
+    return ok;
+}
+
+/* CertificateProperties: its SANs checked; for the peer's, the first uri that is set. */
+static int
+read_certificate(Span s, Span *first_uri)
+{
+    Reader r = reader_of(s);
+    Field f;
+    int ok;
+    while (next_field(&r, &f, &ok)) {
+        if (f.number != 1) {
+            continue;
+        }
+        if (f.wire_type != WT_LEN) {
+            return 0;
+        }
+        Reader san = reader_of(f.bytes);
+        Field g;
+        Span uri = {NULL, 0};
+        int last = 0; /* the oneof's member set last: 1 uri, 2 dns */
+        while (next_field(&san, &g, &ok)) {
+            if (g.number == 1 || g.number == 2) {
+                if (g.wire_type != WT_LEN) {
+                    return 0;
+                }
+                last = (int)g.number;
+                if (g.number == 1) {
+                    uri = g.bytes;
+                }
+            }
+        }
+        if (!ok) {
+            return 0;
+        }
+        if (first_uri != NULL && first_uri->data == NULL && last == 1 && uri.size > 0) {
+            *first_uri = uri;
+        }
+    }
+    return ok;
+}
+
+static int
+read_tls(Span s, Raw *raw)
+{
+    Reader r = reader_of(s);
+    Field f;
+    int ok;
+    uint64_t seen = 0;
+    while (next_field(&r, &f, &ok)) {
+        if (f.number == 4 || f.number == 5) {
+            EXPECT(&f, WT_LEN);
+            if (!read_certificate(f.bytes, f.number == 5 ? &raw->peer_uri : NULL)) {
+                return 0;
+            }
+        }
+    }
+    return ok;
+}
+
+static int
+read_common(Span s, Raw *raw)
+{
+    Reader r = reader_of(s);
+    Field f;
+    int ok;
+    uint64_t seen = 0;
+    int intermediate = 0;
+    int32_t log_type = 0;
+    while (next_field(&r, &f, &ok)) {
+        switch (f.number) {
+        case 1: /* sample_rate */
+            EXPECT(&f, WT_I64);
+            break;
+        case 2:
+        case 3:
+        case 13:
+        case 14:
+        case 20:
+            EXPECT(&f, WT_LEN);
+            raw->addresses[f.number == 2 ? 0 : f.number == 20 ? 1 : f.number == 3 ? 2 : f.number == 13 ? 3 : 4] =
+                f.bytes;
+            break;
+        case 4:
+            EXPECT(&f, WT_LEN);
+            if (!read_tls(f.bytes, raw)) {
+                return 0;
+            }
+            break;
+        case 5:
+        case 6:
+        case 7:
+        case 8:
+        case 9:
+        case 10:
+        case 11:
+        case 12:
+        case 23: {
+            EXPECT(&f, WT_LEN);
+            int64_t value;
+            if (!read_time(f.bytes, &value)) {
+                return 0;
+            }
+            if (f.number == 5) {
+                raw->start_ns = value;
+            }
+            else if (f.number == 7) {
+                raw->first_tx = value;
+            }
+            else if (f.number == 10) {
+                raw->last_rx = value;
+            }
+            else if (f.number == 12) {
+                raw->last_downstream_tx = value;
+            }
+            else if (f.number == 23) {
+                raw->duration = value;
+            }
+            break;
+        }
+        case 15:
+            EXPECT(&f, WT_LEN);
+            raw->upstream_cluster = f.bytes;
+            break;
+        case 16:
+            EXPECT(&f, WT_LEN);
+            if (!read_response_flags(f.bytes, &raw->flags)) {
+                return 0;
+            }
+            break;
+        case 19:
+            EXPECT(&f, WT_LEN);
+            raw->route_name = f.bytes;
+            break;
+        case 21:
+            if (f.wire_type != WT_LEN || !add_span(&raw->filter_state, f.bytes)) {
+                return 0;
+            }
+            break;
+        case 27:
+            EXPECT(&f, WT_VARINT);
+            intermediate = f.varint != 0;
+            break;
+        case 33:
+            EXPECT(&f, WT_VARINT);
+            log_type = (int32_t)(uint32_t)f.varint;
+            break;
+        default:
+            break; /* a field of Envoy's that analysis does not read */
+        }
+    }
+    /* Intermediate entries, and NotSet/TcpConnectionEnd/DownstreamEnd/UdpSessionEnd only. */
+    return ok && !intermediate && (log_type == 0 || log_type == 3 || log_type == 6 || log_type == 13);
+}
+
+static int
+read_request(Span s, Raw *raw)
+{
+    Reader r = reader_of(s);
+    Field f;
+    int ok;
+    uint64_t seen = 0;
+    while (next_field(&r, &f, &ok)) {
+        switch (f.number) {
+        case 1:
+            EXPECT(&f, WT_VARINT);
+            raw->method = (int32_t)(uint32_t)f.varint;
+            break;
+        case 2:
+        case 3:
+        case 5:
+        case 6:
+        case 9:
+            EXPECT(&f, WT_LEN);
+            *(f.number == 2   ? &raw->scheme
+              : f.number == 3 ? &raw->authority
+              : f.number == 5 ? &raw->path
+              : f.number == 6 ? &raw->user_agent
+                              : &raw->request_id) = f.bytes;
+            break;
+        case 13:
+            if (f.wire_type != WT_LEN || !add_span(&raw->request_headers, f.bytes)) {
+                return 0;
+            }
+            break;
+        default:
+            break;
+        }
+    }
+    return ok;
+}
+
+static int
+read_response(Span s, Raw *raw)
+{
+    Reader r = reader_of(s);
+    Field f;
+    int ok;
+    uint64_t seen = 0;
+    while (next_field(&r, &f, &ok)) {
+        if (f.number == 1) { /* google.protobuf.UInt32Value */
+            EXPECT(&f, WT_LEN);
+            Reader inner = reader_of(f.bytes);
+            Field g;
+            uint64_t inner_seen = 0;
+            while (next_field(&inner, &g, &ok)) {
+                if (g.number == 1) {
+                    if (g.wire_type != WT_VARINT || !first_time(&inner_seen, 1)) {
+                        return 0;
+                    }
+                    raw->response_code = (uint32_t)g.varint;
+                }
+            }
+            if (!ok) {
+                return 0;
+            }
+        }
+        else if (f.number == 4 || f.number == 5) {
+            if (f.wire_type != WT_LEN ||
+                !add_span(f.number == 4 ? &raw->response_headers : &raw->response_trailers, f.bytes)) {
+                return 0;
+            }
+        }
+    }
+    return ok;
+}
+
+static int
+read_connection(Span s, Raw *raw)
+{
+    Reader r = reader_of(s);
+    Field f;
+    int ok;
+    uint64_t seen = 0;
+    while (next_field(&r, &f, &ok)) {
+        if (f.number == 1 || f.number == 2) {
+            EXPECT(&f, WT_VARINT);
+            *(f.number == 1 ? &raw->received_bytes : &raw->sent_bytes) = f.varint;
+        }
+    }
+    return ok;
+}
+
+/* The entry's top level: common_properties (1) and, for HTTP, protocol_version (2), request (3)
+   and response (4); for TCP, connection_properties (2). */
+static int
+read_entry(Span s, int http, Raw *raw)
+{
+    Reader r = reader_of(s);
+    Field f;
+    int ok;
+    uint64_t seen = 0;
+    int has_common = 0;
+    while (next_field(&r, &f, &ok)) {
+        if (f.number == 1) {
+            EXPECT(&f, WT_LEN);
+            has_common = 1;
+            if (!read_common(f.bytes, raw)) {
+                return 0;
+            }
+        }
+        else if (f.number == 2 && http) {
+            EXPECT(&f, WT_VARINT);
+            raw->protocol_version = (int32_t)(uint32_t)f.varint;
+        }
+        else if (f.number == 2) {
+            EXPECT(&f, WT_LEN);
+            if (!read_connection(f.bytes, raw)) {
+                return 0;
+            }
+        }
+        else if ((f.number == 3 || f.number == 4) && http) {
+            EXPECT(&f, WT_LEN);
+            if (!(f.number == 3 ? read_request : read_response)(f.bytes, raw)) {
+                return 0;
+            }
+        }
+    }
+    return ok && has_common;
+}
+
+/* _begin's checks of times: anything it refuses (or that is unset) is the Python path's to say. */
+static int
+times_usable(Raw *raw)
+{
+    if (raw->start_ns == 0) {
+        return 0;
+    }
+    if (raw->last_downstream_tx == 0) {
+        raw->last_downstream_tx = raw->duration;
+    }
+    return 0 <= raw->first_tx && raw->first_tx <= MAX_DURATION_NS && 0 <= raw->last_rx &&
+           raw->last_rx <= MAX_DURATION_NS && 0 <= raw->last_downstream_tx &&
+           raw->last_downstream_tx <= MAX_DURATION_NS;
+}
+
+static PyObject *
+filter_state_dict(const MapSpans *map)
+{
+    if (map->count == 0) {
+        Py_RETURN_NONE;
+    }
+    PyObject *dict = PyDict_New();
+    if (dict == NULL) {
+        return NULL;
+    }
+    for (int i = 0; i < map->count; i++) {
+        Span key, value, type_url = {NULL, 0}, bytes = {NULL, 0};
+        if (!pair_fields(map->entries[i], &key, &value)) {
+            goto not_ours;
+        }
+        if (value.data != NULL && !pair_fields(value, &type_url, &bytes)) { /* Any: type_url, value */
+            goto not_ours;
+        }
+        PyObject *name = text_strict(key);
+        PyObject *url = name ? text_strict(type_url) : NULL;
+        if (url == NULL) {
+            Py_XDECREF(name);
+            if (PyErr_Occurred()) {
+                goto error;
+            }
+            goto not_ours;
+        }
+        PyObject *data = PyBytes_FromStringAndSize(bytes.data ? (const char *)bytes.data : "", bytes.size);
+        PyObject *pair = data ? PyTuple_Pack(2, url, data) : NULL;
+        Py_DECREF(url);
+        Py_XDECREF(data);
+        PyObject *args = pair ? PyTuple_Pack(1, pair) : NULL;
+        Py_XDECREF(pair);
+        PyObject *any = args ? PyTuple_Type.tp_new((PyTypeObject *)any_value_type, args, NULL) : NULL;
+        Py_XDECREF(args);
+        if (any == NULL || PyDict_SetItem(dict, name, any) < 0) {
+            Py_DECREF(name);
+            Py_XDECREF(any);
+            goto error;
+        }
+        Py_DECREF(name);
+        Py_DECREF(any);
+    }
+    return dict;
+not_ours: /* no exception set: the caller answers None */
+error:
+    Py_DECREF(dict);
+    return NULL;
+}
+
+/* _grpc_status: ASCII digits, one to three of them, as their number; else -1. */
+static long
+grpc_status_code(Span s)
+{
+    if (s.size < 1 || s.size > 3) {
+        return -1;
+    }
+    long code = 0;
+    for (Py_ssize_t i = 0; i < s.size; i++) {
+        if (s.data[i] < '0' || s.data[i] > '9') {
+            return -1;
+        }
+        code = code * 10 + (s.data[i] - '0');
+    }
+    return code;
+}
+
+static PyObject *
+flags_tuple(uint32_t flags)
+{
+    PyObject *codes[28];
+    Py_ssize_t n = 0;
+    for (int number = 1; number <= 27; number++) {
+        if (flags & (1U << number)) {
+            codes[n++] = flag_codes[number];
+        }
+    }
+    PyObject *tuple = PyTuple_New(n);
+    if (tuple == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_INCREF(codes[i]);
+        PyTuple_SET_ITEM(tuple, i, codes[i]);
+    }
+    return tuple;
+}
+
+/* decode(encoded, http, api_version, cache) -> Entry | None */
+static PyObject *
+decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyBytes_Check(args[0]) || !PyUnicode_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "decode(encoded: bytes, http: bool, api_version: str, cache)");
+        return NULL;
+    }
+    if (entry_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "als2otel.receiver._entries: configure() first");
+        return NULL;
+    }
+    int http = PyObject_IsTrue(args[1]);
+    PyObject *cache = args[3];
+    Span encoded = {(const uint8_t *)PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0])};
+    Raw raw;
+    memset(&raw, 0, sizeof raw);
+    if (http < 0) {
+        return NULL;
+    }
+    if (!read_entry(encoded, http, &raw) || !times_usable(&raw)) {
+        Py_RETURN_NONE;
+    }
+
+    PyObject *values[ENTRY_FIELDS] = {NULL};
+    PyObject *result = NULL;
+    PyObject *addresses = PyObject_GetAttr(cache, str_addresses);
+    PyObject *max_obj = addresses ? PyObject_GetAttr(cache, str_max) : NULL;
+    Py_ssize_t max = max_obj ? PyLong_AsSsize_t(max_obj) : -1;
+    Py_XDECREF(max_obj);
+    if (addresses == NULL || (max == -1 && PyErr_Occurred())) {
+        goto done;
+    }
+    if (!PyDict_CheckExact(addresses)) {
+        PyErr_SetString(PyExc_TypeError, "cache.addresses is not a dict");
+        goto done;
+    }
+
+    /* The strings upb checks while parsing come first: an entry whose upstream_cluster is not
+       UTF-8 is malformed_entry before any of its addresses is looked at. */
+    if ((values[11] = text_strict(raw.upstream_cluster)) == NULL ||
+        (values[12] = text_strict(raw.route_name)) == NULL ||
+        (values[16] = filter_state_dict(&raw.filter_state)) == NULL) {
+        goto done;
+    }
+    if (http) {
+        Span header_status = {NULL, 0}, trailer_status = {NULL, 0};
+        if ((values[26] = text_map(&raw.request_headers, NULL)) == NULL ||
+            (values[27] = text_map(&raw.response_headers, &header_status)) == NULL) {
+            goto done;
+        }
+        PyObject *trailers = text_map(&raw.response_trailers, &trailer_status);
+        if (trailers == NULL) {
+            goto done;
+        }
+        Py_DECREF(trailers);
+        /* grpc-status: the trailer's unless empty or absent, else the header's (the Python path
+           decodes the header's first: a value of ASCII digits reads the same either way). */
+        Span status = trailer_status.size ? trailer_status : header_status;
+        int grpc = status.data != NULL;
+        if (!grpc && values[26] != Py_None) {
+            PyObject *content_type = PyDict_GetItemWithError(values[26], str_content_type);
+            if (content_type == NULL && PyErr_Occurred()) {
+                goto done;
+            }
+            if (content_type != NULL) {
+                Py_ssize_t match = PyUnicode_Tailmatch(content_type, str_application_grpc, 0, PY_SSIZE_T_MAX, -1);
+                if (match < 0) {
+                    goto done;
+                }
+                grpc = match == 1;
+            }
+        }
+        values[1] = Py_NewRef(grpc ? str_grpc : str_http);
+        values[17] = Py_NewRef(0 <= raw.method && raw.method < 10 ? methods[raw.method] : str_empty);
+        values[18] = text_lenient(raw.scheme);
+        values[19] = text_lenient(raw.authority);
+        values[20] = text_lenient(raw.path);
+        values[21] = text_lenient(raw.user_agent);
+        values[22] = text_lenient(raw.request_id);
+        values[23] = Py_NewRef(
+            0 <= raw.protocol_version && raw.protocol_version < 5 ? http_versions[raw.protocol_version]
+                                                                  : str_empty);
+        values[24] = PyLong_FromUnsignedLong(raw.response_code);
+        values[25] = PyLong_FromLong(status.data != NULL ? grpc_status_code(status) : -1);
+        values[28] = PyLong_FromLong(0);
+        values[29] = PyLong_FromLong(0);
+    }
+    else {
+        values[1] = Py_NewRef(str_tcp);
+        for (int i = 17; i < 24; i++) {
+            values[i] = Py_NewRef(str_empty);
+        }
+        values[24] = PyLong_FromLong(0);
+        values[25] = PyLong_FromLong(-1);
+        values[26] = Py_NewRef(Py_None);
+        values[27] = Py_NewRef(Py_None);
+        values[28] = PyLong_FromUnsignedLongLong(raw.received_bytes);
+        values[29] = PyLong_FromUnsignedLongLong(raw.sent_bytes);
+    }
+    values[0] = Py_NewRef(args[2]);
+    values[2] = PyLong_FromLongLong(raw.start_ns);
+    values[3] = PyLong_FromLongLong(raw.last_downstream_tx ? raw.last_downstream_tx : -1);
+    values[4] = PyLong_FromLongLong(raw.first_tx ? raw.first_tx : -1);
+    values[5] = PyLong_FromLongLong(raw.last_rx ? raw.last_rx : -1);
+    values[13] = flags_tuple(raw.flags);
+    values[14] = Py_NewRef(raw.peer_uri.data ? Py_True : Py_False);
+    values[15] = text_lenient(raw.peer_uri);
+    for (int i = 0; i < 5; i++) {
+        if ((values[6 + i] = address(cache, addresses, max, raw.addresses[i], i)) == NULL) {
+            goto done;
+        }
+    }
+    for (int i = 0; i < ENTRY_FIELDS; i++) {
+        if (values[i] == NULL) {
+            goto done;
+        }
+    }
+    result = PyObject_Vectorcall(entry_type, values, ENTRY_FIELDS, NULL);
+done:
+    Py_XDECREF(addresses);
+    for (int i = 0; i < ENTRY_FIELDS; i++) {
+        Py_XDECREF(values[i]);
+    }
+    if (result == NULL && !PyErr_Occurred()) {
+        Py_RETURN_NONE; /* not ours: a string that is not UTF-8, a map entry out of the ordinary */
+    }
+    return result;
+}
+
+/* ---- the module -------------------------------------------------------------------------------- */
+
+static PyObject *
+interned(const char *text)
+{
+    return PyUnicode_InternFromString(text);
+}
+
+static int
+table(PyObject *sequence, PyObject **out, Py_ssize_t size, const char *what)
+{
+    if (!PyTuple_Check(sequence) || PyTuple_GET_SIZE(sequence) != size) {
+        PyErr_Format(PyExc_ValueError, "configure(): %s must be a tuple of %zd", what, size);
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < size; i++) {
+        PyObject *item = PyTuple_GET_ITEM(sequence, i);
+        if (!PyUnicode_Check(item)) {
+            PyErr_Format(PyExc_ValueError, "configure(): %s holds a non-string", what);
+            return 0;
+        }
+        Py_XSETREF(out[i], Py_NewRef(item));
+    }
+    return 1;
+}
+
+/* configure(Entry, SocketAddr, AnyValue, method_names, http_versions, flag_codes): the types
+   and tables of normalize.py, which stay their one definition. */
+static PyObject *
+configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "configure() takes 6 arguments");
+        return NULL;
+    }
+    if (!table(args[3], methods, 10, "method_names") || !table(args[4], http_versions, 5, "http_versions") ||
+        !table(args[5], flag_codes + 1, 27, "flag_codes")) {
+        return NULL;
+    }
+    Py_XSETREF(entry_type, Py_NewRef(args[0]));
+    Py_XSETREF(socket_addr_type, Py_NewRef(args[1]));
+    Py_XSETREF(any_value_type, Py_NewRef(args[2]));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+fields(PyObject *module, PyObject *unused)
+{
+    PyObject *names = PyTuple_New(ENTRY_FIELDS);
+    for (Py_ssize_t i = 0; names != NULL && i < ENTRY_FIELDS; i++) {
+        PyObject *name = PyUnicode_FromString(FIELD_NAMES[i]);
+        if (name == NULL) {
+            Py_CLEAR(names);
+            break;
+        }
+        PyTuple_SET_ITEM(names, i, name);
+    }
+    return names;
+}
+
+static PyMethodDef METHODS[] = {
+    {"decode", (PyCFunction)(void (*)(void))decode, METH_FASTCALL,
+     "decode(encoded, http, api_version, cache) -> Entry | None: the entry, or None for the Python path"},
+    {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
+     "configure(Entry, SocketAddr, AnyValue, method_names, http_versions, flag_codes)"},
+    {"fields", fields, METH_NOARGS, "The Entry fields decode() fills, in the order it passes them"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef MODULE = {
+    PyModuleDef_HEAD_INIT, "_entries",
+    "Envoy's encoded access-log entries read natively (normalize.py holds the Python twin)", -1, METHODS,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__entries(void)
+{
+    static const char *ADDRESS_NAMES[5] = {
+        "downstream_remote_address", "downstream_direct_remote_address", "downstream_local_address",
+        "upstream_remote_address",   "upstream_local_address",
+    };
+    if (str_http == NULL) {
+        if ((str_http = interned("http")) == NULL || (str_grpc = interned("grpc")) == NULL ||
+            (str_tcp = interned("tcp")) == NULL || (str_empty = interned("")) == NULL ||
+            (str_addresses = interned("addresses")) == NULL || (str_decode = interned("decode")) == NULL ||
+            (str_max = interned("max_addresses")) == NULL ||
+            (str_content_type = interned("content-type")) == NULL ||
+            (str_application_grpc = interned("application/grpc")) == NULL) {
+            return NULL;
+        }
+        for (int i = 0; i < 5; i++) {
+            if ((address_names[i] = interned(ADDRESS_NAMES[i])) == NULL) {
+                return NULL;
+            }
+        }
+    }
+    return PyModule_Create(&MODULE);
+}

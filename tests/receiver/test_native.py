@@ -1,0 +1,372 @@
+"""The native entry reader (``receiver/_entries.c``) against its Python twin, entry by entry.
+
+For every encoded entry both paths must end the same way: the same :class:`Entry`, field for
+field, or the same ``InvalidEntry`` reason, or both intermediate; the native reader may also
+answer None (not ordinary: the Python path decides), but must not for the entries Envoy
+usually sends. The address caches must end the same too (their rotations are counted in
+/metrics). Then whole pipelines over the same batches, one per path, must give byte-identical
+spans, /metrics pages and OTLP metrics requests.
+
+Skipped where the extension is not built (the pure-Python install); ``make test`` runs it on
+the compiled build, where tests/conftest.py refuses a build without it.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from receiver.test_fuzz import FUZZ, GATEWAY, PEER, SIDECAR, http_entry
+from support import als, mesh, peers
+
+from als2otel.export import render
+from als2otel.export.otlp_metrics import metrics_request
+from als2otel.model import Entry
+from als2otel.receiver import normalize
+from als2otel.receiver.normalize import AddressCache, IntermediateEntry, InvalidEntry, decode_entry_python
+from als2otel.receiver.server import EntryBatch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+native = normalize.native
+pytestmark = pytest.mark.skipif(native is None, reason="the native entry reader is not built (pure Python)")
+
+FIELDS = native.fields() if native is not None else ()
+Outcome = tuple[str, Any]
+
+
+def comparable(entry: Entry) -> dict[str, Any]:
+    """An Entry's fields as plain values: filter state as (type_url, value) pairs (protobuf's Any
+    on the Python path, AnyValue natively), header maps as dicts (protobuf's map order differs)."""
+    out = {name: getattr(entry, name) for name in FIELDS}
+    if entry.filter_state is not None:
+        out["filter_state"] = {k: (v.type_url, bytes(v.value)) for k, v in entry.filter_state.items()}
+    for name in ("request_headers", "response_headers"):
+        if out[name] is not None:
+            out[name] = dict(out[name])
+    return out
+
+
+def outcome(decode: Callable[[], Entry | None]) -> Outcome:
+    try:
+        entry = decode()
+    except InvalidEntry as exc:
+        return ("invalid", exc.reason)
+    except IntermediateEntry:
+        return ("intermediate", None)
+    return ("none", None) if entry is None else ("entry", comparable(entry))
+
+
+class Twins:
+    """Both paths over the same entries, each with its own address cache, as the pipeline runs them."""
+
+    def __init__(self, max_addresses: int = normalize.MAX_CACHED_ADDRESSES) -> None:
+        self.python_cache = AddressCache(max_addresses=max_addresses)
+        self.native_cache = AddressCache(max_addresses=max_addresses)
+        self.taken = self.seen = 0
+
+    def check(self, encoded: bytes, log_type: str = "http") -> Outcome:
+        python = outcome(lambda: decode_entry_python(encoded, log_type, "v3", self.python_cache))
+        answer = outcome(lambda: native.decode(encoded, log_type == "http", "v3", self.native_cache))
+        self.seen += 1
+        if answer[0] == "none":  # the Python path decides, on the native path's cache
+            answer = outcome(lambda: decode_entry_python(encoded, log_type, "v3", self.native_cache))
+        else:
+            self.taken += answer[0] == "entry"
+        assert answer == python, encoded.hex()
+        assert self.native_cache.addresses == self.python_cache.addresses
+        return python
+
+
+def mutations(originals: list[bytes], count: int, seed: int) -> Iterator[bytes]:
+    """Real entries with bytes flipped, cut, inserted or repeated."""
+    rng = random.Random(seed)
+    for _ in range(count):
+        data = bytearray(rng.choice(originals))
+        for _ in range(rng.randint(1, 4)):
+            where = rng.randrange(len(data))
+            action = rng.randrange(4)
+            if action == 0:
+                data[where] = rng.randrange(256)
+            elif action == 1:
+                del data[where : where + rng.randint(1, 8)]
+            elif action == 2:
+                data[where:where] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+            else:
+                data[where:where] = data[max(0, where - 16) : where]
+        yield bytes(data)
+
+
+def realistic(count: int) -> list[bytes]:
+    """Entries as sidecars and gateways send them: both sides of mesh calls with peer metadata
+    of every kind, gRPC calls with trailers, failures with flags (half), and entries as Envoy 1.40
+    under Istio logs them, with TLS properties and logged headers (bench/pipeline.py's)."""
+    from pipeline import build_messages
+
+    from als2otel.receiver._proto import als_pb2
+
+    out = mesh_entries(count // 2)
+    streams = build_messages(count - len(out), 1, True, 1, envoy=True)
+    for raw in streams[0]:
+        out.extend(als_pb2.StreamAccessLogsMessage.FromString(raw).http_logs.log_entry)
+    return out
+
+
+def mesh_entries(count: int) -> list[bytes]:
+    """Both sides of mesh calls, dated from the tests' synthetic start (als.START_S)."""
+    out: list[bytes] = []
+    kinds = ("flatnode", "struct", "wasm")
+    for i in range(count // 2):
+        kind = kinds[i % 3]
+        out.append(
+            mesh.outbound(
+                i,
+                authority="reviews:9080",
+                headers={"traceparent": f"00-{i + 1:032x}-{i + 1:016x}-01"},
+                filter_state=peers.filter_state(kind, "upstream", PEER),
+                start_ms=i,
+                status=(200, 503, 404, None)[i % 4],
+                flags=["upstream_remote_reset", "no_healthy_upstream"][: i % 3],
+            ).SerializeToString()
+        )
+        grpc = mesh.inbound(i, filter_state=peers.filter_state(kind, "downstream", PEER), start_ms=i)
+        grpc.request.request_headers["content-type"] = b"application/grpc+proto"
+        grpc.response.response_trailers["grpc-status"] = str(i % 17).encode()
+        grpc.common_properties.response_flags.unauthorized_details.reason = i % 2
+        out.append(grpc.SerializeToString())
+    return out
+
+
+def tcp_entries(count: int) -> list[bytes]:
+    return [
+        als.tcp_entry(
+            downstream_remote=("10.1.0.4", 40000 + i),
+            downstream_local=("10.96.0.7", 27017),
+            upstream_remote=("10.1.0.7", 27017),
+            upstream_local=("10.1.0.4", 50000 + i),
+            cluster="outbound|27017||mongodb.default.svc.cluster.local",
+            received=i * 1000,
+            sent=2**64 - 1 - i,
+        ).SerializeToString()
+        for i in range(count)
+    ]
+
+
+# -- wire-level hostility the generated messages cannot express ---------------------------------------
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def field(number: int, payload: bytes | int, wire_type: int | None = None) -> bytes:
+    """A field: an int as a varint, bytes length-delimited, or bytes as they are under ``wire_type``."""
+    if isinstance(payload, int):
+        return varint(number << 3) + varint(payload)
+    if wire_type is None:
+        return varint(number << 3 | 2) + varint(len(payload)) + payload
+    return varint(number << 3 | wire_type) + payload
+
+
+def hostile() -> list[bytes]:
+    """Entries built byte by byte: invalid UTF-8 where protobuf's strings are, fields repeated,
+    groups, overlong varints, NaN sample rates, times and codes out of range, huge maps."""
+    base = mesh.outbound(1, headers={"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"})
+    encoded = base.SerializeToString()
+
+    def common(extra: bytes, *cleared: str) -> bytes:
+        """The entry with ``cleared`` fields of its common_properties replaced by ``extra``."""
+        return _with(base, "common_properties", 1, extra, cleared)
+
+    def request(extra: bytes, *cleared: str) -> bytes:
+        return _with(base, "request", 3, extra, cleared)
+
+    def response(extra: bytes, *cleared: str) -> bytes:
+        return _with(base, "response", 4, extra, cleared)
+
+    start = field(5, field(1, als.START_S))
+    return [
+        common(field(15, b"\xff\xfe cluster"), "upstream_cluster"),  # not UTF-8
+        common(field(19, b"route \xc3")),  # route_name cut mid-character
+        common(field(19, b"\xed\xa0\x80")),  # an encoded surrogate
+        encoded + field(1, base.common_properties.SerializeToString()),  # common_properties twice: merged
+        common(field(15, b"a") + field(15, b"b"), "upstream_cluster"),  # a string twice: the last one
+        common(field(1, struct.pack("<d", float("nan")), 1)),  # a NaN sample_rate
+        common(field(33, 2), "access_log_type"),  # a periodic entry
+        common(field(33, 2**64 - 1), "access_log_type"),  # a log type past int32
+        common(field(27, 1)),  # intermediate
+        common(field(5, field(1, 2**63 - 1)), "start_time"),  # start far in the future
+        common(field(5, field(1, 2**64 - 1)), "start_time"),  # start -1 s
+        common(field(5, field(2, 2**40)), "start_time"),  # only nanos, past int32
+        common(field(12, field(1, 2**40)), "time_to_last_downstream_tx_byte"),  # 35,000 years
+        common(field(12, field(2, 2**64 - 1)), "time_to_last_downstream_tx_byte"),  # nanos -1
+        common(field(23, b"\x08" + b"\x80" * 9 + b"\x01"), "duration", "time_to_last_downstream_tx_byte"),
+        common(field(23, b"\x08" + b"\xff" * 9 + b"\x7f"), "duration", "time_to_last_downstream_tx_byte"),
+        common(b"\x0b\x08\x01\x0c"),  # a group
+        common(b"\x0f"),  # wire type 7
+        common(field(15, 5), "upstream_cluster"),  # a string field as a varint
+        common(field(2, b"\x0a\x0c\x12\x08bad\xffhost\x18\x50"), "downstream_remote_address"),
+        common(field(2, b"\x0a\x06\x12\x02::\x18\x00"), "downstream_remote_address"),  # port 0
+        common(field(2, b"\x0a\x07\x12\x02::\x18\xff\x7f"), "downstream_remote_address"),  # port > 65,535
+        common(field(2, b"\x0a\x05\x12\x00\x18\x50"), "downstream_remote_address"),  # no ip
+        common(field(2, b"\x0a\x0b\x12\x07::1\x18\x50\x18\x51"), "downstream_remote_address"),  # port twice
+        common(field(2, b"\x12\x04\x0a\x02/x"), "downstream_remote_address"),  # a pipe
+        common(field(2, b"\x1a\x0e\x12\x0c10.1.0.9:443"), "downstream_remote_address"),  # internal
+        common(field(2, b"\x1a\x04\x12\x02no"), "downstream_remote_address"),  # internal, no ip:port
+        common(field(2, b"\xff"), "downstream_remote_address"),  # not an Address
+        common(field(21, field(1, b"\xff") + field(2, b""))),  # filter-state key not UTF-8
+        common(field(21, field(1, b"upstream_peer") + field(2, field(1, b"\xc0\x80")))),  # type_url
+        common(field(21, field(1, b"upstream_peer"))),  # no value: an empty Any
+        common(field(21, field(2, field(2, b"v")))),  # no key
+        common(field(21, field(1, b"k") + field(2, b"\x01")) + field(21, field(1, b"k"))),  # a key twice
+        common(field(16, field(13, b"") + field(3, 1) + field(27, 5))),  # flags, one a message
+        common(field(16, field(3, 1) + field(3, 0))),  # a flag set, then unset
+        common(field(16, field(13, field(1, 2**64 - 1)) + field(28, 1))),
+        common(field(4, field(5, field(1, field(2, b"dns") + field(1, b"spiffe://x"))))),
+        common(field(4, field(5, field(1, field(1, b"spiffe://x") + field(2, b"d"))))),
+        common(field(4, field(5, field(1, field(1, b"")) + field(1, field(1, b"spiffe://y"))))),
+        common(field(4, field(5, field(1, field(1, b"\xff\xfe"))))),  # principal not UTF-8
+        common(field(4, field(4, field(1, b"\x05")))),  # a broken local certificate
+        request(field(13, field(1, b"\xff") + field(2, b"v"))),  # header name not UTF-8
+        request(field(13, field(2, b"no name"))),  # a header without a name
+        request(field(13, field(1, b"content-type") + field(2, b"application/grpc")), "request_headers"),
+        request(field(13, field(1, b"content-type") + field(2, b"Application/grpc")), "request_headers"),
+        request(field(13, field(1, b"te") + field(2, b"\xff\xfe"))),  # a value not UTF-8
+        request(field(1, 2**64 - 1), "request_method"),  # a method of -1
+        request(field(2, b"\xe2\x82"), "scheme"),
+        request(b"".join(field(13, field(1, f"h{i}".encode()) + field(2, b"v")) for i in range(200))),
+        response(field(5, field(1, b"grpc-status") + field(2, b""))),  # an empty trailer
+        response(field(5, field(1, b"grpc-status") + field(2, b"")) + field(4, field(1, b"grpc-status"))),
+        response(field(4, field(1, b"grpc-status") + field(2, "\u0663".encode()))),
+        response(field(4, field(1, b"grpc-status") + field(2, b"\xb2"))),
+        response(field(5, field(1, b"grpc-status") + field(2, b"9" * 5000))),
+        response(field(5, field(1, b"grpc-status") + field(2, b"007"))),
+        response(field(1, field(1, 2**40)), "response_code"),  # a code past uint32
+        response(field(1, b"") + field(1, b""), "response_code"),  # response_code twice
+        encoded + field(2, 2**63),  # protocol_version twice, the second past int32
+        encoded + field(99, b"\x00" * 3, 5),  # a fixed32 cut short
+        encoded + field(99, b"\x00" * 4, 5) + field(98, b"\x00" * 8, 1),
+        encoded[:-1],
+        b"",
+        b"\x0a",
+        field(1, b"") + encoded[len(field(1, base.common_properties.SerializeToString())) :],
+        field(1, start),  # only a start time
+        field(2, 1) + field(1, base.common_properties.SerializeToString()),  # fields out of order
+    ]
+
+
+def _with(base: Any, name: str, number: int, extra: bytes, cleared: tuple[str, ...]) -> bytes:
+    """``base`` encoded with its sub-message ``name`` (field ``number``) last, ``cleared`` fields of
+    it left out and ``extra`` (raw fields) appended to it: one occurrence of everything."""
+    entry = type(base)()
+    entry.CopyFrom(base)
+    inner = getattr(entry, name)
+    for cleared_name in cleared:
+        inner.ClearField(cleared_name)
+    payload = inner.SerializeToString() + extra
+    entry.ClearField(name)
+    return entry.SerializeToString() + field(number, payload)
+
+
+# -- the tests ------------------------------------------------------------------------------------------
+
+
+class TestEntryByEntry:
+    def test_realistic_entries_are_read_natively(self) -> None:
+        """10,000 entries as sidecars and gateways send them: the same Entry on both paths, and
+        the native reader reads every one of them (none left to the Python path)."""
+        twins = Twins()
+        entries = realistic(10_000)
+        outcomes = [twins.check(e) for e in entries]
+        assert {kind for kind, _ in outcomes} == {"entry"}
+        assert twins.taken == len(entries)
+
+    def test_tcp_entries(self) -> None:
+        twins = Twins()
+        for encoded in tcp_entries(300):
+            assert twins.check(encoded, "tcp")[0] == "entry"
+        assert twins.taken == 300
+
+    def test_hostile_entries(self) -> None:
+        """Invalid UTF-8, repeated fields, groups, bad varints, NaN, out-of-range values: the same
+        ending on both paths, every reason of the Python path among them."""
+        twins = Twins()
+        outcomes = [twins.check(e) for e in hostile()]
+        reasons = {reason for kind, reason in outcomes if kind == "invalid"}
+        assert {"malformed_entry", "malformed_address", "address_kind", "bad_duration"} <= reasons
+        assert ("intermediate", None) in outcomes
+        assert twins.taken >= 25  # the ordinary ones among them are still read natively
+
+    def test_mutated_entries(self) -> None:
+        """3,000 real entries with random damage: the same ending, entry by entry."""
+        twins = Twins()
+        originals = realistic(40)
+        for encoded in mutations(originals, 3_000, seed=26):
+            twins.check(encoded)
+        for encoded in mutations(tcp_entries(5), 500, seed=27):
+            twins.check(encoded, "tcp")
+        assert twins.taken > 150  # damage that leaves an ordinary entry is still read natively
+
+    @FUZZ
+    @given(st.lists(http_entry(), min_size=1, max_size=4))
+    def test_fuzzed_field_values(self, entries: list[bytes]) -> None:
+        """The fuzz corpus's values in every field (tests/receiver/test_fuzz.py)."""
+        twins = Twins()
+        for encoded in entries:
+            twins.check(encoded)
+
+    def test_a_full_address_cache_rotates_the_same(self) -> None:
+        """The cache bound is honoured natively too: it starts over (and is counted) at the same entries."""
+        twins = Twins(max_addresses=7)
+        for encoded in realistic(400):
+            twins.check(encoded)
+        assert 0 < len(twins.native_cache.addresses) <= 7
+
+
+def _pipeline_outputs(entries: list[bytes], proxy: Any, use_native: bool) -> tuple[list[bytes], str, bytes]:
+    from als2otel import config as cfg
+    from als2otel.app import build_core
+    from als2otel.model import Workload
+    from als2otel.stats import Stats
+
+    now_ns = (als.START_S + 600) * 1_000_000_000  # one fixed clock: both runs date everything alike
+    config = cfg.parse({"analyzers": ["mx-mesh"], "metrics": {"sets": ["http", "servicegraph", "istio"]}}, {})
+    normalize.native = native if use_native else None
+    try:
+        core = build_core(config, Stats(), traces=True, clock=lambda: now_ns)
+        spans: list[bytes] = []
+        for begin in range(0, len(entries), 100):
+            core.pipeline.process(EntryBatch(proxy, "v3", "http", entries[begin : begin + 100]))
+            spans.extend(request for request, _ in core.pipeline.spans.take())
+        page = render(core.metrics, core.stats)
+        request, _ = metrics_request(core.metrics, now_ns, Workload("als2otel"))
+        return spans, page, request.SerializeToString(deterministic=True)
+    finally:
+        normalize.native = native
+
+
+@pytest.mark.parametrize("proxy", [SIDECAR, GATEWAY], ids=["sidecar", "gateway"])
+def test_pipelines_give_identical_bytes(proxy: Any) -> None:
+    """The whole core (analysis, spans, metrics) over the same batches, with the native reader and
+    without: the same span bytes, /metrics page and OTLP metrics request."""
+    entries = mesh_entries(2_000) + list(mutations(mesh_entries(40), 500, seed=3))
+    with_native = _pipeline_outputs(entries, proxy, True)
+    python = _pipeline_outputs(entries, proxy, False)
+    assert with_native[0] and with_native[0] == python[0]
+    assert "als2otel_calls_total" in with_native[1] and with_native[1] == python[1]
+    assert with_native[2] == python[2]
