@@ -12,6 +12,7 @@ from support import als, mesh
 from support.golden import assert_golden
 from support.otlp_receiver import attributes
 
+from als2otel import istio
 from als2otel.analysis import AnalyzerChain, ProxyAnalyzer
 from als2otel.export.otlp_metrics import metrics_request
 from als2otel.model import Call, Workload
@@ -384,3 +385,35 @@ class TestIds:
         assert 1700 < len(kept) < 2300
         wider = {t for t in trace_ids if ids.sampled(t, 0.5)}
         assert kept < wider and 9300 < len(wider) < 10700
+
+
+class TestAuthority:
+    @pytest.mark.parametrize(
+        ("authority", "expected"),
+        [
+            ("reviews:9080", ("reviews", 9080)),
+            ("reviews", ("reviews", 0)),
+            ("[fd00::1]:8443", ("fd00::1", 8443)),
+            ("[fd00::1]", ("fd00::1", 0)),
+            ("[fd00::1", ("[fd00::1", 0)),
+            ("fd00::1", ("fd00::1", 0)),
+            ("reviews:", ("reviews:", 0)),
+            ("reviews:http", ("reviews:http", 0)),
+            ("reviews:\N{SUPERSCRIPT TWO}", ("reviews:\N{SUPERSCRIPT TWO}", 0)),  # a digit int() refuses
+            ("reviews:\u0663", ("reviews:\u0663", 0)),
+            ("reviews:" + "9" * 5000, ("reviews:" + "9" * 5000, 0)),
+        ],
+    )
+    def test_one_parser_of_authorities(self, authority: str, expected: tuple[str, int]) -> None:
+        assert istio.split_authority(authority) == expected
+
+    def test_a_port_in_another_script_is_not_an_error(self) -> None:
+        """Host headers are anyone's to write: one ending in digits int() refuses still makes spans."""
+        raw = mesh.outbound(1, authority="reviews:\N{SUPERSCRIPT TWO}")
+        (call,) = AnalyzerChain([], ProxyAnalyzer(), Stats()).resolve(normalize_http(raw, "v3"), PRODUCTPAGE)
+        batch = SpanBatch()
+        Translator(None).add(call, batch)
+        request = ExportTraceServiceRequest.FromString(batch.take()[0][0])
+        (span,) = [span for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans]
+        assert attributes(span.attributes)["server.address"] == "reviews:\N{SUPERSCRIPT TWO}"
+        assert attributes(span.attributes)["server.port"] == 80

@@ -5,6 +5,7 @@ Pure functions of an :class:`Entry`, shared by spans and metrics so both agree.
 
 from __future__ import annotations
 
+from .. import istio
 from ..model import Entry, Side
 
 # Envoy response flags that mean the request failed without a real response.
@@ -100,21 +101,9 @@ def span_name(entry: Entry) -> str:
 
 
 def split_authority(authority: str, scheme: str) -> tuple[str, int]:
-    """Host and port of ``:authority``; the port defaults from the scheme."""
-    host, port = authority, 0
-    if authority.startswith("["):
-        end = authority.find("]")
-        host = authority[1:end] if end > 0 else authority
-        rest = authority[end + 1 :] if end > 0 else ""
-        if rest.startswith(":") and rest[1:].isdigit():
-            port = int(rest[1:])
-    elif authority.count(":") == 1:
-        name, _, text = authority.partition(":")
-        if text.isdigit():
-            host, port = name, int(text)
-    if not port:
-        port = 443 if scheme == "https" else 80
-    return host, port
+    """Host and port of ``:authority`` (:func:`istio.split_authority`); the port defaults from the scheme."""
+    host, port = istio.split_authority(authority)
+    return host, port or (443 if scheme == "https" else 80)
 
 
 def timing(entry: Entry, side: Side) -> tuple[int, int]:
