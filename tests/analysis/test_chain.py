@@ -6,7 +6,8 @@ from support import als, mesh
 
 from als2otel.analysis import AnalyzerChain, ProxyAnalyzer, Resolution, direction_of
 from als2otel.model import Call, Direction, Entry, Proxy, Workload
-from als2otel.receiver import identify, normalize_http
+from als2otel.receiver import identify
+from als2otel.receiver.normalize import normalize_http
 from als2otel.stats import Stats
 
 SIDECAR = identify(mesh.productpage())

@@ -17,7 +17,8 @@ from als2otel.analysis.k8s.naming import Meta
 from als2otel.analysis.k8s.watch import KubeCache, NoKubernetesConfig, api_client
 from als2otel.analysis.k8s_mesh import K8sMeshAnalyzer
 from als2otel.model import Call
-from als2otel.receiver import identify, normalize_http
+from als2otel.receiver import identify
+from als2otel.receiver.normalize import normalize_http
 from als2otel.stats import Stats
 
 FILLERS = 1200  # more than two pages of 500

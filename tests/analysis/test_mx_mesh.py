@@ -14,7 +14,8 @@ from support.golden import assert_golden
 from als2otel.analysis import AnalyzerChain, MxMeshAnalyzer, PeerDecoder, PeerError, ProxyAnalyzer
 from als2otel.analysis.peers import BYTES_VALUE, STRUCT
 from als2otel.model import Call
-from als2otel.receiver import identify, normalize_http
+from als2otel.receiver import identify
+from als2otel.receiver.normalize import normalize_http
 from als2otel.stats import Stats
 
 CANONICAL = "service.istio.io/canonical-name"

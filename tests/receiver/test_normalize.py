@@ -10,9 +10,9 @@ from support import als
 from support.golden import assert_golden
 
 from als2otel.model import Entry
-from als2otel.receiver import InvalidEntry, normalize_http, normalize_tcp
+from als2otel.receiver import InvalidEntry
 from als2otel.receiver._proto import accesslog_pb2, core_pb2
-from als2otel.receiver.normalize import IntermediateEntry
+from als2otel.receiver.normalize import IntermediateEntry, normalize_http, normalize_tcp
 
 RID = "6e1c8a54-1b7f-4f8e-9d43-1f4e5d6c7b8a"
 

@@ -21,8 +21,9 @@ from support.waiting import eventually
 from als2otel.analysis import AnalyzerChain, MxMeshAnalyzer, ProxyAnalyzer
 from als2otel.app import Bridge
 from als2otel.export import render
-from als2otel.receiver import identify, normalize_http
+from als2otel.receiver import identify
 from als2otel.receiver._proto import accesslog_pb2
+from als2otel.receiver.normalize import normalize_http
 from als2otel.receiver.otlp_logs import RecordReader
 from als2otel.stats import Stats
 

@@ -17,7 +17,7 @@ from als2otel.analysis import AnalyzerChain, MxMeshAnalyzer, ProxyAnalyzer
 from als2otel.export.otlp_metrics import metrics_request
 from als2otel.export.prometheus import render
 from als2otel.model import Call
-from als2otel.receiver import normalize_http, normalize_tcp
+from als2otel.receiver.normalize import normalize_http, normalize_tcp
 from als2otel.stats import Stats
 from als2otel.translation import MetricRecorder, MetricStore, SpanBatch, Translator
 

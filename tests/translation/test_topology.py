@@ -13,7 +13,8 @@ from conftest import bridge_config
 from support import als, mesh, peers
 
 from als2otel.analysis import AnalyzerChain, MxMeshAnalyzer, ProxyAnalyzer
-from als2otel.receiver import identify, normalize_http
+from als2otel.receiver import identify
+from als2otel.receiver.normalize import normalize_http
 from als2otel.stats import Stats
 from als2otel.translation import Topology
 from als2otel.translation import topology as topology_module
@@ -134,7 +135,7 @@ def server_calls(caller: peers.Peer, callee: peers.Peer, ip: str, **entry: Any) 
         )
         for key, value in state.items():
             raw.common_properties.filter_state_objects[key].CopyFrom(value)
-        from als2otel.receiver import normalize_tcp
+        from als2otel.receiver.normalize import normalize_tcp
 
         normalized = normalize_tcp(raw, "v3")
     else:

@@ -16,7 +16,8 @@ from als2otel import istio
 from als2otel.analysis import AnalyzerChain, ProxyAnalyzer
 from als2otel.export.otlp_metrics import metrics_request
 from als2otel.model import Call, Workload
-from als2otel.receiver import identify, normalize_http, normalize_tcp
+from als2otel.receiver import identify
+from als2otel.receiver.normalize import normalize_http, normalize_tcp
 from als2otel.stats import Stats
 from als2otel.translation import MetricRecorder, MetricStore, SpanBatch, Translator, ids
 
