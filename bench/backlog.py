@@ -23,6 +23,7 @@ from pipeline import SPAWN, build_messages, offline_bridge, otlp_receiver
 
 def fill(directory: Path, spans: int) -> tuple[int, int]:
     """Writes ``spans`` spans' requests into ``directory``; (requests, bytes) written."""
+    from als2otel.export.split import split
     from als2otel.export.storage import DiskQueue
     from als2otel.receiver import identify
     from als2otel.receiver._proto import als_pb2
@@ -39,7 +40,7 @@ def fill(directory: Path, spans: int) -> tuple[int, int]:
         proxy = proxy or identify(message.identifier)
         bridge.pipeline.process(EntryBatch(proxy, "v3", "http", message.http_logs.log_entry))
         if bridge.pipeline.spans.count >= 8192 or written + bridge.pipeline.spans.count >= spans:
-            for payload, count in bridge.pipeline.spans.take(4 * 1024 * 1024):
+            for payload, count in split("traces", bridge.pipeline.spans.take()[0], 4 * 1024 * 1024):
                 disk.write("traces", payload, count)
                 written += count
     disk.close()

@@ -26,7 +26,7 @@ from .analysis.k8s_mesh import K8sMeshAnalyzer
 from .analysis.peers import PeerDecoder
 from .export import OtlpExporter, Transport, make_transport, render_chunks
 from .export.otlp_metrics import metrics_request
-from .export.split import split_request
+from .export.split import split
 from .model import Workload
 from .pipeline import Pipeline
 from .receiver import AlsServer
@@ -336,11 +336,14 @@ class Bridge:
 
     def _export_spans(self, batch: SpanBatch) -> None:
         if batch.count and self.exporter is not None:
-            self.exporter.export("traces", batch.take(self.config.exporters.otlp.max_request_size))
+            request, _ = batch.take()
+            self.exporter.export(
+                "traces", split("traces", request, self.config.exporters.otlp.max_request_size)
+            )
 
     def _export_metrics(self) -> None:
         if self.exporter is not None:
-            request, _ = metrics_request(
+            request, points = metrics_request(
                 self.metrics,
                 self._clock(),
                 self._self_resource,
@@ -348,7 +351,13 @@ class Bridge:
                 delta=self._delta,
             )
             self.exporter.export(
-                "metrics", split_request("metrics", request, self.config.exporters.otlp.max_request_size)
+                "metrics",
+                split(
+                    "metrics",
+                    request.SerializeToString(),
+                    self.config.exporters.otlp.max_request_size,
+                    points,
+                ),
             )
 
     async def _flush_loop(self) -> None:

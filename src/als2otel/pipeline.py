@@ -38,6 +38,10 @@ SLICE_ENTRIES = 128
 SPAN_FLUSH_COUNT = 8192
 """Spans that trigger an export before the flush interval is up."""
 
+SPAN_FLUSH_BYTES = 2 * 1024 * 1024
+"""Bytes of spans that trigger an export: half the default ``max_request_size``, so that a flush
+is one request, which the exporter need not cut (it would: export/split.py)."""
+
 
 class Pipeline:
     def __init__(
@@ -143,5 +147,5 @@ class Pipeline:
             stats.calls.inc("client", by=client)
         if server:
             stats.calls.inc("server", by=server)
-        if spans.count >= SPAN_FLUSH_COUNT:
+        if spans.count >= SPAN_FLUSH_COUNT or spans.size >= SPAN_FLUSH_BYTES:
             self._on_spans(spans)

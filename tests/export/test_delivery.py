@@ -95,7 +95,7 @@ class TestBoundedRequests:
         """68,000 series (a 12 MB snapshot) make several metrics requests, each within the limit,
         with every point once and each keeping its resource and metric."""
         from als2otel.export.otlp_metrics import metrics_request
-        from als2otel.export.split import split_request
+        from als2otel.export.split import split
         from als2otel.model import Workload
         from als2otel.stats import Stats
         from als2otel.translation.metric_sets import HTTP_SERVER_DURATION, SG_REQUESTS
@@ -112,7 +112,7 @@ class TestBoundedRequests:
             series.record(0.01)
         request, points = metrics_request(store, 1, Workload("als2otel"))
         assert request.ByteSize() > 4 * MiB
-        pieces = split_request("metrics", request, 4 * MiB)
+        pieces = split("metrics", request.SerializeToString(), 4 * MiB)
         assert len(pieces) > 1
         assert all(len(payload) <= 4 * MiB for payload, _ in pieces)
         assert sum(count for _, count in pieces) == points

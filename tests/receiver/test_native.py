@@ -352,7 +352,7 @@ def _pipeline_outputs(entries: list[bytes], proxy: Any, use_native: bool) -> tup
         spans: list[bytes] = []
         for begin in range(0, len(entries), 100):
             core.pipeline.process(EntryBatch(proxy, "v3", "http", entries[begin : begin + 100]))
-            spans.extend(request for request, _ in core.pipeline.spans.take())
+            spans.append(core.pipeline.spans.take()[0])
         page = render(core.metrics, core.stats)
         request, _ = metrics_request(core.metrics, now_ns, Workload("als2otel"))
         return spans, page, request.SerializeToString(deterministic=True)

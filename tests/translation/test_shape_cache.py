@@ -170,7 +170,7 @@ def translate(call_list: list[Call], forget: bool) -> tuple[list[bytes], str, An
         translator.add(call, batch)
     request, _ = metrics_request(store, 2, calls()[0].destination or calls()[0].proxy.workload)  # type: ignore[arg-type]
     return (
-        [payload for payload, _ in batch.take(1 << 30)],
+        [batch.take()[0]],
         render(store, Stats()),
         request.SerializeToString(),
     )

@@ -143,14 +143,14 @@ class TestSpans:
     def test_golden_spans(self) -> None:
         """Spans, grouped by resource, with ids, parents, kinds, attributes and status."""
         batch, _ = translate()
-        ((payload, count),) = batch.take()
+        payload, count = batch.take()
         request = ExportTraceServiceRequest.FromString(payload)
         assert count == 7
         assert_golden("translation/spans", json_format.MessageToDict(request))
 
     def test_both_sides_of_a_call_link(self) -> None:
         """The server span's parent is the client span of the same hop, in one trace."""
-        request = ExportTraceServiceRequest.FromString(translate()[0].take()[0][0])
+        request = ExportTraceServiceRequest.FromString(translate()[0].take()[0])
         spans = {
             (rs.resource.attributes[0].value.string_value, span.kind): span
             for rs in request.resource_spans
@@ -165,7 +165,7 @@ class TestSpans:
 
     def test_gateway_client_is_child_of_its_server(self) -> None:
         """A gateway's upstream span hangs under its own server span; the server span is a root."""
-        request = ExportTraceServiceRequest.FromString(translate()[0].take()[0][0])
+        request = ExportTraceServiceRequest.FromString(translate()[0].take()[0])
         gateway = [
             s
             for rs in request.resource_spans
@@ -180,7 +180,7 @@ class TestSpans:
 
     def test_traceparent_joins_the_application_trace(self) -> None:
         """A logged traceparent gives the trace id and the parent of a client span."""
-        request = ExportTraceServiceRequest.FromString(translate()[0].take()[0][0])
+        request = ExportTraceServiceRequest.FromString(translate()[0].take()[0])
         span = next(
             s
             for rs in request.resource_spans
@@ -265,7 +265,7 @@ class TestRepeatedCalls:
         for proxy in order:
             for call in per_proxy[proxy]:
                 translator.add(call, batch)
-        request = ExportTraceServiceRequest.FromString(batch.take()[0][0])
+        request = ExportTraceServiceRequest.FromString(batch.take()[0])
         spans: dict[tuple[str, int], list[Any]] = {}
         for rs in request.resource_spans:
             for span in rs.scope_spans[0].spans:
@@ -414,7 +414,7 @@ class TestAuthority:
         (call,) = AnalyzerChain([], ProxyAnalyzer(), Stats()).resolve(normalize_http(raw, "v3"), PRODUCTPAGE)
         batch = SpanBatch()
         Translator(None).add(call, batch)
-        request = ExportTraceServiceRequest.FromString(batch.take()[0][0])
+        request = ExportTraceServiceRequest.FromString(batch.take()[0])
         (span,) = [span for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans]
         assert attributes(span.attributes)["server.address"] == "reviews:\N{SUPERSCRIPT TWO}"
         assert attributes(span.attributes)["server.port"] == 80

@@ -1,44 +1,47 @@
-"""Serialized OTLP export requests cut into requests of at most a given size.
+"""Serialized OTLP export requests cut into requests of at most a given size: the one splitter.
 
-The unit that is never cut is a span (traces) or a data point (metrics); each
-piece keeps its resource, scope and, for a point, its metric's name, unit,
-description and temporality. A single item larger than the limit travels
-alone: the backend then says whether it takes it.
+A flush of spans, a metrics snapshot, and a request the backend refused as too large (gRPC
+``RESOURCE_EXHAUSTED``, HTTP 413) all pass through :func:`split`. It reads the request's
+bytes down to its items, a span or a data point, without a protobuf object for any of them,
+and packs the items in order into pieces; each piece keeps the other fields of every
+container it holds an item of: resource and schema URL, scope, and for a point its metric's
+name, description, unit, temporality and monotonicity. A single item larger than the limit
+travels alone: the backend then says whether it takes it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
 
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from ..translation.wire import varint
 
-_REQUESTS: dict[str, Any] = {
-    "traces": trace_service_pb2.ExportTraceServiceRequest,
-    "metrics": metrics_service_pb2.ExportMetricsServiceRequest,
+LEVELS: dict[str, tuple[tuple[int, ...], ...]] = {
+    # ExportTraceServiceRequest.resource_spans, ResourceSpans.scope_spans, ScopeSpans.spans
+    "traces": ((1,), (2,), (2,)),
+    # ExportMetricsServiceRequest.resource_metrics, ResourceMetrics.scope_metrics,
+    # ScopeMetrics.metrics, Metric's data (gauge, sum, histogram, exponential histogram,
+    # summary), its data_points
+    "metrics": ((1,), (2,), (2,), (5, 7, 9, 10, 11), (1,)),
 }
-_POINT_FIELDS = ("gauge", "sum", "histogram", "exponential_histogram", "summary")
-_FRAMING = 12
-"""Bytes a nested message's tag and length may add, at most, counted for every container and item."""
+"""Where each signal's items are, level by level: the fields of a container holding the next level."""
+
+FRAMING = 12
+"""Bytes a field's tag and length add to a nested message, at most: counted for every item and
+for every container a piece opens, so that a piece never exceeds its limit."""
 
 
-def count_items(signal: str, payload: bytes) -> int:
-    """Spans or data points in a serialized request."""
-    return _count(signal == "traces", _REQUESTS[signal].FromString(payload))
-
-
-def split(signal: str, payload: bytes, max_bytes: int) -> list[tuple[bytes, int]]:
-    """``payload`` as requests of at most ``max_bytes`` each, with their item counts."""
+def split(signal: str, payload: bytes, max_bytes: int, count: int | None = None) -> list[tuple[bytes, int]]:
+    """``payload`` (a serialized export request of ``signal``, of ``count`` items when the caller
+    knows) as requests of at most ``max_bytes`` each, with their item counts. ValueError when it
+    is not one."""
+    items = _items(payload, LEVELS[signal], ())
     if len(payload) <= max_bytes:
-        return [(payload, count_items(signal, payload))]
-    return split_request(signal, _REQUESTS[signal].FromString(payload), max_bytes)
-
-
-def split_request(signal: str, request: Any, max_bytes: int) -> list[tuple[bytes, int]]:
-    """A request message as serialized requests of at most ``max_bytes`` each, with their item counts."""
-    if request.ByteSize() <= max_bytes:
-        return [(request.SerializeToString(), _count(signal == "traces", request))]
-    return _Packer(signal, max_bytes).pack(request)
+        return [(payload, sum(1 for _ in items) if count is None else count)]
+    packer = _Packer(max_bytes)
+    for path, item in items:
+        packer.add(path, item)
+    pieces = packer.finish()
+    return pieces if len(pieces) > 1 else [(payload, packer.items_total)]  # one piece: the request as it was
 
 
 def halve(signal: str, payload: bytes) -> list[tuple[bytes, int]]:
@@ -46,119 +49,139 @@ def halve(signal: str, payload: bytes) -> list[tuple[bytes, int]]:
     return split(signal, payload, max(len(payload) // 2 + 1, 1))
 
 
-class _Packer:
-    """Fills requests item by item, opening a container in the current request when an item needs it."""
+class _Container:
+    """A message holding items or containers: the tag it sits under and its other fields."""
 
-    def __init__(self, signal: str, max_bytes: int) -> None:
-        self._traces = signal == "traces"
-        self._new = _REQUESTS[signal]
+    __slots__ = ("header", "tag")
+
+    def __init__(self, tag: bytes, header: bytes) -> None:
+        self.tag = tag
+        self.header = header
+
+
+Path = tuple[_Container, ...]
+
+
+def _items(
+    data: bytes, levels: tuple[tuple[int, ...], ...], path: Path, tag: bytes | None = None
+) -> Iterator[tuple[Path, bytes]]:
+    """Every item under the message ``data`` (of the first of ``levels``; under ``tag`` in its
+    container, None for the request itself), with its containers, framed under its own tag."""
+    holders = levels[0]
+    header = bytearray()
+    children: list[tuple[bytes, bytes]] = []
+    for number, start, tag_end, value, end in _fields(data):
+        if number in holders:
+            children.append((data[start:tag_end], data[value:end]))
+        else:
+            header += data[start:end]
+    if tag is not None:
+        path = (*path, _Container(tag, bytes(header)))
+    if len(levels) == 1:
+        for item_tag, item in children:
+            yield path, item_tag + varint(len(item)) + item
+        return
+    for child_tag, child in children:
+        yield from _items(child, levels[1:], path, child_tag)
+
+
+class _Packer:
+    """Fills pieces item by item, opening in the current piece the containers an item needs."""
+
+    def __init__(self, max_bytes: int) -> None:
         self._max = max_bytes
         self._out: list[tuple[bytes, int]] = []
+        self.items_total = 0
         self._start()
 
     def _start(self) -> None:
-        self._request = self._new()
+        self._root: list[bytes | _Open] = []
+        self._opened: dict[_Container, _Open] = {}
         self._size = 0
         self._items = 0
-        self._containers: dict[tuple[int, ...], Any] = {}
 
-    def _flush(self) -> None:
-        if self._items:
-            self._out.append((self._request.SerializeToString(), self._items))
-        self._start()
-
-    def pack(self, request: Any) -> list[tuple[bytes, int]]:
-        if self._traces:
-            for r, rs in enumerate(request.resource_spans):
-                for s, ss in enumerate(rs.scope_spans):
-                    for span in ss.spans:
-                        self._add((r, s), (rs, ss), span)
-        else:
-            for r, rm in enumerate(request.resource_metrics):
-                for s, sm in enumerate(rm.scope_metrics):
-                    for m, metric in enumerate(sm.metrics):
-                        for point in _points(metric):
-                            self._add((r, s, m), (rm, sm, metric), point)
-        self._flush()
-        return self._out
-
-    def _add(self, path: tuple[int, ...], parents: tuple[Any, ...], item: Any) -> None:
-        size = item.ByteSize() + _FRAMING
-        needed = size + self._opening_cost(path, parents)
+    def add(self, path: Path, item: bytes) -> None:
+        """One item, framed, with its containers outermost first."""
+        self.items_total += 1
+        needed = len(item) + FRAMING + self._opening_cost(path)
         if self._items and self._size + needed > self._max:
             self._flush()
-            needed = size + self._opening_cost(path, parents)
-        container = self._container(path, parents)
-        if self._traces:
-            container.spans.append(item)
-        else:
-            _points(container).append(item)
+            needed = len(item) + FRAMING + self._opening_cost(path)
+        children = self._root
+        for container in path:
+            opened = self._opened.get(container)
+            if opened is None:
+                opened = self._opened[container] = _Open(container)
+                children.append(opened)
+            children = opened.children
+        children.append(item)
         self._size += needed
         self._items += 1
 
-    def _opening_cost(self, path: tuple[int, ...], parents: tuple[Any, ...]) -> int:
-        cost = 0
-        for depth in range(1, len(path) + 1):
-            if path[:depth] not in self._containers:
-                cost += _header_size(parents[depth - 1], depth) + _FRAMING
-        return cost
+    def finish(self) -> list[tuple[bytes, int]]:
+        self._flush()
+        return self._out
 
-    def _container(self, path: tuple[int, ...], parents: tuple[Any, ...]) -> Any:
-        """The copy of the innermost parent in the current request, opening what is missing."""
-        found = self._request
-        for depth in range(1, len(path) + 1):
-            key = path[:depth]
-            existing = self._containers.get(key)
-            if existing is None:
-                existing = self._containers[key] = _empty_copy(found, parents[depth - 1], depth, self._traces)
-            found = existing
-        return found
+    def _opening_cost(self, path: Path) -> int:
+        return sum(len(c.header) + len(c.tag) + FRAMING for c in path if c not in self._opened)
+
+    def _flush(self) -> None:
+        if self._items:
+            self._out.append((_join(self._root), self._items))
+        self._start()
 
 
-def _count(traces: bool, request: Any) -> int:
-    """Spans or data points in a request message."""
-    if traces:
-        return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
-    return sum(
-        len(_points(metric))
-        for rm in request.resource_metrics
-        for sm in rm.scope_metrics
-        for metric in sm.metrics
-    )
+class _Open:
+    """A container opened in the piece being filled, and what it holds there so far."""
+
+    __slots__ = ("children", "container")
+
+    def __init__(self, container: _Container) -> None:
+        self.container = container
+        self.children: list[bytes | _Open] = []
+
+    def framed(self) -> bytes:
+        body = self.container.header + _join(self.children)
+        return self.container.tag + varint(len(body)) + body
 
 
-def _points(metric: Any) -> Any:
-    kind = metric.WhichOneof("data")
-    return getattr(metric, kind).data_points if kind in _POINT_FIELDS else []
+def _join(children: list[bytes | _Open]) -> bytes:
+    return b"".join(child if isinstance(child, bytes) else child.framed() for child in children)
 
 
-def _header_size(parent: Any, depth: int) -> int:
-    """The bytes of a container without its items: resource, scope, or metric description."""
-    if depth == 1:
-        return int(parent.resource.ByteSize()) + len(parent.schema_url)
-    if depth == 2:
-        return int(parent.scope.ByteSize()) + len(parent.schema_url)
-    return len(parent.name) + len(parent.description) + len(parent.unit) + 8
+def _fields(data: bytes) -> Iterator[tuple[int, int, int, int, int]]:
+    """(field number, where the field starts, where its tag ends, where its value starts, where it
+    ends) for each field of a message; the value of a length-delimited field follows its length."""
+    pos, end = 0, len(data)
+    while pos < end:
+        start = pos
+        tag, pos = _read_varint(data, pos)
+        tag_end = value = pos
+        wire_type = tag & 7
+        if wire_type == 0:
+            pos = _read_varint(data, pos)[1]
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        elif wire_type == 2:
+            length, value = _read_varint(data, pos)
+            pos = value + length
+        else:
+            raise ValueError(f"not an OTLP export request: wire type {wire_type}")
+        if pos > end:
+            raise ValueError("not an OTLP export request: a field runs past its message")
+        yield tag >> 3, start, tag_end, value, pos
 
 
-def _empty_copy(into: Any, parent: Any, depth: int, traces: bool) -> Any:
-    """A copy of ``parent`` without its items, added under ``into``."""
-    if depth == 1:
-        copy = into.resource_spans.add() if traces else into.resource_metrics.add()
-        copy.resource.CopyFrom(parent.resource)
-        copy.schema_url = parent.schema_url
-        return copy
-    if depth == 2:
-        copy = into.scope_spans.add() if traces else into.scope_metrics.add()
-        copy.scope.CopyFrom(parent.scope)
-        copy.schema_url = parent.schema_url
-        return copy
-    copy = into.metrics.add()
-    copy.name, copy.description, copy.unit = parent.name, parent.description, parent.unit
-    kind = parent.WhichOneof("data")
-    data, source = getattr(copy, kind), getattr(parent, kind)
-    data.SetInParent()
-    for field in ("aggregation_temporality", "is_monotonic"):
-        if hasattr(source, field):
-            setattr(data, field, getattr(source, field))
-    return copy
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("not an OTLP export request: a varint runs past its message")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7

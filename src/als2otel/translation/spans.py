@@ -1,5 +1,5 @@
 """OTLP spans built in place (no SDK span objects): the batch that groups them per resource
-and cuts them into bounded requests, and the attributes that differ per call."""
+into a request, and the attributes that differ per call."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ class SpanBatch:
     def __init__(self) -> None:
         self._spans: dict[Workload, list[bytes]] = {}
         self.count = 0
+        self.size = 0  # bytes of the encoded spans
 
     def add(self, workload: Workload, span: bytes) -> None:
         group = self._spans.get(workload)
@@ -22,41 +23,22 @@ class SpanBatch:
             group = self._spans[workload] = []
         group.append(span)
         self.count += 1
+        self.size += len(span)
 
-    def take(self, max_bytes: int = 4 * 1024 * 1024) -> list[tuple[bytes, int]]:
-        """The spans so far as serialized ``ExportTraceServiceRequest`` s of at most ``max_bytes``
-        each (a single span larger than that goes alone), with their span counts; the batch empties."""
-        requests: list[tuple[bytes, int]] = []
-        groups: list[bytes] = []
-        size = count = 0
-        for workload, spans in self._spans.items():
-            resource = resource_attributes(workload)
-            overhead = len(wire.resource_spans(resource, _SCOPE, [])) + _FRAMING
-            start = 0
-            while start < len(spans):
-                end, used = start, overhead
-                while end < len(spans) and size + used + len(spans[end]) <= max_bytes:
-                    used += len(spans[end])  # framed already
-                    end += 1
-                if end == start and groups:  # the request is full: send it, then go on
-                    requests.append((wire.export_request(groups), count))
-                    groups, size, count = [], 0, 0
-                    continue
-                end = max(end, start + 1)
-                groups.append(wire.resource_spans(resource, _SCOPE, spans[start:end]))
-                size += used
-                count += end - start
-                start = end
-        if groups:
-            requests.append((wire.export_request(groups), count))
+    def take(self) -> tuple[bytes, int]:
+        """The spans so far as one serialized ``ExportTraceServiceRequest``, and their count; the
+        batch empties. (The exporter cuts it to its backend's limit: ``export/split.py``.)"""
+        request = wire.export_request(
+            wire.resource_spans(resource_attributes(workload), _SCOPE, spans)
+            for workload, spans in self._spans.items()
+        )
+        count = self.count
         self._spans = {}
-        self.count = 0
-        return requests
+        self.count = self.size = 0
+        return request, count
 
 
 _SCOPE = wire.scope("als2otel", __version__)
-_FRAMING = 12
-"""Bytes a group's tag and length add, at most."""
 
 
 _URL_FULL = wire.key("url.full")
