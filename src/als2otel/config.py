@@ -1,6 +1,9 @@
-"""Configuration: the schema with its defaults in one place, loading and validation.
+"""Configuration: the sections of every component composed into one file, loaded and validated.
 
-Every key is optional and unknown keys are errors. :func:`load` reports every
+Each component declares its section (defaults, and its rules as ``problems(path)``) in its
+package's ``settings.py``; the types they share are in ``als2otel/settings.py``. Here they are
+composed into :class:`Config`, with the top level's own keys. Every key is optional and
+unknown keys are errors. :func:`load` reports every
 problem at once, each naming its key path (``exporters.otlp.endpoint``), by
 raising :class:`ConfigError`. ``${env:VAR}`` and ``${env:VAR:-default}`` expand
 from the environment as in the OpenTelemetry Collector; every other ``${...}``
@@ -11,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import re
 import types
@@ -25,156 +27,65 @@ from urllib.parse import unquote
 import yaml
 
 from . import istio
+from .analysis.settings import K8sConfig, MxMeshConfig, label_problems
+from .export.settings import (
+    MIN_REQUEST_SIZE,
+    ExportersConfig,
+    OtlpConfig,
+    PrometheusConfig,
+    QueueConfig,
+    RetryConfig,
+)
+from .receiver.settings import ReceiverConfig
+from .settings import (
+    MAX_DURATION_TEXT,
+    ConfigError,
+    Duration,
+    HttpTlsConfig,
+    Size,
+    TlsConfig,
+    Workers,
+    available_cpus,
+    parse_duration,
+    parse_size,
+    split_hostport,
+)
+from .translation.settings import METRIC_SETS, MetricsConfig, TopologyConfig, TracesConfig
+from .web.settings import HttpConfig
+
+__all__ = [
+    "MAX_DURATION_TEXT",
+    "METRIC_SETS",
+    "MIN_REQUEST_SIZE",
+    "Config",
+    "ConfigError",
+    "Duration",
+    "ExportersConfig",
+    "HttpConfig",
+    "HttpTlsConfig",
+    "K8sConfig",
+    "MetricsConfig",
+    "MxMeshConfig",
+    "OtlpConfig",
+    "PrometheusConfig",
+    "QueueConfig",
+    "ReceiverConfig",
+    "RetryConfig",
+    "Size",
+    "TlsConfig",
+    "TopologyConfig",
+    "TracesConfig",
+    "Workers",
+    "available_cpus",
+    "load",
+    "parse",
+    "parse_duration",
+    "parse_size",
+    "split_hostport",
+]
 
 ANALYZERS = ("mx-mesh", "k8s-mesh")
-METRIC_SETS = ("http", "servicegraph", "istio")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-class ConfigError(Exception):
-    """A configuration that cannot run; ``problems`` holds one line per problem."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
-class Duration(float):
-    """Seconds, written in the file as Go-style durations: ``10s``, ``1m30s``, ``250ms``."""
-
-
-class Workers(int):
-    """Worker processes: a whole number from 1, or ``"auto"`` for the CPUs this process may use."""
-
-
-def available_cpus() -> int:
-    """The CPUs this process may run on (its affinity, which container CPU sets narrow)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - platforms without affinity
-        return max(1, os.cpu_count() or 1)
-
-
-class Size(int):
-    """Bytes, written in the file as ``4MiB``, ``512KiB``, ``1MB`` or a whole number."""
-
-
-@dataclass(frozen=True)
-class TlsConfig:
-    """TLS on the ALS port; names as in the OpenTelemetry Collector's ``configtls``."""
-
-    cert_file: str | None = None
-    key_file: str | None = None
-    client_ca_file: str | None = None  # set: clients must present a certificate it signed (mTLS)
-    min_version: str = "1.2"
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.cert_file or self.key_file)
-
-
-@dataclass(frozen=True)
-class HttpTlsConfig:
-    cert_file: str | None = None
-    key_file: str | None = None
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.cert_file or self.key_file)
-
-
-@dataclass(frozen=True)
-class ReceiverConfig:
-    listen: str = "0.0.0.0:11800"
-    workers: Workers = Workers(1)
-    max_connection_age: Duration = Duration(30 * 60)
-    max_connection_age_grace: Duration = Duration(30)
-    tls: TlsConfig = field(default_factory=TlsConfig)
-
-
-@dataclass(frozen=True)
-class K8sConfig:
-    kubeconfig: str | None = None
-    service_name_rule: str = "${service.metadata.name}"
-    ignored_namespaces: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class MxMeshConfig:
-    service_name_labels: list[str] | None = None
-    """Deprecated: the top-level ``service_name_labels`` (which it fills when that is left out)."""
-
-
-@dataclass(frozen=True)
-class RetryConfig:
-    max_elapsed_time: Duration = Duration(300)
-
-
-@dataclass(frozen=True)
-class QueueConfig:
-    queue_size: int = 200_000
-    num_consumers: int = 4
-    storage: str | None = None  # a directory: requests kept on disk until accepted, resumed after a restart
-    max_storage_size: Size = Size(1024 * 1024 * 1024)
-    fsync: bool = False  # true: each request is on disk before it counts as queued (survives a power loss)
-
-
-@dataclass(frozen=True)
-class OtlpConfig:
-    enabled: bool = True
-    endpoint: str = "localhost:4317"
-    protocol: Literal["grpc", "http/protobuf"] = "grpc"
-    insecure: bool = True
-    headers: dict[str, str] = field(default_factory=dict)
-    compression: Literal["gzip", "none"] = "gzip"
-    max_request_size: Size = Size(4 * 1024 * 1024)
-    timeout: Duration = Duration(10)
-    retry_on_failure: RetryConfig = field(default_factory=RetryConfig)
-    sending_queue: QueueConfig = field(default_factory=QueueConfig)
-
-
-@dataclass(frozen=True)
-class PrometheusConfig:
-    enabled: bool = True
-
-
-@dataclass(frozen=True)
-class ExportersConfig:
-    otlp: OtlpConfig = field(default_factory=OtlpConfig)
-    prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
-
-
-@dataclass(frozen=True)
-class TracesConfig:
-    enabled: bool = True
-    sampling_ratio: float = 1.0
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    export_interval: Duration = Duration(10)
-    sets: list[str] = field(default_factory=lambda: ["http", "servicegraph"])
-    temporality: Literal["cumulative", "delta"] = "cumulative"
-    expire_after: Duration = Duration(15 * 60)
-    instance_id: str | None = None  # None: host:port (the pod's name in Kubernetes)
-
-
-@dataclass(frozen=True)
-class HttpConfig:
-    listen: str = "0.0.0.0:9464"
-    tls: HttpTlsConfig = field(default_factory=HttpTlsConfig)
-
-
-@dataclass(frozen=True)
-class TopologyConfig:
-    """The /topology page's links and health colours (as Kiali's defaults)."""
-
-    trace_url: str | None = None  # ${service}, ${peer}, ${start}, ${end} (Unix milliseconds)
-    degraded_error_rate: float = 0.001  # an edge or node above it is drawn degraded
-    failure_error_rate: float = 0.2  # above it, failing
-
-
-TRACE_URL_PLACEHOLDERS = ("${service}", "${peer}", "${start}", "${end}")
 
 
 @dataclass(frozen=True)
@@ -528,194 +439,34 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
     raise TypeError(f"no conversion for {tp!r}")  # pragma: no cover - schema error
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|µs|ns|m|s)")
-_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-
-
-MAX_DURATION_TEXT = 64
-"""Characters of a duration's text read at most; a longer one is invalid."""
-
-
-def parse_duration(value: Any) -> float | None:
-    """Seconds from ``"1m30s"``-style text (or a bare number of seconds); None if invalid.
-
-    Linear in the text's length: each part is matched where the last one ended.
-    """
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value) if 0 <= value < math.inf else None
-    if not isinstance(value, str) or len(value) > MAX_DURATION_TEXT or not value.strip():
-        return None
-    text = value.strip()
-    pos, total = 0, 0.0
-    while pos < len(text):
-        match = _DURATION_PART.match(text, pos)
-        if match is None:
-            return None
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    return total
-
-
-_SIZE = re.compile(r"(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?")
-_UNIT_BYTES = {
-    None: 1,
-    "B": 1,
-    "KB": 10**3,
-    "MB": 10**6,
-    "GB": 10**9,
-    "KiB": 2**10,
-    "MiB": 2**20,
-    "GiB": 2**30,
-}
-
-
-def parse_size(value: Any) -> int | None:
-    """Bytes from ``"4MiB"``-style text or a whole number; None if invalid."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if not isinstance(value, str) or len(value) > MAX_DURATION_TEXT:
-        return None
-    match = _SIZE.fullmatch(value.strip())
-    if match is None:
-        return None
-    return int(match.group(1)) * _UNIT_BYTES[match.group(2)]
-
-
 def _kind(value: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string", type(None): "null"}.get(
         type(value), type(value).__name__
     )
 
 
-def split_hostport(text: str) -> tuple[str, int] | None:
-    """``host:port`` or ``[v6]:port`` into parts; None when it is not one (the port: one to five
-    ASCII digits, at most 65535). The one parser of a listen address, and of the addresses Envoy's
-    OpenTelemetry logger writes as text."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()) or len(port) > 5 or int(port) > 65535:
-        return None
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return (host, int(port)) if host else None
-
-
-TLS_VERSIONS = ("1.2", "1.3")
-"""``receiver.tls.min_version`` values (the OpenTelemetry Collector's ``configtls`` names)."""
-
-
-def _check_tls(path: str, tls: TlsConfig | HttpTlsConfig) -> list[str]:
-    """Both files or neither, each readable, the key the certificate's, a CA file that parses."""
-    import ssl  # noqa: PLC0415 - only configurations with TLS need it
-
-    if not tls.enabled:
-        if isinstance(tls, TlsConfig) and tls.client_ca_file:
-            return [f"{path}.client_ca_file: needs cert_file and key_file (mutual TLS is TLS first)"]
-        return []
-    problems = []
-    for key in ("cert_file", "key_file") + (("client_ca_file",) if isinstance(tls, TlsConfig) else ()):
-        name = getattr(tls, key)
-        if key != "client_ca_file" and not name:
-            problems.append(f"{path}.{key}: must be set with the other of cert_file and key_file")
-        elif name and not os.access(name, os.R_OK):
-            problems.append(f"{path}.{key}: cannot read {name}")
-    if problems:
-        return problems
-    try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(tls.cert_file or "", tls.key_file or "")
-    except (ssl.SSLError, OSError) as exc:
-        problems.append(
-            f"{path}.key_file: not the key of {tls.cert_file}, or not a PEM key and certificate ({exc})"
-        )
-    if isinstance(tls, TlsConfig) and tls.client_ca_file:
-        try:
-            ssl.create_default_context(cafile=tls.client_ca_file)
-        except (ssl.SSLError, OSError) as exc:
-            problems.append(f"{path}.client_ca_file: not PEM certificates ({exc})")
-    return problems
-
-
-MIN_REQUEST_SIZE = 64 * 1024
-"""The smallest ``max_request_size``: one span or histogram point, with its resource, fits many times over."""
-
-
 def _check_values(config: Config) -> list[str]:
-    problems = []
-    for key, listen in (
-        ("receiver.listen", config.receiver.listen),
-        ("http.listen", config.http.listen),
-    ):
-        if split_hostport(listen) is None:
-            problems.append(f"{key}: must be host:port, got {listen!r}")
+    """Every section's own rules (each names its keys under its path), then the top level's."""
+    problems = _section_problems(config, "")
     for i, name in enumerate(config.analyzers):
         if name not in ANALYZERS:
             problems.append(f"analyzers[{i}]: unknown analyzer {name!r} (known: {', '.join(ANALYZERS)})")
     if len(set(config.analyzers)) != len(config.analyzers):
         problems.append("analyzers: an analyzer is listed twice")
-    for i, name in enumerate(config.metrics.sets):
-        if name not in METRIC_SETS:
-            problems.append(
-                f"metrics.sets[{i}]: unknown metric set {name!r} (known: {', '.join(METRIC_SETS)})"
-            )
-    if not 0.0 <= config.traces.sampling_ratio <= 1.0:
-        problems.append(f"traces.sampling_ratio: must be between 0 and 1, got {config.traces.sampling_ratio}")
-    if config.metrics.export_interval <= 0:
-        problems.append("metrics.export_interval: must be longer than 0s")
-    otlp = config.exporters.otlp
-    if otlp.enabled and not otlp.endpoint.strip():
-        problems.append("exporters.otlp.endpoint: must not be empty")
-    if otlp.sending_queue.queue_size < 1:
-        problems.append("exporters.otlp.sending_queue.queue_size: must be at least 1")
-    if otlp.sending_queue.num_consumers < 1:
-        problems.append("exporters.otlp.sending_queue.num_consumers: must be at least 1")
-    topology = config.topology
-    if topology.trace_url is not None:
-        unknown = set(re.findall(r"\$\{[^}]*\}", topology.trace_url)) - set(TRACE_URL_PLACEHOLDERS)
-        if not topology.trace_url.startswith(("http://", "https://")):
-            problems.append("topology.trace_url: must be an http:// or https:// URL template")
-        elif unknown:
-            problems.append(
-                f"topology.trace_url: unknown placeholder {sorted(unknown)[0]}"
-                f" (known: {', '.join(TRACE_URL_PLACEHOLDERS)})"
-            )
-    if not 0 <= topology.degraded_error_rate < topology.failure_error_rate <= 1:
-        problems.append(
-            "topology.degraded_error_rate, topology.failure_error_rate: need 0 <= degraded < failure <= 1"
-        )
-    queue = otlp.sending_queue
-    if queue.storage is not None and not queue.storage.strip():
-        problems.append("exporters.otlp.sending_queue.storage: must be a directory, or null for memory")
-    if queue.storage is not None and queue.max_storage_size < 2 * otlp.max_request_size:
-        problems.append(
-            "exporters.otlp.sending_queue.max_storage_size: must hold at least two requests"
-            f" of max_request_size ({2 * otlp.max_request_size} bytes)"
-        )
-    if otlp.max_request_size < MIN_REQUEST_SIZE:
-        problems.append(f"exporters.otlp.max_request_size: must be at least {MIN_REQUEST_SIZE // 1024}KiB")
-    if otlp.timeout <= 0:
-        problems.append("exporters.otlp.timeout: must be longer than 0s")
-    from .analysis.k8s.naming import NameRule, RuleError  # noqa: PLC0415 - the rule's own parser
-
-    try:
-        NameRule(config.k8s.service_name_rule)
-    except RuleError as exc:
-        problems.append(f"k8s.service_name_rule: {exc}")
-    for path, labels in (
-        ("service_name_labels", config.service_name_labels),
-        ("mx_mesh.service_name_labels", config.mx_mesh.service_name_labels or []),
-    ):
-        for i, label in enumerate(labels):
-            if not label.strip():
-                problems.append(f"{path}[{i}]: must not be empty")
-    problems.extend(_check_tls("receiver.tls", config.receiver.tls))
-    problems.extend(_check_tls("http.tls", config.http.tls))
-    if config.receiver.tls.min_version not in TLS_VERSIONS:
-        problems.append(
-            f'receiver.tls.min_version: must be "1.2" or "1.3", got {config.receiver.tls.min_version!r}'
-        )
+    problems.extend(label_problems("service_name_labels", config.service_name_labels))
     if config.log_level.lower() not in LOG_LEVELS:
         problems.append(f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {config.log_level!r}")
+    return problems
+
+
+def _section_problems(section: Any, path: str) -> list[str]:
+    """A section's ``problems(path)``, and those of the sections it holds, depth first."""
+    problems: list[str] = []
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            problems.extend(_section_problems(value, _join(path, f.name)))
+    check = getattr(section, "problems", None)
+    if path and check is not None:
+        problems[:0] = check(path)
     return problems

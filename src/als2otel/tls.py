@@ -15,7 +15,7 @@ import ssl
 from collections.abc import Callable
 from typing import TypeVar
 
-from .config import HttpTlsConfig, TlsConfig
+from .settings import HttpTlsConfig, TlsConfig
 from .stats import LogLimiter
 
 log = logging.getLogger("als2otel.tls")

@@ -35,8 +35,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from ..config import OtlpConfig
 from ..stats import LogLimiter, Stats
+from .settings import OtlpConfig
 from .split import halve
 from .storage import HEADER, DiskQueue, Stored
 from .transport import MAX_DETAIL, Outcome, Transport

@@ -23,7 +23,7 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from .. import __version__
-from ..config import OtlpConfig
+from .settings import OtlpConfig
 
 log = logging.getLogger("als2otel.export")
 

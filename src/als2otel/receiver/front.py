@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..config import TlsConfig, split_hostport
+from ..settings import TlsConfig, split_hostport
 from ..stats import LogLimiter, Stats
 from ..tls import CertificateFiles
 

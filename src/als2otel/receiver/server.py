@@ -31,8 +31,8 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
 
 from .. import istio
-from ..config import TlsConfig
 from ..model import Proxy
+from ..settings import TlsConfig
 from ..stats import LogLimiter, Stats
 from . import otlp_logs, otlp_wire
 from ._proto import als_pb2
