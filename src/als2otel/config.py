@@ -36,6 +36,7 @@ from .export.settings import (
     QueueConfig,
     RetryConfig,
 )
+from .net import split_hostport
 from .receiver.settings import ReceiverConfig
 from .settings import (
     MAX_DURATION_TEXT,
@@ -48,7 +49,6 @@ from .settings import (
     available_cpus,
     parse_duration,
     parse_size,
-    split_hostport,
 )
 from .translation.settings import METRIC_SETS, MetricsConfig, TopologyConfig, TracesConfig
 from .web.settings import HttpConfig

@@ -12,6 +12,7 @@ from functools import lru_cache
 from typing import Any, get_args
 
 from .model import Entry, Role, Workload
+from .net import split_authority
 
 CANONICAL_NAME = "service.istio.io/canonical-name"
 CANONICAL_REVISION = "service.istio.io/canonical-revision"
@@ -164,28 +165,6 @@ def host_workload(host: str) -> Workload | None:
 
 def _strip_port(host: str) -> str:
     return split_authority(host)[0]
-
-
-def split_authority(authority: str) -> tuple[str, int]:
-    """Host and port of an ``:authority`` (``host``, ``host:port``, ``[v6]``, ``[v6]:port``); the
-    port 0 when none is given. The one parser of authorities (semconv's ``server.address``, the
-    destination named by host). A port is one to five ASCII digits: anything else (``host:x``,
-    ``a:b:c``, digits of other scripts, which ``int`` refuses) leaves the authority whole."""
-    if authority.startswith("["):
-        end = authority.find("]")
-        if end < 0:
-            return authority, 0
-        host, rest = authority[1:end], authority[end + 1 :]
-        port = rest[1:] if rest.startswith(":") else ""
-        return host, int(port) if _is_port(port) else 0
-    name, sep, port = authority.rpartition(":")
-    if sep and ":" not in name and _is_port(port):
-        return name, int(port)
-    return authority, 0
-
-
-def _is_port(text: str) -> bool:
-    return 0 < len(text) <= 5 and text.isascii() and text.isdigit()
 
 
 def destination_by_name(entry: Entry) -> Workload | None:

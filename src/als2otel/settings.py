@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from .net import split_hostport
+
 
 class ConfigError(Exception):
     """A configuration that cannot run; ``problems`` holds one line per problem."""
@@ -169,18 +171,6 @@ def parse_size(value: Any) -> int | None:
     if match is None:
         return None
     return int(match.group(1)) * _UNIT_BYTES[match.group(2)]
-
-
-def split_hostport(text: str) -> tuple[str, int] | None:
-    """``host:port`` or ``[v6]:port`` into parts; None when it is not one (the port: one to five
-    ASCII digits, at most 65535). The one parser of a listen address, and of the addresses Envoy's
-    OpenTelemetry logger writes as text."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()) or len(port) > 5 or int(port) > 65535:
-        return None
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return (host, int(port)) if host else None
 
 
 def listen_problems(path: str, listen: str) -> list[str]:

@@ -12,7 +12,7 @@ from support import als, mesh
 from support.golden import assert_golden
 from support.otlp_receiver import attributes
 
-from als2otel import istio
+from als2otel import net
 from als2otel.analysis import AnalyzerChain, ProxyAnalyzer
 from als2otel.export.otlp_metrics import metrics_request
 from als2otel.model import Call, Workload
@@ -393,20 +393,37 @@ class TestAuthority:
         ("authority", "expected"),
         [
             ("reviews:9080", ("reviews", 9080)),
-            ("reviews", ("reviews", 0)),
+            ("reviews", ("reviews", None)),
             ("[fd00::1]:8443", ("fd00::1", 8443)),
-            ("[fd00::1]", ("fd00::1", 0)),
-            ("[fd00::1", ("[fd00::1", 0)),
-            ("fd00::1", ("fd00::1", 0)),
-            ("reviews:", ("reviews:", 0)),
-            ("reviews:http", ("reviews:http", 0)),
-            ("reviews:\N{SUPERSCRIPT TWO}", ("reviews:\N{SUPERSCRIPT TWO}", 0)),  # a digit int() refuses
-            ("reviews:\u0663", ("reviews:\u0663", 0)),
-            ("reviews:" + "9" * 5000, ("reviews:" + "9" * 5000, 0)),
+            ("[fd00::1]", ("fd00::1", None)),
+            ("[fd00::1", ("[fd00::1", None)),
+            ("fd00::1", ("fd00::1", None)),
+            ("reviews:", ("reviews:", None)),
+            ("reviews:http", ("reviews:http", None)),
+            ("reviews:\N{SUPERSCRIPT TWO}", ("reviews:\N{SUPERSCRIPT TWO}", None)),  # a digit int() refuses
+            ("reviews:\u0663", ("reviews:\u0663", None)),
+            ("reviews:" + "9" * 5000, ("reviews:" + "9" * 5000, None)),
         ],
     )
-    def test_one_parser_of_authorities(self, authority: str, expected: tuple[str, int]) -> None:
-        assert istio.split_authority(authority) == expected
+    def test_one_parser_of_authorities(self, authority: str, expected: tuple[str, int | None]) -> None:
+        assert net.split_authority(authority) == expected
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("127.0.0.1:0", ("127.0.0.1", 0)),
+            ("[::]:11800", ("::", 11800)),
+            ("0.0.0.0:65535", ("0.0.0.0", 65535)),
+            ("0.0.0.0:65536", None),
+            ("localhost", None),
+            (":9464", None),
+            ("a:b:80", None),
+            ("[::1]", None),
+        ],
+    )
+    def test_host_and_port_required(self, text: str, expected: tuple[str, int] | None) -> None:
+        """Listen addresses and the addresses Envoy's logger prints: the same parser, a port required."""
+        assert net.split_hostport(text) == expected
 
     def test_a_port_in_another_script_is_not_an_error(self) -> None:
         """Host headers are anyone's to write: one ending in digits int() refuses still makes spans."""

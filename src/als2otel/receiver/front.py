@@ -27,7 +27,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..settings import TlsConfig, split_hostport
+from ..net import split_hostport
+from ..settings import TlsConfig
 from ..stats import LogLimiter, Stats
 from ..tls import CertificateFiles
 

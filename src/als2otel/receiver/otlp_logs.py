@@ -21,7 +21,7 @@ from google.protobuf import any_pb2, json_format, struct_pb2, wrappers_pb2
 
 from .. import istio
 from ..model import Proxy
-from ..settings import split_hostport
+from ..net import split_hostport
 from ..stats import Counter
 from ._proto import accesslog_pb2, als_pb2, core_pb2
 from .identity import identify

@@ -5,7 +5,7 @@ Pure functions of an :class:`Entry`, shared by spans and metrics so both agree.
 
 from __future__ import annotations
 
-from .. import istio
+from .. import net
 from ..model import Entry, Side
 
 # Envoy response flags that mean the request failed without a real response.
@@ -101,8 +101,8 @@ def span_name(entry: Entry) -> str:
 
 
 def split_authority(authority: str, scheme: str) -> tuple[str, int]:
-    """Host and port of ``:authority`` (:func:`istio.split_authority`); the port defaults from the scheme."""
-    host, port = istio.split_authority(authority)
+    """Host and port of ``:authority`` (:func:`net.split_authority`); the port defaults from the scheme."""
+    host, port = net.split_authority(authority)
     return host, port or (443 if scheme == "https" else 80)
 
 

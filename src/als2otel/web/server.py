@@ -22,8 +22,9 @@ from aiohttp.http_exceptions import ContentEncodingError
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2  # type: ignore[import-untyped]
 
+from ..net import split_hostport
 from ..receiver.otlp_logs import MAX_REQUEST_BYTES
-from ..settings import HttpTlsConfig, parse_duration, split_hostport
+from ..settings import HttpTlsConfig, parse_duration
 from ..stats import Counter
 from ..tls import CertificateFiles
 from ..translation.topology import LEVELS, MAX_WINDOW, View, series_step
