@@ -13,10 +13,9 @@ the compiled build, where tests/conftest.py refuses a build without it.
 
 from __future__ import annotations
 
-import random
 import struct
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,25 +82,6 @@ class Twins:
         assert answer == python, encoded.hex()
         assert self.native_cache.addresses == self.python_cache.addresses
         return python
-
-
-def mutations(originals: list[bytes], count: int, seed: int) -> Iterator[bytes]:
-    """Real entries with bytes flipped, cut, inserted or repeated."""
-    rng = random.Random(seed)
-    for _ in range(count):
-        data = bytearray(rng.choice(originals))
-        for _ in range(rng.randint(1, 4)):
-            where = rng.randrange(len(data))
-            action = rng.randrange(4)
-            if action == 0:
-                data[where] = rng.randrange(256)
-            elif action == 1:
-                del data[where : where + rng.randint(1, 8)]
-            elif action == 2:
-                data[where:where] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
-            else:
-                data[where:where] = data[max(0, where - 16) : where]
-        yield bytes(data)
 
 
 def realistic(count: int) -> list[bytes]:
@@ -316,9 +296,9 @@ class TestEntryByEntry:
         """3,000 real entries with random damage: the same ending, entry by entry."""
         twins = Twins()
         originals = realistic(40)
-        for encoded in mutations(originals, 3_000, seed=26):
+        for encoded in als.mutations(originals, 3_000, seed=26):
             twins.check(encoded)
-        for encoded in mutations(tcp_entries(5), 500, seed=27):
+        for encoded in als.mutations(tcp_entries(5), 500, seed=27):
             twins.check(encoded, "tcp")
         assert twins.taken > 150  # damage that leaves an ordinary entry is still read natively
 
@@ -364,7 +344,7 @@ def _pipeline_outputs(entries: list[bytes], proxy: Any, use_native: bool) -> tup
 def test_pipelines_give_identical_bytes(proxy: Any) -> None:
     """The whole core (analysis, spans, metrics) over the same batches, with the native reader and
     without: the same span bytes, /metrics page and OTLP metrics request."""
-    entries = mesh_entries(2_000) + list(mutations(mesh_entries(40), 500, seed=3))
+    entries = mesh_entries(2_000) + list(als.mutations(mesh_entries(40), 500, seed=3))
     with_native = _pipeline_outputs(entries, proxy, True)
     python = _pipeline_outputs(entries, proxy, False)
     assert with_native[0] and with_native[0] == python[0]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -205,3 +206,23 @@ async def send(target: str, messages: Iterable[Any], method: str = V3_METHOD) ->
 
 def _serialize(message: Any) -> bytes:
     return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def mutations(originals: Sequence[bytes], count: int, seed: int) -> Iterator[bytes]:
+    """``count`` copies of the ``originals`` with bytes flipped, cut, inserted or repeated (one to
+    four damages each), the same for the same seed."""
+    rng = random.Random(seed)
+    for _ in range(count):
+        data = bytearray(rng.choice(originals))
+        for _ in range(rng.randint(1, 4)):
+            where = rng.randrange(len(data))
+            action = rng.randrange(4)
+            if action == 0:
+                data[where] = rng.randrange(256)
+            elif action == 1:
+                del data[where : where + rng.randint(1, 8)]
+            elif action == 2:
+                data[where:where] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+            else:
+                data[where:where] = data[max(0, where - 16) : where]
+        yield bytes(data)

@@ -158,6 +158,16 @@ first_time(uint64_t *seen, uint32_t number)
     return 1;
 }
 
+/* Declares the reader of a message's fields and loops over them: `f` the field, `ok` (after
+   the loop) whether the message ended cleanly, `seen` the declared fields met so far. */
+#define FOR_EACH_FIELD(span)                                                                   \
+    Reader r = reader_of(span);                                                                 \
+    Field f;                                                                                    \
+    int ok;                                                                                     \
+    uint64_t seen = 0;                                                                          \
+    (void)seen;                                                                                 \
+    while (next_field(&r, &f, &ok))
+
 #define EXPECT(field, type) \
     if ((field)->wire_type != (type) || !first_time(&seen, (field)->number)) return 0
 
@@ -165,13 +175,9 @@ first_time(uint64_t *seen, uint32_t number)
 static int
 read_time(Span s, int64_t *out)
 {
-    Reader r = reader_of(s);
-    Field f;
-    int ok;
-    uint64_t seen = 0;
     int64_t seconds = 0;
     int32_t nanos = 0;
-    while (next_field(&r, &f, &ok)) {
+    FOR_EACH_FIELD (s) {
         if (f.number == 1) {
             EXPECT(&f, WT_VARINT);
             seconds = (int64_t)f.varint;
@@ -214,6 +220,32 @@ text_lenient(Span s) /* a value Envoy copied from traffic: bytes.decode("utf-8",
     return PyUnicode_DecodeUTF8((const char *)s.data, s.size, "replace");
 }
 
+/* dict[key] = value, giving up both references whatever happens; -1 on failure (a NULL value
+   included, its exception set). */
+static int
+put(PyObject *dict, PyObject *key, PyObject *value)
+{
+    int result = value == NULL ? -1 : PyDict_SetItem(dict, key, value);
+    Py_DECREF(key);
+    Py_XDECREF(value);
+    return result;
+}
+
+/* tuple.__new__(type, (first, second)) as the Python path makes a NamedTuple (SocketAddr,
+   AnyValue), giving up both references; NULL on failure (a NULL argument included). */
+static PyObject *
+named_pair(PyObject *type, PyObject *first, PyObject *second)
+{
+    PyObject *pair = first && second ? PyTuple_Pack(2, first, second) : NULL;
+    Py_XDECREF(first);
+    Py_XDECREF(second);
+    PyObject *args = pair ? PyTuple_Pack(1, pair) : NULL;
+    Py_XDECREF(pair);
+    PyObject *made = args ? PyTuple_Type.tp_new((PyTypeObject *)type, args, NULL) : NULL;
+    Py_XDECREF(args);
+    return made;
+}
+
 /* A message of two length-delimited fields, 1 and 2 (a map entry: key and value; an Any:
    type_url and value), each at most once. Any other field is the Python path's (protobuf keeps
    a map entry with one out of its map), and so is a repeated one (protobuf checks every
@@ -221,13 +253,9 @@ text_lenient(Span s) /* a value Envoy copied from traffic: bytes.decode("utf-8",
 static int
 pair_fields(Span s, Span *first, Span *second)
 {
-    Reader r = reader_of(s);
-    Field f;
-    int ok;
-    uint64_t seen = 0;
     first->data = second->data = NULL;
     first->size = second->size = 0;
-    while (next_field(&r, &f, &ok)) {
+    FOR_EACH_FIELD (s) {
         if (f.number != 1 && f.number != 2) {
             return 0;
         }
@@ -273,14 +301,9 @@ text_map(const MapSpans *map, Span *grpc_status)
                 grpc_status->data = (const uint8_t *)"";
             }
         }
-        PyObject *text = text_lenient(value);
-        if (text == NULL || PyDict_SetItem(dict, name, text) < 0) {
-            Py_DECREF(name);
-            Py_XDECREF(text);
+        if (put(dict, name, text_lenient(value)) < 0) {
             goto error;
         }
-        Py_DECREF(name);
-        Py_DECREF(text);
     }
     return dict;
 not_ours: /* no exception set: the caller answers None */
@@ -325,21 +348,7 @@ ip_socket(const uint8_t *e, Py_ssize_t len, PyObject **out)
                 PyErr_Clear();
                 return 0;
             }
-            PyObject *port_obj = PyLong_FromUnsignedLong(port);
-            PyObject *pair = port_obj ? PyTuple_Pack(2, ip, port_obj) : NULL;
-            Py_DECREF(ip);
-            Py_XDECREF(port_obj);
-            if (pair == NULL) {
-                return -1;
-            }
-            PyObject *args = PyTuple_Pack(1, pair);
-            Py_DECREF(pair);
-            if (args == NULL) {
-                return -1;
-            }
-            /* tuple.__new__(SocketAddr, (ip, port)), as the Python path makes it */
-            *out = PyTuple_Type.tp_new((PyTypeObject *)socket_addr_type, args, NULL);
-            Py_DECREF(args);
+            *out = named_pair(socket_addr_type, ip, PyLong_FromUnsignedLong(port));
             return *out == NULL ? -1 : 1;
         }
     }
@@ -423,11 +432,7 @@ add_span(MapSpans *map, Span s)
 static int
 read_response_flags(Span s, uint32_t *flags)
 {
-    Reader r = reader_of(s);
-    Field f;
-    int ok;
-    uint64_t seen = 0;
-    while (next_field(&r, &f, &ok)) {
+    FOR_EACH_FIELD (s) {
         if (f.number == 13) { /* unauthorized_details: set when present, whatever it holds */
             EXPECT(&f, WT_LEN);
             Reader inner = reader_of(f.bytes);
@@ -457,10 +462,7 @@ read_response_flags(Span s, uint32_t *flags)
 static int
 read_certificate(Span s, Span *first_uri)
 {
-    Reader r = reader_of(s);
-    Field f;
-    int ok;
-    while (next_field(&r, &f, &ok)) {
+    FOR_EACH_FIELD (s) {
         if (f.number != 1) {
             continue;
         }
@@ -495,11 +497,7 @@ read_certificate(Span s, Span *first_uri)
 static int
 read_tls(Span s, Raw *raw)
 {
-    Reader r = reader_of(s);
-    Field f;
-    int ok;
-    uint64_t seen = 0;
-    while (next_field(&r, &f, &ok)) {
+    FOR_EACH_FIELD (s) {
         if (f.number == 4 || f.number == 5) {
             EXPECT(&f, WT_LEN);
             if (!read_certificate(f.bytes, f.number == 5 ? &raw->peer_uri : NULL)) {
@@ -513,13 +511,9 @@ read_tls(Span s, Raw *raw)
 static int
 read_common(Span s, Raw *raw)
 {
-    Reader r = reader_of(s);
-    Field f;
-    int ok;
-    uint64_t seen = 0;
     int intermediate = 0;
     int32_t log_type = 0;
-    while (next_field(&r, &f, &ok)) {
+    FOR_EACH_FIELD (s) {
         switch (f.number) {
         case 1: /* sample_rate */
             EXPECT(&f, WT_I64);
@@ -608,11 +602,7 @@ read_common(Span s, Raw *raw)
 static int
 read_request(Span s, Raw *raw)
 {
-    Reader r = reader_of(s);
-    Field f;
-    int ok;
-    uint64_t seen = 0;
-    while (next_field(&r, &f, &ok)) {
+    FOR_EACH_FIELD (s) {
         switch (f.number) {
         case 1:
             EXPECT(&f, WT_VARINT);
@@ -645,11 +635,7 @@ read_request(Span s, Raw *raw)
 static int
 read_response(Span s, Raw *raw)
 {
-    Reader r = reader_of(s);
-    Field f;
-    int ok;
-    uint64_t seen = 0;
-    while (next_field(&r, &f, &ok)) {
+    FOR_EACH_FIELD (s) {
         if (f.number == 1) { /* google.protobuf.UInt32Value */
             EXPECT(&f, WT_LEN);
             Reader inner = reader_of(f.bytes);
@@ -680,11 +666,7 @@ read_response(Span s, Raw *raw)
 static int
 read_connection(Span s, Raw *raw)
 {
-    Reader r = reader_of(s);
-    Field f;
-    int ok;
-    uint64_t seen = 0;
-    while (next_field(&r, &f, &ok)) {
+    FOR_EACH_FIELD (s) {
         if (f.number == 1 || f.number == 2) {
             EXPECT(&f, WT_VARINT);
             *(f.number == 1 ? &raw->received_bytes : &raw->sent_bytes) = f.varint;
@@ -698,12 +680,8 @@ read_connection(Span s, Raw *raw)
 static int
 read_entry(Span s, int http, Raw *raw)
 {
-    Reader r = reader_of(s);
-    Field f;
-    int ok;
-    uint64_t seen = 0;
     int has_common = 0;
-    while (next_field(&r, &f, &ok)) {
+    FOR_EACH_FIELD (s) {
         if (f.number == 1) {
             EXPECT(&f, WT_LEN);
             has_common = 1;
@@ -774,20 +752,9 @@ filter_state_dict(const MapSpans *map)
             goto not_ours;
         }
         PyObject *data = PyBytes_FromStringAndSize(bytes.data ? (const char *)bytes.data : "", bytes.size);
-        PyObject *pair = data ? PyTuple_Pack(2, url, data) : NULL;
-        Py_DECREF(url);
-        Py_XDECREF(data);
-        PyObject *args = pair ? PyTuple_Pack(1, pair) : NULL;
-        Py_XDECREF(pair);
-        PyObject *any = args ? PyTuple_Type.tp_new((PyTypeObject *)any_value_type, args, NULL) : NULL;
-        Py_XDECREF(args);
-        if (any == NULL || PyDict_SetItem(dict, name, any) < 0) {
-            Py_DECREF(name);
-            Py_XDECREF(any);
+        if (put(dict, name, named_pair(any_value_type, url, data)) < 0) {
             goto error;
         }
-        Py_DECREF(name);
-        Py_DECREF(any);
     }
     return dict;
 not_ours: /* no exception set: the caller answers None */
