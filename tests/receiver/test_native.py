@@ -22,13 +22,13 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from receiver.test_fuzz import FUZZ, GATEWAY, PEER, SIDECAR, http_entry
+from receiver.test_fuzz import FUZZ, GATEWAY, PEER, SIDECAR, _otlp_request, http_entry, otlp_record
 from support import als, mesh, peers
 
 from als2otel.export import render
 from als2otel.export.otlp_metrics import metrics_request
 from als2otel.model import Entry
-from als2otel.receiver import normalize
+from als2otel.receiver import normalize, otlp_logs, otlp_wire
 from als2otel.receiver.normalize import AddressCache, IntermediateEntry, InvalidEntry, decode_entry_python
 from als2otel.receiver.server import EntryBatch
 
@@ -350,3 +350,141 @@ def test_pipelines_give_identical_bytes(proxy: Any) -> None:
     assert with_native[0] and with_native[0] == python[0]
     assert "als2otel_calls_total" in with_native[1] and with_native[1] == python[1]
     assert with_native[2] == python[2]
+
+
+# -- OTLP log records ------------------------------------------------------------------------------------
+
+
+def record_outcome(read: Callable[[], tuple[dict[str, str], int] | None]) -> Outcome:
+    try:
+        found = read()
+    except InvalidEntry as exc:
+        return ("invalid", exc.reason)
+    return ("none", None) if found is None else ("record", (found[0], list(found[0]), found[1]))
+
+
+def python_record(raw: bytes, start: int, end: int) -> tuple[dict[str, str], int]:
+    from google.protobuf.message import DecodeError
+    from opentelemetry.proto.logs.v1 import logs_pb2
+
+    try:
+        record = logs_pb2.LogRecord.FromString(raw[start:end])
+    except DecodeError:
+        raise InvalidEntry("malformed_entry", "the record does not parse") from None
+    return otlp_logs.strings(record.attributes), record.time_unix_nano
+
+
+class RecordTwins:
+    def __init__(self) -> None:
+        self.taken = self.seen = 0
+
+    def check(self, raw: bytes, start: int = 0, end: int | None = None) -> Outcome:
+        """One record (``raw[start:end]``) both ways: the same attributes, in the same order, and time."""
+        end = len(raw) if end is None else end
+        python = record_outcome(lambda: python_record(raw, start, end))
+        answer = record_outcome(lambda: native.record(raw, start, end))
+        self.seen += 1
+        if answer[0] != "none":
+            self.taken += 1
+            assert answer == python, raw[start:end].hex()
+        return python
+
+    def check_request(self, raw: bytes) -> None:
+        found = otlp_wire.Scan()
+        for _ in otlp_wire.scan(raw, 100_000, found):
+            pass
+        for _, start, end in found.records:
+            self.check(raw, start, end)
+
+
+def otlp_requests(count: int) -> list[bytes]:
+    from pipeline import as_otlp_logs, build_messages
+
+    return as_otlp_logs(build_messages(count, 1, True, 1, envoy=True))[0]
+
+
+def hostile_records() -> list[bytes]:
+    """Records built byte by byte: strings that are not UTF-8 in every place one is checked,
+    members of AnyValue's oneof set twice, lists and maps, new fields, values of every kind."""
+    key = field(1, b"envoy.node.id")
+    text = field(2, field(1, b"sidecar~10.1.0.4~p.default~default.svc.cluster.local"))
+    good = field(6, key + text) + field(1, (10**18).to_bytes(8, "little"), 1)
+    values = [
+        field(1, b"text"),
+        field(1, b"\xff\xfe"),
+        field(2, 1),
+        field(2, 0),
+        field(2, 7),
+        field(3, 2**64 - 1),
+        field(3, 42),
+        field(4, struct.pack("<d", float("nan")), 1),
+        field(4, struct.pack("<d", 1e300), 1),
+        field(4, struct.pack("<d", -0.0), 1),
+        field(7, b"\xff"),
+        field(5, field(1, field(1, b"x"))),
+        field(6, field(1, field(1, b"k"))),
+        field(8, 3),
+        field(1, b"a") + field(3, 1),
+        field(3, 1) + field(3, 2),
+        b"",
+        field(9, b"later"),
+    ]
+    out = [good]
+    for value in values:
+        out.append(good + field(6, field(1, b"envoy.route_name") + field(2, value)))
+        out.append(good + field(5, value))  # as the body
+    out += [
+        good + field(6, field(1, b"\xc3") + text),  # a key cut mid-character
+        good + field(6, text),  # no key
+        good + field(6, key),  # no value
+        good + field(6, key + text + field(3, 1)),  # key_strindex
+        good + field(6, key + key + text),  # the key twice
+        good + field(6, key + field(2, field(1, b"second"))),  # an attribute twice: the last wins
+        good + field(3, b"INFO") + field(12, b"event"),
+        good + field(3, b"\xff"),
+        good + field(12, b"\xed\xa0\x80"),
+        good + field(2, 9) + field(7, 3) + field(8, b"\x01\x00\x00\x00", 5),
+        good + field(9, b"\x01" * 16) + field(10, b"\x02" * 8) + field(11, b"\x00" * 8, 1),
+        good + field(1, b"\x00" * 8, 1),  # time twice
+        good + field(1, b"\x00" * 4, 5),  # time of the wrong width
+        good + field(99, b"unknown"),
+        good + b"\x0b\x0c",  # a group
+        good[:-1],
+        b"",
+    ]
+    return out
+
+
+class TestRecords:
+    def test_envoy_records_are_read_natively(self) -> None:
+        """Envoy's OpenTelemetry logger's records (bench/pipeline.py's, peer metadata included):
+        the same attributes in the same order and time, all read natively."""
+        twins = RecordTwins()
+        for raw in otlp_requests(2_000):
+            twins.check_request(raw)
+        assert twins.seen == 2_000 and twins.taken == twins.seen
+
+    def test_hostile_records(self) -> None:
+        twins = RecordTwins()
+        outcomes = [twins.check(raw) for raw in hostile_records()]
+        assert ("invalid", "malformed_entry") in outcomes
+        assert twins.taken >= 25
+
+    def test_mutated_records(self) -> None:
+        twins = RecordTwins()
+        requests = otlp_requests(40)
+        records = []
+        for raw in requests:
+            found = otlp_wire.Scan()
+            for _ in otlp_wire.scan(raw, 1000, found):
+                pass
+            records += [raw[start:end] for _, start, end in found.records]
+        for damaged in als.mutations(records, 3_000, seed=28):
+            twins.check(damaged)
+        assert twins.taken > 100  # damage that leaves an ordinary record is still read natively
+
+    @FUZZ
+    @given(st.lists(otlp_record, min_size=1, max_size=3), st.lists(st.integers(0, 2**64 - 1), min_size=3))
+    def test_fuzzed_records(self, records: list[dict[str, Any]], times: list[int]) -> None:
+        """The fuzz corpus's records (tests/receiver/test_fuzz.py): hostile values of every kind."""
+        RecordTwins().check_request(_otlp_request(records, times[: len(records)]))

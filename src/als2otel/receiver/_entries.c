@@ -931,6 +931,172 @@ done:
     return result;
 }
 
+/* ---- OTLP log records (Envoy's OpenTelemetry access logger) -------------------------------------- */
+
+/* An AnyValue's text as otlp_logs.strings gives it: a string as it is, a whole number, double or
+   boolean as str() writes it; *out NULL (no exception) for the kinds it skips. 0: the Python path's
+   (a list, a map, a member set twice, a string that is not UTF-8, a kind this reader does not know). */
+static int
+any_text(Span s, PyObject **out)
+{
+    *out = NULL;
+    int kind = 0;
+    Span text = {NULL, 0};
+    uint64_t number = 0;
+    FOR_EACH_FIELD (s) {
+        if (!first_time(&seen, f.number) || kind != 0) {
+            return 0; /* a oneof member set twice, or two of them: the last wins in protobuf */
+        }
+        kind = (int)f.number;
+        if ((kind == 1 || kind == 7) && f.wire_type == WT_LEN) {
+            text = f.bytes;
+        }
+        else if ((kind == 2 || kind == 3) && f.wire_type == WT_VARINT) {
+            number = f.varint;
+        }
+        else if (kind == 4 && f.wire_type == WT_I64) {
+            memcpy(&number, r.p - 8, 8); /* little-endian, as the wire and this machine */
+        }
+        else {
+            return 0;
+        }
+    }
+    if (!ok) {
+        return 0;
+    }
+    PyObject *value = NULL;
+    switch (kind) {
+    case 0:
+    case 7:
+        return 1; /* no value, or bytes: skipped */
+    case 1:
+        if ((*out = text_strict(text)) == NULL) {
+            return PyErr_Occurred() ? -1 : 0;
+        }
+        return 1;
+    case 2:
+        value = Py_NewRef(number ? Py_True : Py_False);
+        break;
+    case 3:
+        value = PyLong_FromLongLong((long long)number);
+        break;
+    default: {
+        double d;
+        memcpy(&d, &number, sizeof d);
+        value = PyFloat_FromDouble(d);
+    }
+    }
+    if (value == NULL) {
+        return -1;
+    }
+    *out = PyObject_Str(value);
+    Py_DECREF(value);
+    return *out == NULL ? -1 : 1;
+}
+
+/* record(raw, start, end) -> (attributes, time_unix_nano) | None: the LogRecord in raw[start:end]
+   read as server._read_record reads it (protobuf, then otlp_logs.strings of its attributes). */
+static PyObject *
+record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t start, end;
+    if (nargs != 3 || !PyBytes_Check(args[0]) || (start = PyLong_AsSsize_t(args[1])) < 0 ||
+        (end = PyLong_AsSsize_t(args[2])) < start || end > PyBytes_GET_SIZE(args[0])) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "record(raw: bytes, start, end) within raw");
+        }
+        return NULL;
+    }
+    Span s = {(const uint8_t *)PyBytes_AS_STRING(args[0]) + start, end - start};
+    PyObject *attributes = PyDict_New();
+    if (attributes == NULL) {
+        return NULL;
+    }
+    uint64_t time_unix_nano = 0;
+    int result = 1;
+    FOR_EACH_FIELD (s) {
+        switch (f.number) {
+        case 1: /* time_unix_nano */
+        case 11: /* observed_time_unix_nano */
+            if (f.wire_type != WT_I64 || !first_time(&seen, f.number)) {
+                result = 0;
+            }
+            else if (f.number == 1) {
+                memcpy(&time_unix_nano, r.p - 8, 8);
+            }
+            break;
+        case 2: /* severity_number */
+        case 7: /* dropped_attributes_count */
+            result = f.wire_type == WT_VARINT && first_time(&seen, f.number);
+            break;
+        case 8: /* flags */
+            result = f.wire_type == WT_I32 && first_time(&seen, f.number);
+            break;
+        case 9: /* trace_id */
+        case 10: /* span_id */
+            result = f.wire_type == WT_LEN && first_time(&seen, f.number);
+            break;
+        case 3: /* severity_text */
+        case 12: /* event_name */
+        case 5: { /* body */
+            PyObject *text = NULL;
+            if (f.wire_type != WT_LEN || !first_time(&seen, f.number)) {
+                result = 0;
+            }
+            else if (f.number == 5) {
+                result = any_text(f.bytes, &text);
+            }
+            else if ((text = text_strict(f.bytes)) == NULL) {
+                result = PyErr_Occurred() ? -1 : 0;
+            }
+            Py_XDECREF(text);
+            break;
+        }
+        case 6: { /* attributes: KeyValue{key = 1, value = 2} */
+            Span key, value;
+            PyObject *text = NULL, *name = NULL;
+            if (f.wire_type != WT_LEN || !pair_fields(f.bytes, &key, &value)) {
+                result = 0;
+            }
+            else if ((result = any_text(value, &text)) == 1 && text != NULL) {
+                if ((name = text_strict(key)) == NULL) {
+                    Py_DECREF(text);
+                    result = PyErr_Occurred() ? -1 : 0;
+                }
+                else if (put(attributes, name, text) < 0) {
+                    result = -1;
+                }
+            }
+            break;
+        }
+        default:
+            break; /* a field this version of OTLP does not have: skipped, as protobuf skips it */
+        }
+        if (result != 1) {
+            break;
+        }
+    }
+    if (result == 1 && !ok) {
+        result = 0;
+    }
+    if (result != 1) {
+        Py_DECREF(attributes);
+        if (result < 0) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    PyObject *time = PyLong_FromUnsignedLongLong(time_unix_nano);
+    if (time == NULL) {
+        Py_DECREF(attributes);
+        return NULL;
+    }
+    PyObject *out = PyTuple_Pack(2, attributes, time);
+    Py_DECREF(attributes);
+    Py_DECREF(time);
+    return out;
+}
+
 /* ---- the module -------------------------------------------------------------------------------- */
 
 static PyObject *
@@ -997,6 +1163,8 @@ static PyMethodDef METHODS[] = {
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
      "configure(Entry, SocketAddr, AnyValue, method_names, http_versions, flag_codes)"},
     {"fields", fields, METH_NOARGS, "The Entry fields decode() fills, in the order it passes them"},
+    {"record", (PyCFunction)(void (*)(void))record, METH_FASTCALL,
+     "record(raw, start, end) -> (attributes, time_unix_nano) | None: an OTLP log record, or None"},
     {NULL, NULL, 0, NULL},
 };
 

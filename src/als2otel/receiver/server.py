@@ -28,7 +28,6 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
-from opentelemetry.proto.logs.v1 import logs_pb2
 
 from .. import istio
 from ..model import Proxy
@@ -297,17 +296,14 @@ class AlsServer:
     ) -> tuple[Proxy, str, bytes]:
         """One record as (proxy, log type, encoded entry), counted as received once its attributes are
         read. Raises :class:`InvalidEntry` for anything in it that cannot be read, never another error."""
-        try:
-            record = logs_pb2.LogRecord.FromString(raw[start:end])
-        except DecodeError:
-            raise InvalidEntry("malformed_entry", "the record does not parse") from None
+        own, time_unix_nano = otlp_logs.read_record(raw, start, end)
         shared = resources.get(id(resource))
         if shared is None:
             shared = resources[id(resource)] = otlp_logs.strings(resource.attributes)
-        attributes = {**shared, **otlp_logs.strings(record.attributes)}
+        attributes = {**shared, **own}
         self._stats.entries_received.inc("otlp", otlp_logs.log_type_of(attributes))
         try:
-            return self._records.read(attributes, record.time_unix_nano)
+            return self._records.read(attributes, time_unix_nano)
         except InvalidEntry:
             raise
         except Exception as exc:  # a value no rule foresaw: this record alone is refused
