@@ -54,7 +54,9 @@ def test_dockerfile_copies_what_exists_runs_the_entry_point_as_non_root() -> Non
     assert any(arg.split()[-1] == config_in_image for arg in copied), "CMD names a config the image lacks"
 
 
-def test_wheel_built_from_the_dockerfiles_files_runs_from_its_own_contents(tmp_path: Path) -> None:
+def build_wheel(tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """A wheel in ``tmp_path/wheels`` built from what the Dockerfile's build stage copies, and
+    nothing else."""
     context = tmp_path / "context"
     context.mkdir()
     steps = dockerfile_instructions()
@@ -65,16 +67,56 @@ def test_wheel_built_from_the_dockerfiles_files_runs_from_its_own_contents(tmp_p
             *sources, _ = shlex.split(arg)
             for source in sources:
                 if (ROOT / source).is_dir():
-                    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+                    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.so")
                     shutil.copytree(ROOT / source, context / source, ignore=ignore)
                 else:
                     shutil.copy(ROOT / source, context / source)
     wheels = tmp_path / "wheels"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(wheels), str(context)],
+    return subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--wheel-dir", str(wheels), str(context)],
         check=True,
         capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
     )
+
+
+def test_a_build_without_a_compiler_installs_the_pure_python_modules(tmp_path: Path) -> None:
+    """Where no C compiler works the build warns and the wheel holds the Python twins alone, which
+    read entries (the entry reader's Python path) and run."""
+    build = build_wheel(tmp_path, {"CC": "false", "LDSHARED": "false"})
+    assert "installing them as pure Python" in build.stderr + build.stdout
+    (wheel,) = (tmp_path / "wheels").glob("als2otel-*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)
+        assert not [n for n in archive.namelist() if n.endswith(".so")]
+    code = (
+        "import sys\n"
+        "sys.path.insert(0, 'tests')\n"
+        "from support import mesh\n"
+        "from als2otel.receiver import normalize\n"
+        f"assert normalize.__file__.startswith({str(site)!r}) and normalize.native is None\n"
+        "encoded = mesh.outbound(1).SerializeToString()\n"
+        "now = 1_760_000_000 * 10**9\n"
+        "entry = normalize.decode_entry(encoded, 'http', 'v3', now, normalize.AddressCache())\n"
+        "assert entry.path == '/reviews/1', entry\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(site)},
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ran.returncode == 0, ran.stderr
+
+
+def test_wheel_built_from_the_dockerfiles_files_runs_from_its_own_contents(tmp_path: Path) -> None:
+    build_wheel(tmp_path)
+    wheels = tmp_path / "wheels"
     (wheel,) = wheels.glob("als2otel-*.whl")
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
