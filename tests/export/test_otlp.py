@@ -147,3 +147,32 @@ class TestOutage:
             await send_calls(bridge, start, 100)
             await asyncio.sleep(1.1)  # one span batch per flush interval
         assert await eventually(lambda: bridge.stats.dropped.get("traces", "queue_full") >= 300, timeout=10)
+
+
+class TestTooLarge:
+    async def test_a_request_that_cannot_be_cut_is_dropped_and_the_next_one_goes(self) -> None:
+        """A refusal as too large of a request the splitter cannot read (none the bridge makes)
+        drops that request, counted as too large; the consumer lives on and sends the next one."""
+        from als2otel import config as cfg
+        from als2otel.export import OtlpExporter
+        from als2otel.export.transport import Outcome
+        from als2otel.stats import Stats
+
+        sent: list[bytes] = []
+
+        class Refusing:
+            def send(self, payload: bytes, timeout: float) -> Outcome:
+                sent.append(payload)
+                return Outcome("too_large", "RESOURCE_EXHAUSTED") if payload == b"\x0f" else Outcome("ok")
+
+            def close(self) -> None:
+                pass
+
+        stats = Stats()
+        exporter = OtlpExporter({"traces": Refusing()}, cfg.OtlpConfig(), stats)
+        exporter.start()
+        exporter.export("traces", [(b"\x0f", 3)])
+        exporter.export("traces", [(b"\x0a\x00", 1)])
+        assert await eventually(lambda: len(sent) == 2, timeout=10)
+        assert stats.dropped.get("traces", "too_large") == 3
+        await exporter.shutdown(1.0)

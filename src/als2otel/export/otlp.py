@@ -193,7 +193,10 @@ class _SignalQueue:
                 return
             self._stats.export_failures.inc(self.signal)
             if outcome.kind == "too_large":
-                halves = halve(self.signal, payload)
+                try:
+                    halves = halve(self.signal, payload)
+                except ValueError:  # not a request it can read (none of ours): dropped as too large
+                    halves = []
                 if len(halves) > 1:
                     self._limiter.warning(
                         "too_large",

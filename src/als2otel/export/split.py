@@ -123,7 +123,7 @@ class _Packer:
         return self._out
 
     def _opening_cost(self, path: Path) -> int:
-        return sum(len(c.header) + len(c.tag) + FRAMING for c in path if c not in self._opened)
+        return sum(len(c.header) + FRAMING for c in path if c not in self._opened)
 
     def _flush(self) -> None:
         if self._items:
