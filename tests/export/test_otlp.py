@@ -150,11 +150,15 @@ class TestOutage:
 
 
 class TestTooLarge:
-    async def test_a_request_that_cannot_be_cut_is_dropped_and_the_next_one_goes(self) -> None:
-        """A refusal as too large of a request the splitter cannot read (none the bridge makes)
-        drops that request, counted as too large; the consumer lives on and sends the next one."""
+    @pytest.mark.parametrize("defect", [False, True], ids=["unreadable", "defect"])
+    async def test_a_request_that_cannot_be_cut_is_dropped_and_the_next_one_goes(
+        self, defect: bool, monkeypatch: Any
+    ) -> None:
+        """A refusal as too large of a request the splitter cannot read (none the bridge makes), or
+        a defect while handling one, drops that request, counted; the consumer lives on and sends
+        the next one."""
         from als2otel import config as cfg
-        from als2otel.export import OtlpExporter
+        from als2otel.export import OtlpExporter, otlp
         from als2otel.export.transport import Outcome
         from als2otel.stats import Stats
 
@@ -168,11 +172,16 @@ class TestTooLarge:
             def close(self) -> None:
                 pass
 
+        def broken(signal: str, payload: bytes) -> list[tuple[bytes, int]]:
+            raise RuntimeError("a defect")
+
+        if defect:
+            monkeypatch.setattr(otlp, "halve", broken)
         stats = Stats()
         exporter = OtlpExporter({"traces": Refusing()}, cfg.OtlpConfig(), stats)
         exporter.start()
         exporter.export("traces", [(b"\x0f", 3)])
         exporter.export("traces", [(b"\x0a\x00", 1)])
         assert await eventually(lambda: len(sent) == 2, timeout=10)
-        assert stats.dropped.get("traces", "too_large") == 3
+        assert stats.dropped.get("traces", "unexpected_error" if defect else "too_large") == 3
         await exporter.shutdown(1.0)

@@ -166,6 +166,11 @@ class _SignalQueue:
                 if pending.stored is None:  # (on disk, it waits for the next run)
                     self._stats.dropped.inc(self.signal, "shutdown", by=pending.items)
                 raise
+            except Exception:  # a defect loses this request, never the signal's delivery
+                self._stats.dropped.inc(self.signal, "unexpected_error", by=pending.items)
+                self._limiter.warning(
+                    "unexpected_error", "OTLP %s: dropped %d items", self.signal, pending.items, exc_info=True
+                )
             else:
                 if pending.stored is not None and self.disk is not None:
                     self.disk.remove(pending.stored)
@@ -206,7 +211,12 @@ class _SignalQueue:
                         outcome.detail,
                     )
                     for half, count in reversed(halves):
-                        stored = self.disk.write(self.signal, half, count) if self.disk is not None else None
+                        try:
+                            stored = (
+                                self.disk.write(self.signal, half, count) if self.disk is not None else None
+                            )
+                        except OSError:  # a full or failing disk: this half waits in memory
+                            stored = None
                         self._queue.appendleft(
                             _Pending(None if stored else half, count, pending.first_try, stored)
                         )
