@@ -20,6 +20,7 @@ import yaml
 from support import als, mesh
 from support.net import free_port
 from support.otlp_receiver import GrpcOtlpReceiver, Refusal, attributes
+from support.waiting import eventually
 
 from als2otel import config as cfg
 from als2otel import workers
@@ -341,18 +342,16 @@ class TestWorkersUnderFailure:
         port = free_port()
         async with supervised(worker_config(port)) as run:
             flaky, steady = run.supervisor._workers
-            flaky.failures = 6
             os.kill(flaky.process.pid, signal.SIGKILL)
+            flaky.process.join(5)  # dead before supervision looks again: no healthy tick resets the count
+            flaky.failures = 6
             await asyncio.sleep(0.5)
             assert flaky.restart_at is not None and flaky.restart_at - time.monotonic() > 20
             os.kill(steady.process.pid, signal.SIGKILL)  # supervised meanwhile: back after 1 s
-            for _ in range(200):
-                if steady.failures and steady.http_port and steady.alive():
-                    break
-                await asyncio.sleep(0.05)
-            assert steady.alive() and steady.failures == 1
-            await asyncio.sleep(1.5)
-            assert steady.failures == 0
+            assert await eventually(lambda: steady.failures == 1, timeout=10)  # its death counted
+            # Restarted, and after a healthy second (HEALTHY_RESET, counted from its start) its
+            # failure no longer counts.
+            assert await eventually(lambda: steady.alive() and steady.http_port and steady.failures == 0)
         assert run.stop_seconds < 5
 
     async def test_a_request_that_cannot_succeed_is_not_answered_retryable(self) -> None:
