@@ -70,8 +70,12 @@ def bridge_config(endpoint: str | None, **overrides: Any) -> cfg.Config:
 
 
 @pytest.fixture
-async def make_bridge() -> AsyncIterator[Callable[..., Any]]:
+async def make_bridge(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Any]]:
     started: list[Bridge] = []
+    if "otlp" in request.fixturenames:
+        # Set up first so it is torn down last: a bridge flushes into it as it stops (a receiver
+        # gone first would have each stop wait out its shutdown_timeout retrying).
+        request.getfixturevalue("otlp")
 
     async def make(config: cfg.Config, **kwargs: Any) -> Bridge:
         """A started bridge; its clock is the synthetic entries' unless ``clock`` says otherwise."""

@@ -296,6 +296,8 @@ class TestReplicas:
                 assert per_service and {
                     attributes(p.attributes)[INSTANCE_ATTRIBUTE] for p in per_service
                 } == {name}
+            for bridge in bridges:  # before their receivers go, which their last flush reaches
+                await bridge.stop()
         finally:
             for r in receivers:
                 r.stop()

@@ -132,6 +132,7 @@ class TestSameAnswers:
             als_ids = sorted(
                 (span.trace_id, span.span_id, span.parent_span_id) for _, span in reference.received.spans()
             )
+            await als_only.stop()  # before its receiver goes, which its last flush reaches
         finally:
             reference.stop()
         assert otlp_ids == als_ids
