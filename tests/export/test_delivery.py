@@ -71,6 +71,7 @@ class TestBoundedRequests:
             sizes = [r.ByteSize() for r in receiver.received.traces]
             assert max(sizes) <= 4 * MiB < 2 * 4 * MiB < sum(sizes)  # one flush would have been larger
             assert bridge.stats.dropped.values == {}
+            await bridge.stop()  # before its receiver, which its last flush reaches
         finally:
             receiver.stop()
 
@@ -88,6 +89,7 @@ class TestBoundedRequests:
             bridge = await deliver_calls(make_bridge, receiver, protocol, 6_000)
             assert bridge.stats.export_failures.get("traces") > 0  # the refusals happened
             assert bridge.stats.dropped.get("traces", "too_large") == 0
+            await bridge.stop()  # before its receiver, which its last flush reaches
         finally:
             receiver.stop()
 
@@ -162,6 +164,7 @@ class TestRefusals:
             assert await eventually(lambda: bridge.stats.dropped.get("traces", "refused") == refused[0])
             assert await eventually(lambda: len(receiver.received.spans()) == 400 - refused[0])
             assert any("span 3 has no trace id" in r.getMessage() for r in caplog.records)
+            await bridge.stop()  # before its receiver, which its last flush reaches
         finally:
             receiver.stop()
 

@@ -194,6 +194,7 @@ class TestStorage:
             assert bridge.stats.queue_storage_requests.value == 0 or await eventually(
                 lambda: bridge.stats.queue_storage_requests.value == 0, 10
             )
+            await bridge.stop()  # before its receiver, which its last flush reaches
         finally:
             otlp.stop()
 
