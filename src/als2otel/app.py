@@ -336,9 +336,9 @@ class Bridge:
 
     def _export_spans(self, batch: SpanBatch) -> None:
         if batch.count and self.exporter is not None:
-            request, _ = batch.take()
+            request, count = batch.take()
             self.exporter.export(
-                "traces", split("traces", request, self.config.exporters.otlp.max_request_size)
+                "traces", split("traces", request, self.config.exporters.otlp.max_request_size, count)
             )
 
     def _export_metrics(self) -> None:

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from google.protobuf.message import DecodeError
+
+from ..protowire import fields
 from ..translation.wire import varint
 
 LEVELS: dict[str, tuple[tuple[int, ...], ...]] = {
@@ -70,7 +73,7 @@ def _items(
     holders = levels[0]
     header = bytearray()
     children: list[tuple[bytes, bytes]] = []
-    for number, start, tag_end, value, end in _fields(data):
+    for number, _, start, tag_end, value, end in _fields(data):
         if number in holders:
             children.append((data[start:tag_end], data[value:end]))
         else:
@@ -149,39 +152,10 @@ def _join(children: list[bytes | _Open]) -> bytes:
     return b"".join(child if isinstance(child, bytes) else child.framed() for child in children)
 
 
-def _fields(data: bytes) -> Iterator[tuple[int, int, int, int, int]]:
-    """(field number, where the field starts, where its tag ends, where its value starts, where it
-    ends) for each field of a message; the value of a length-delimited field follows its length."""
-    pos, end = 0, len(data)
-    while pos < end:
-        start = pos
-        tag, pos = _read_varint(data, pos)
-        tag_end = value = pos
-        wire_type = tag & 7
-        if wire_type == 0:
-            pos = _read_varint(data, pos)[1]
-        elif wire_type == 1:
-            pos += 8
-        elif wire_type == 5:
-            pos += 4
-        elif wire_type == 2:
-            length, value = _read_varint(data, pos)
-            pos = value + length
-        else:
-            raise ValueError(f"not an OTLP export request: wire type {wire_type}")
-        if pos > end:
-            raise ValueError("not an OTLP export request: a field runs past its message")
-        yield tag >> 3, start, tag_end, value, pos
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("not an OTLP export request: a varint runs past its message")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
+def _fields(data: bytes) -> Iterator[tuple[int, int, int, int, int, int]]:
+    """:func:`protowire.fields` of a whole message, its errors as ValueError: a request that is not
+    valid protobuf cannot be cut (none the bridge makes)."""
+    try:
+        yield from fields(data, 0, len(data))
+    except DecodeError as exc:
+        raise ValueError(f"not an OTLP export request: {exc}") from None

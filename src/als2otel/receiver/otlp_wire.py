@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.resource.v1 import resource_pb2
 
+from ..protowire import LENGTH_DELIMITED, fields
+
 # Field numbers, named by the message and field.
 REQUEST_RESOURCE_LOGS = 1  # ExportLogsServiceRequest.resource_logs
 RESOURCE_LOGS_RESOURCE = 1  # ResourceLogs.resource
 RESOURCE_LOGS_SCOPE_LOGS = 2  # ResourceLogs.scope_logs
 SCOPE_LOGS_LOG_RECORDS = 2  # ScopeLogs.log_records
-
-VARINT, FIXED64, LENGTH_DELIMITED, FIXED32 = 0, 1, 2, 5
 
 
 @dataclass(slots=True)
@@ -74,39 +74,6 @@ def _resource(raw: bytes, start: int, end: int) -> resource_pb2.Resource:
 def _fields_of(raw: bytes, start: int, end: int, wanted: int) -> Iterator[tuple[int, int]]:
     """The spans of the length-delimited fields numbered ``wanted`` in ``raw[start:end]``; every
     other field is checked for its wire type and skipped."""
-    position = start
-    while position < end:
-        key, position = _varint(raw, position, end)
-        number, wire_type = key >> 3, key & 7
-        if number == 0:
-            raise DecodeError("field number 0")
-        if wire_type == VARINT:
-            _, position = _varint(raw, position, end)
-        elif wire_type == FIXED64:
-            position += 8
-        elif wire_type == FIXED32:
-            position += 4
-        elif wire_type == LENGTH_DELIMITED:
-            length, position = _varint(raw, position, end)
-            value_start, position = position, position + length
-            if position <= end and number == wanted:
-                yield value_start, position
-        else:  # groups (3, 4) are not in OTLP; 6 and 7 are not wire types
-            raise DecodeError(f"wire type {wire_type}")
-        if position > end:
-            raise DecodeError("a field runs past the end of its message")
-
-
-def _varint(raw: bytes, position: int, end: int) -> tuple[int, int]:
-    byte = raw[position] if position < end else 0x100
-    if byte < 0x80:  # one byte: nearly every tag and length here
-        return byte, position + 1
-    value = shift = 0
-    while position < end and shift < 64:
-        byte = raw[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, position
-        shift += 7
-    raise DecodeError("a varint runs past the end of its message or past 10 bytes")
+    for number, wire_type, _, _, value_start, field_end in fields(raw, start, end):
+        if number == wanted and wire_type == LENGTH_DELIMITED:
+            yield value_start, field_end
