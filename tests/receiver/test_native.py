@@ -364,17 +364,6 @@ def record_outcome(read: Callable[[], tuple[dict[str, str], int] | None]) -> Out
     return ("none", None) if found is None else ("record", (found[0], list(found[0]), found[1]))
 
 
-def python_record(raw: bytes, start: int, end: int) -> tuple[dict[str, str], int]:
-    from google.protobuf.message import DecodeError
-    from opentelemetry.proto.logs.v1 import logs_pb2
-
-    try:
-        record = logs_pb2.LogRecord.FromString(raw[start:end])
-    except DecodeError:
-        raise InvalidEntry("malformed_entry", "the record does not parse") from None
-    return otlp_logs.strings(record.attributes), record.time_unix_nano
-
-
 class RecordTwins:
     def __init__(self) -> None:
         self.taken = self.seen = 0
@@ -382,7 +371,7 @@ class RecordTwins:
     def check(self, raw: bytes, start: int = 0, end: int | None = None) -> Outcome:
         """One record (``raw[start:end]``) both ways: the same attributes, in the same order, and time."""
         end = len(raw) if end is None else end
-        python = record_outcome(lambda: python_record(raw, start, end))
+        python = record_outcome(lambda: otlp_logs.read_record_python(raw, start, end))
         answer = record_outcome(lambda: native.record(raw, start, end))
         self.seen += 1
         if answer[0] != "none":

@@ -148,6 +148,11 @@ def read_record(raw: bytes, start: int, end: int) -> tuple[dict[str, str], int]:
         read: tuple[dict[str, str], int] | None = native_records.record(raw, start, end)
         if read is not None:
             return read
+    return read_record_python(raw, start, end)
+
+
+def read_record_python(raw: bytes, start: int, end: int) -> tuple[dict[str, str], int]:
+    """:func:`read_record` through protobuf alone."""
     try:
         record = logs_pb2.LogRecord.FromString(raw[start:end])
     except DecodeError:
