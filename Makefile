@@ -49,6 +49,7 @@ compiled: $(BIN)/.installed
 # run them there if a module is not the compiled one).
 COMPILED_TESTS := tests/translation tests/analysis tests/receiver/test_normalize.py tests/receiver/test_fuzz.py tests/receiver/test_native.py \
   tests/receiver/test_hostile.py tests/receiver/test_otlp_logs.py tests/receiver/test_hostile_logs.py tests/export/test_delivery.py \
+  tests/export/test_split.py \
   tests/e2e/test_linking.py tests/e2e/test_bookinfo_k8s.py
 test: lint system-deps compiled
 	$(BIN)/pytest -q -p no:cacheprovider

@@ -24,6 +24,8 @@ from setuptools.command.build_ext import build_ext
 COMPILED = [
     "src/als2otel/model.py",
     "src/als2otel/pipeline.py",
+    "src/als2otel/protowire.py",
+    "src/als2otel/receiver/otlp_wire.py",
     "src/als2otel/receiver/normalize.py",
     "src/als2otel/analysis/chain.py",
     "src/als2otel/analysis/proxy.py",

@@ -30,6 +30,7 @@ from als2otel.export import render
 from als2otel.export.otlp_metrics import metrics_request
 from als2otel.model import Entry
 from als2otel.receiver import normalize, otlp_logs, otlp_wire
+from als2otel.receiver._proto import accesslog_pb2
 from als2otel.receiver.normalize import AddressCache, IntermediateEntry, InvalidEntry, decode_entry_python
 from als2otel.receiver.server import EntryBatch
 
@@ -364,9 +365,46 @@ def record_outcome(read: Callable[[], tuple[dict[str, str], int] | None]) -> Out
     return ("none", None) if found is None else ("record", (found[0], list(found[0]), found[1]))
 
 
-class RecordTwins:
+def entry_of_outcome(make: Callable[[], tuple[str, bytes] | None]) -> Outcome:
+    """An ALS entry made of a record's attributes, as the message it encodes (in protobuf's
+    deterministic serialization: the same message, whatever the order of its fields and map entries)."""
+    try:
+        found = make()
+    except InvalidEntry as exc:
+        return ("invalid", exc.reason)
+    except Exception as exc:  # a value no rule foresaw: the server refuses the record (unexpected_error)
+        return ("error", type(exc).__name__)
+    if found is None:
+        return ("none", None)
+    log_type, encoded = found
+    message = (accesslog_pb2.TCPAccessLogEntry if log_type == "tcp" else accesslog_pb2.HTTPAccessLogEntry)()
+    message.ParseFromString(encoded)
+    return ("entry", (log_type, message.SerializeToString(deterministic=True)))
+
+
+class EntryOfTwins:
+    """A record's attributes into its ALS entry both ways (``otlp_logs.entry_of_python`` and
+    ``_entries.entry``): the same message, or the native path answers None."""
+
     def __init__(self) -> None:
         self.taken = self.seen = 0
+
+    def check(self, attributes: dict[str, str], time_unix_nano: int) -> Outcome:
+        python = entry_of_outcome(lambda: otlp_logs.entry_of_python(attributes, time_unix_nano))
+        answer = entry_of_outcome(lambda: native.entry(attributes, time_unix_nano))
+        self.seen += 1
+        if answer[0] != "none":
+            self.taken += 1
+            assert answer == python, (attributes, time_unix_nano)
+        return python
+
+
+class RecordTwins:
+    """A record read both ways; then, read, its ALS entry made both ways (:class:`EntryOfTwins`)."""
+
+    def __init__(self) -> None:
+        self.taken = self.seen = 0
+        self.entries = EntryOfTwins()
 
     def check(self, raw: bytes, start: int = 0, end: int | None = None) -> Outcome:
         """One record (``raw[start:end]``) both ways: the same attributes, in the same order, and time."""
@@ -377,6 +415,9 @@ class RecordTwins:
         if answer[0] != "none":
             self.taken += 1
             assert answer == python, raw[start:end].hex()
+        if python[0] == "record":
+            attributes, _, time_unix_nano = python[1]
+            self.entries.check(attributes, time_unix_nano)
         return python
 
     def check_request(self, raw: bytes) -> None:
@@ -387,10 +428,75 @@ class RecordTwins:
             self.check(raw, start, end)
 
 
-def otlp_requests(count: int) -> list[bytes]:
+def otlp_requests(count: int, peers: bool = True) -> list[bytes]:
     from pipeline import as_otlp_logs, build_messages
 
-    return as_otlp_logs(build_messages(count, 1, True, 1, envoy=True))[0]
+    return as_otlp_logs(build_messages(count, 1, peers, 1, envoy=True))[0]
+
+
+HOSTILE_ATTRIBUTE_VALUES = [
+    *("", "-", "0", "1", "x", "é", "\ud800", "x" * 5_000, "٣", "\uff11"),
+    # numbers at and past each width, and what is almost one
+    *("4294967295", "4294967296", "9999999999999999999", "18446744073709551615", "18446744073709551616"),
+    *("99999999999999999999", "007", "+1", "-1", "1 ", "1e3", "0x10"),
+    # times as envoy.start_time writes them, and not
+    *("1764000000.123456789", "1764000000", "1764000000.", ".5", "1.1234567891", "1.2.3", "0.0", "0."),
+    *("253402300799.999999999", "253402300800", "1234567890123"),
+    # addresses
+    *("10.1.0.4:80", "10.1.0.4:0", "10.1.0.4:65535", "10.1.0.4:65536", "10.1.0.4:", ":80", "10.1.0.4"),
+    *(
+        "[::1]:80",
+        "[::1]",
+        "[::1]:",
+        "[]:80",
+        "[::1]80",
+        "::1:80",
+        "a:b:c",
+        "é:80",
+        "x:٣",
+        "x:00080",
+        "[a]]:1",
+    ),
+    # names of enums, methods, protocols, flags, log types
+    *("GET", "get", "PATCH", "BREW", "HTTP/1.0", "HTTP/1.1", "HTTP/2", "HTTP/3", "HTTP/", "HTTP/4", "1.1"),
+    *("UH", "UH,UF", "UH,,UF,", ",", "UAEX", "UAEX,DC", " UH", "LH,UH,UT,LR,UR,UF,UC,UO,NR,DI,FI,RL,RLSE"),
+    *("tcp", "http", "TCP", "DownstreamEnd", "NotSet", "UdpSessionEnd", "Bogus"),
+    '{"name": "x"}',
+]
+
+
+def hostile_attributes() -> list[tuple[dict[str, str], int]]:
+    """An ordinary HTTP and TCP record's attributes with one value replaced by each hostile one,
+    at the record's own time and with none (the start then envoy.start_time's)."""
+    from support.otlp_logs import record_of
+
+    entry = als.http_entry(
+        downstream_remote=("10.1.0.4", 40000),
+        downstream_local=("10.96.0.9", 9080),
+        upstream_remote=("10.1.0.9", 9080),
+        upstream_local=("10.1.0.4", 10000),
+        cluster="outbound|9080||reviews.default.svc.cluster.local",
+        path="/reviews/1",
+        authority="reviews:9080",
+        request_id="a-request",
+        status=503,
+        headers={"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"},
+    )
+    base, _ = record_of(entry, als.identifier("sidecar~10.1.0.4~p.default~default.svc.cluster.local"))
+    base["envoy.start_time"] = "1764000000.5"
+    base["envoy.response_flags"] = "UH,UF"
+    base["envoy.downstream.peer_uri_san"] = "spiffe://cluster.local/ns/default/sa/p"
+    base["http.response.trailer.grpc-status"] = "14"
+    tcp = {**base, "envoy.log_type": "tcp", "envoy.bytes_received": "10", "envoy.bytes_sent": "20"}
+    names = [*otlp_logs.ATTRIBUTES, "envoy.log_type"]
+    out = []
+    for attributes in (base, tcp):
+        for name in names:
+            for value in HOSTILE_ATTRIBUTE_VALUES:
+                for time_unix_nano in (0, 1_764_000_000_000_000_001):
+                    out.append(({**attributes, name: value}, time_unix_nano))
+            out.append(({k: v for k, v in attributes.items() if k != name}, 0))
+    return out
 
 
 def hostile_records() -> list[bytes]:
@@ -453,6 +559,26 @@ class TestRecords:
         for raw in otlp_requests(2_000):
             twins.check_request(raw)
         assert twins.seen == 2_000 and twins.taken == twins.seen
+
+    def test_envoy_records_become_entries_natively(self) -> None:
+        """Records with no filter state (which is JSON, read by otlp_logs) become the same ALS entry
+        natively; those with it (Istio's peer metadata) through protobuf."""
+        twins = RecordTwins()
+        for raw in otlp_requests(1_000, peers=False):
+            twins.check_request(raw)
+        assert twins.entries.seen == 1_000 and twins.entries.taken == 1_000
+        with_peers = RecordTwins()
+        for raw in otlp_requests(100):
+            with_peers.check_request(raw)
+        assert with_peers.entries.seen == 100 and with_peers.entries.taken == 0
+
+    def test_hostile_attribute_values(self) -> None:
+        """Every attribute read, with values at and past every rule of entry_of_python: the same
+        entry, or the native path leaves the record to it (never another answer)."""
+        twins = EntryOfTwins()
+        outcomes = {twins.check(attributes, time)[0] for attributes, time in hostile_attributes()}
+        assert outcomes >= {"entry", "invalid"}
+        assert twins.taken > twins.seen // 2
 
     def test_hostile_records(self) -> None:
         twins = RecordTwins()

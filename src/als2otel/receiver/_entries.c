@@ -994,6 +994,32 @@ any_text(Span s, PyObject **out)
     return *out == NULL ? -1 : 1;
 }
 
+/* The attribute names of the last record read, by position: Envoy's logger writes the same names
+   in the same order in every record, so a record's keys are nearly always these very strings
+   (no allocation, their hashes known). */
+#define RECENT_KEYS 64
+static PyObject *recent_keys[RECENT_KEYS];
+
+/* text_strict(key) for the attribute at ``position``, from recent_keys when it is the same. */
+static PyObject *
+attribute_key(Py_ssize_t position, Span key)
+{
+    PyObject **slot = position < RECENT_KEYS ? &recent_keys[position] : NULL;
+    if (slot != NULL && *slot != NULL) {
+        Py_ssize_t size;
+        const char *text = PyUnicode_AsUTF8AndSize(*slot, &size);
+        if (text != NULL && size == key.size && memcmp(text, key.data, size) == 0) {
+            return Py_NewRef(*slot);
+        }
+        PyErr_Clear();
+    }
+    PyObject *name = text_strict(key);
+    if (name != NULL && slot != NULL) {
+        Py_XSETREF(*slot, Py_NewRef(name));
+    }
+    return name;
+}
+
 /* record(raw, start, end) -> (attributes, time_unix_nano) | None: the LogRecord in raw[start:end]
    read as server._read_record reads it (protobuf, then otlp_logs.strings of its attributes). */
 static PyObject *
@@ -1014,6 +1040,7 @@ record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     uint64_t time_unix_nano = 0;
     int result = 1;
+    Py_ssize_t position = 0; /* of the attribute */
     FOR_EACH_FIELD (s) {
         switch (f.number) {
         case 1: /* time_unix_nano */
@@ -1059,7 +1086,7 @@ record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 result = 0;
             }
             else if ((result = any_text(value, &text)) == 1 && text != NULL) {
-                if ((name = text_strict(key)) == NULL) {
+                if ((name = attribute_key(position++, key)) == NULL) {
                     Py_DECREF(text);
                     result = PyErr_Occurred() ? -1 : 0;
                 }
@@ -1097,6 +1124,487 @@ record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
+/* ---- OTLP records into ALS entries ------------------------------------------------------------ */
+
+/* The native twin of otlp_logs.entry_of_python, which stays the definition: the same entry
+   (compared message for message by tests/receiver/test_native.py), or None where that function
+   raises InvalidEntry or meets what this one leaves to it (filter state, which is JSON; a port 0;
+   a value that is not a str, or not encodable). */
+
+static PyObject *log_type_names[14]; /* AccessLogType names by value */
+
+enum { /* the record attributes read here, by their index in ATTRIBUTE_NAMES */
+    A_LOG_TYPE, A_START_TIME, A_DS_REMOTE, A_DS_DIRECT_REMOTE, A_DS_LOCAL, A_US_REMOTE, A_US_LOCAL,
+    A_CLUSTER, A_ROUTE, A_ACCESS_LOG_TYPE, A_DURATION, A_US_REQUEST_START, A_US_RESPONSE_END, A_FLAGS,
+    A_PEER_SAN, A_BYTES_RECEIVED, A_BYTES_SENT, A_PROTOCOL, A_METHOD, A_SCHEME, A_HOST, A_PATH,
+    A_USER_AGENT, A_REQUEST_ID, A_TRACEPARENT, A_TRACESTATE, A_B3, A_B3_TRACE, A_B3_SPAN,
+    A_CONTENT_TYPE, A_STATUS_CODE, A_GRPC_HEADER, A_GRPC_TRAILER, A_FILTER_STATE /* the first of 5 */,
+    ATTRIBUTE_COUNT = A_FILTER_STATE + 5,
+};
+static const char *ATTRIBUTE_NAMES[ATTRIBUTE_COUNT] = {
+    "envoy.log_type", "envoy.start_time", "envoy.downstream.remote_address",
+    "envoy.downstream.direct_remote_address", "envoy.downstream.local_address",
+    "envoy.upstream.remote_address", "envoy.upstream.local_address", "envoy.upstream.cluster",
+    "envoy.route_name", "envoy.access_log_type", "envoy.duration_ns", "envoy.upstream.request_start_ns",
+    "envoy.upstream.response_end_ns", "envoy.response_flags", "envoy.downstream.peer_uri_san",
+    "envoy.bytes_received", "envoy.bytes_sent", "network.protocol.name", "http.request.method",
+    "url.scheme", "http.request.header.host", "url.path", "user_agent.original",
+    "http.request.header.x-request-id", "http.request.header.traceparent",
+    "http.request.header.tracestate", "http.request.header.b3", "http.request.header.x-b3-traceid",
+    "http.request.header.x-b3-spanid", "http.request.header.content-type", "http.response.status_code",
+    "http.response.header.grpc-status", "http.response.trailer.grpc-status",
+    "envoy.filter_state.upstream_peer", "envoy.filter_state.downstream_peer",
+    "envoy.filter_state.wasm.upstream_peer", "envoy.filter_state.wasm.downstream_peer",
+    "envoy.upstream_filter_state.upstream_peer",
+};
+static PyObject *attribute_keys[ATTRIBUTE_COUNT];
+
+typedef struct {
+    const char *data;
+    Py_ssize_t size;
+} Text; /* an attribute's UTF-8 bytes, owned by its str */
+
+typedef struct {
+    uint8_t *data;
+    Py_ssize_t size, capacity;
+    int failed; /* out of memory: the exception is set */
+} Buffer;
+
+static void
+grow(Buffer *b, Py_ssize_t extra)
+{
+    if (b->failed || b->size + extra <= b->capacity) {
+        return;
+    }
+    Py_ssize_t capacity = b->capacity ? b->capacity : 256;
+    while (capacity < b->size + extra) {
+        capacity *= 2;
+    }
+    uint8_t *data = PyMem_Realloc(b->data, capacity);
+    if (data == NULL) {
+        b->failed = 1;
+        PyErr_NoMemory();
+        return;
+    }
+    b->data = data;
+    b->capacity = capacity;
+}
+
+static void
+put_bytes(Buffer *b, const void *data, Py_ssize_t size)
+{
+    grow(b, size);
+    if (!b->failed && size) {
+        memcpy(b->data + b->size, data, size);
+        b->size += size;
+    }
+}
+
+static void
+put_varint(Buffer *b, uint64_t value)
+{
+    uint8_t bytes[10];
+    int n = 0;
+    while (value >= 0x80) {
+        bytes[n++] = (uint8_t)(value | 0x80);
+        value >>= 7;
+    }
+    bytes[n++] = (uint8_t)value;
+    put_bytes(b, bytes, n);
+}
+
+static void
+put_varint_field(Buffer *b, int number, uint64_t value)
+{
+    put_varint(b, (uint64_t)number << 3 | WT_VARINT);
+    put_varint(b, value);
+}
+
+static void
+put_len_field(Buffer *b, int number, const void *data, Py_ssize_t size)
+{
+    put_varint(b, (uint64_t)number << 3 | WT_LEN);
+    put_varint(b, (uint64_t)size);
+    put_bytes(b, data, size);
+}
+
+/* A Timestamp or Duration of ``seconds`` and ``nanos`` (both set only when not zero), as field
+   ``number``: protobuf's FromNanoseconds. */
+static void
+put_time_field(Buffer *b, int number, uint64_t seconds, uint64_t nanos)
+{
+    Buffer inner = {NULL, 0, 0, 0};
+    uint8_t bytes[24];
+    inner.data = bytes;
+    inner.capacity = sizeof bytes; /* two varints of at most 10 bytes, and their tags */
+    if (seconds) {
+        put_varint_field(&inner, 1, seconds);
+    }
+    if (nanos) {
+        put_varint_field(&inner, 2, nanos);
+    }
+    put_len_field(b, number, inner.data, inner.size);
+}
+
+/* otlp_logs._value: the attribute's text, "" when absent or Envoy's "-". 0: not a str, or one
+   that does not encode (the Python path decides); -1: an exception. */
+static int
+attribute(PyObject *attributes, int index, Text *out)
+{
+    PyObject *value = PyDict_GetItemWithError(attributes, attribute_keys[index]);
+    out->data = "";
+    out->size = 0;
+    if (value == NULL) {
+        return PyErr_Occurred() ? -1 : 1;
+    }
+    if (!PyUnicode_CheckExact(value)) {
+        return 0;
+    }
+    const char *data = PyUnicode_AsUTF8AndSize(value, &out->size);
+    if (data == NULL) {
+        PyErr_Clear(); /* a lone surrogate: the Python path's encode() raises it as it always did */
+        out->size = 0;
+        return 0;
+    }
+    if (out->size == 1 && data[0] == '-') {
+        out->size = 0;
+        return 1;
+    }
+    out->data = data;
+    return 1;
+}
+
+static int
+equals_str(Text t, PyObject *str)
+{
+    Py_ssize_t n;
+    const char *data = PyUnicode_AsUTF8AndSize(str, &n);
+    return data != NULL && t.size == n && memcmp(t.data, data, n) == 0;
+}
+
+static int
+all_digits(const char *p, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static uint64_t
+digits_value(const char *p, Py_ssize_t n) /* at most 19 digits: no overflow */
+{
+    uint64_t value = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        value = value * 10 + (uint64_t)(p[i] - '0');
+    }
+    return value;
+}
+
+/* otlp_logs._number: 0 for no text; 0 returned (Python path) for anything it refuses. */
+static int
+number(Text t, uint64_t maximum, uint64_t *out)
+{
+    *out = 0;
+    if (t.size == 0) {
+        return 1;
+    }
+    if (t.size > 19 || !all_digits(t.data, t.size)) {
+        return 0; /* 20 digits may pass 64 bits: the Python path decides those too */
+    }
+    *out = digits_value(t.data, t.size);
+    return *out <= maximum;
+}
+
+/* net.split_hostport, then the encoded Address; 0: not one (or port 0), the Python path's. */
+static int
+put_address(Buffer *b, int number, Text t)
+{
+    const char *host, *port;
+    Py_ssize_t host_size, port_size;
+    if (t.size && t.data[0] == '[') {
+        const char *end = memchr(t.data, ']', t.size);
+        if (end == NULL || end + 1 >= t.data + t.size || end[1] != ':') {
+            return 0;
+        }
+        host = t.data + 1;
+        host_size = end - host;
+        port = end + 2;
+        port_size = t.data + t.size - port;
+    }
+    else {
+        const char *colon = NULL;
+        for (const char *p = t.data; p < t.data + t.size; p++) {
+            if (*p == ':') {
+                if (colon != NULL) {
+                    return 0; /* two colons outside brackets: not host:port */
+                }
+                colon = p;
+            }
+        }
+        if (colon == NULL) {
+            return 0;
+        }
+        host = t.data;
+        host_size = colon - host;
+        port = colon + 1;
+        port_size = t.data + t.size - port;
+    }
+    if (host_size == 0 || port_size == 0 || port_size > 5 || !all_digits(port, port_size)) {
+        return 0;
+    }
+    uint64_t port_value = digits_value(port, port_size);
+    if (port_value == 0 || port_value > 65535) {
+        return 0;
+    }
+    Buffer socket = {NULL, 0, 0, 0};
+    put_len_field(&socket, 2, host, host_size);
+    put_varint_field(&socket, 3, port_value);
+    Buffer address = {NULL, 0, 0, 0};
+    put_len_field(&address, 1, socket.data, socket.size);
+    put_len_field(b, number, address.data, address.size);
+    int failed = socket.failed || address.failed;
+    PyMem_Free(socket.data);
+    PyMem_Free(address.data);
+    return failed ? -1 : 1;
+}
+
+/* A map<string, bytes> entry (key = 1, value = 2) as field ``number``. */
+static void
+put_map_entry(Buffer *b, int number, const char *key, Text value)
+{
+    Buffer entry = {NULL, 0, 0, 0};
+    put_len_field(&entry, 1, key, (Py_ssize_t)strlen(key));
+    put_len_field(&entry, 2, value.data, value.size);
+    put_len_field(b, number, entry.data, entry.size);
+    if (entry.failed) {
+        b->failed = 1;
+    }
+    PyMem_Free(entry.data);
+}
+
+/* entry(attributes, time_unix_nano) -> (log_type, encoded entry) | None: otlp_logs.entry_of_python's
+   result, or None for it to decide. */
+static PyObject *
+entry_of(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "entry(attributes: dict, time_unix_nano: int)");
+        return NULL;
+    }
+    if (!PyDict_CheckExact(args[0])) {
+        Py_RETURN_NONE;
+    }
+    Text a[ATTRIBUTE_COUNT];
+    for (int i = 0; i < ATTRIBUTE_COUNT; i++) {
+        int got = attribute(args[0], i, &a[i]);
+        if (got <= 0) {
+            if (got < 0) {
+                return NULL;
+            }
+            Py_RETURN_NONE;
+        }
+    }
+    for (int i = A_FILTER_STATE; i < ATTRIBUTE_COUNT; i++) {
+        if (a[i].size) {
+            Py_RETURN_NONE; /* filter state is JSON: otlp_logs reads it */
+        }
+    }
+    PyObject *raw_type = PyDict_GetItemWithError(args[0], attribute_keys[A_LOG_TYPE]);
+    if (raw_type == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    int tcp = raw_type != NULL && PyUnicode_CheckExact(raw_type) && PyUnicode_CompareWithASCIIString(raw_type, "tcp") == 0;
+
+    /* The start: the record's time, else envoy.start_time (seconds.nanoseconds). */
+    uint64_t seconds, nanos;
+    unsigned long long time_unix_nano = PyLong_AsUnsignedLongLong(args[1]);
+    if (time_unix_nano == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        Py_RETURN_NONE; /* not a fixed64: the Python path's */
+    }
+    if (time_unix_nano) {
+        seconds = time_unix_nano / NS;
+        nanos = time_unix_nano % NS;
+    }
+    else {
+        Text t = a[A_START_TIME];
+        const char *dot = t.size ? memchr(t.data, '.', t.size) : NULL;
+        Py_ssize_t whole = dot ? dot - t.data : t.size, fraction = dot ? t.size - whole - 1 : 0;
+        if (whole == 0 || whole > 12 || !all_digits(t.data, whole) || fraction > 9 ||
+            !all_digits(dot ? dot + 1 : "", fraction)) {
+            Py_RETURN_NONE;
+        }
+        seconds = digits_value(t.data, whole);
+        nanos = digits_value(dot ? dot + 1 : "", fraction);
+        for (Py_ssize_t i = fraction; i < 9; i++) {
+            nanos *= 10;
+        }
+        if (seconds > 253402300799ULL || (seconds == 0 && nanos == 0)) {
+            Py_RETURN_NONE; /* past the year 9999, or no start at all */
+        }
+    }
+
+    Buffer common = {NULL, 0, 0, 0}, entry = {NULL, 0, 0, 0}, part = {NULL, 0, 0, 0};
+    PyObject *result = NULL;
+    static const int ADDRESS_FIELDS[5] = {2, 20, 3, 13, 14};
+    put_time_field(&common, 5, seconds, nanos);
+    for (int i = 0; i < 5; i++) {
+        if (a[A_DS_REMOTE + i].size) {
+            int put = put_address(&common, ADDRESS_FIELDS[i], a[A_DS_REMOTE + i]);
+            if (put <= 0) {
+                goto done;
+            }
+        }
+    }
+    if (a[A_CLUSTER].size) {
+        put_len_field(&common, 15, a[A_CLUSTER].data, a[A_CLUSTER].size);
+    }
+    if (a[A_ROUTE].size) {
+        put_len_field(&common, 19, a[A_ROUTE].data, a[A_ROUTE].size);
+    }
+    if (a[A_ACCESS_LOG_TYPE].size) {
+        for (int i = 1; i < 14; i++) {
+            if (equals_str(a[A_ACCESS_LOG_TYPE], log_type_names[i])) {
+                put_varint_field(&common, 33, (uint64_t)i);
+                break;
+            }
+        }
+    }
+    static const int DURATION_ATTRIBUTES[3] = {A_DURATION, A_US_REQUEST_START, A_US_RESPONSE_END};
+    const int duration_fields[3] = {tcp ? 23 : 12, 7, 10};
+    for (int i = 0; i < 3; i++) {
+        uint64_t ns;
+        /* at most 19 digits here, well within a Duration's 10,000 years */
+        if (!number(a[DURATION_ATTRIBUTES[i]], UINT64_MAX, &ns)) {
+            goto done;
+        }
+        if (ns) {
+            put_time_field(&common, duration_fields[i], ns / NS, ns % NS);
+        }
+    }
+    /* %RESPONSE_FLAGS%: codes between commas; unknown ones (and UAEX, a message) are skipped. */
+    int flags[28] = {0}, any_flag = 0;
+    for (const char *p = a[A_FLAGS].data, *end = p + a[A_FLAGS].size; p <= end && a[A_FLAGS].size;) {
+        const char *comma = memchr(p, ',', end - p);
+        Text code = {p, (comma ? comma : end) - p};
+        for (int n = 1; n < 28; n++) {
+            if (n != 13 && equals_str(code, flag_codes[n])) {
+                flags[n] = any_flag = 1;
+            }
+        }
+        if (comma == NULL) {
+            break;
+        }
+        p = comma + 1;
+    }
+    if (any_flag) {
+        for (int n = 1; n < 28; n++) {
+            if (flags[n]) {
+                put_varint_field(&part, n, 1);
+            }
+        }
+        put_len_field(&common, 16, part.data, part.size);
+        part.size = 0;
+    }
+    if (a[A_PEER_SAN].size) { /* tls_properties.peer_certificate_properties.subject_alt_name.uri */
+        Buffer san = {NULL, 0, 0, 0}, certificate = {NULL, 0, 0, 0};
+        put_len_field(&san, 1, a[A_PEER_SAN].data, a[A_PEER_SAN].size);
+        put_len_field(&certificate, 1, san.data, san.size);
+        put_len_field(&part, 5, certificate.data, certificate.size);
+        put_len_field(&common, 4, part.data, part.size);
+        part.size = 0;
+        common.failed |= san.failed | certificate.failed;
+        PyMem_Free(san.data);
+        PyMem_Free(certificate.data);
+    }
+    put_len_field(&entry, 1, common.data, common.size);
+    if (tcp) {
+        uint64_t received, sent;
+        if (!number(a[A_BYTES_RECEIVED], UINT64_MAX, &received) || !number(a[A_BYTES_SENT], UINT64_MAX, &sent)) {
+            goto done;
+        }
+        if (received) {
+            put_varint_field(&part, 1, received);
+        }
+        if (sent) {
+            put_varint_field(&part, 2, sent);
+        }
+        put_len_field(&entry, 2, part.data, part.size);
+    }
+    else {
+        Text protocol = a[A_PROTOCOL];
+        for (int i = 1; i < 5; i++) {
+            Py_ssize_t n;
+            const char *version = PyUnicode_AsUTF8AndSize(http_versions[i], &n);
+            if (version != NULL && protocol.size == n + 5 && memcmp(protocol.data, "HTTP/", 5) == 0 &&
+                memcmp(protocol.data + 5, version, n) == 0) {
+                put_varint_field(&entry, 2, (uint64_t)i);
+                break;
+            }
+        }
+        for (int i = 1; i < 10; i++) {
+            if (a[A_METHOD].size && equals_str(a[A_METHOD], methods[i])) {
+                put_varint_field(&part, 1, (uint64_t)i);
+                break;
+            }
+        }
+        static const int REQUEST_FIELDS[][2] = {
+            {2, A_SCHEME}, {3, A_HOST}, {5, A_PATH}, {6, A_USER_AGENT}, {9, A_REQUEST_ID},
+        };
+        for (int i = 0; i < 5; i++) {
+            Text t = a[REQUEST_FIELDS[i][1]];
+            if (t.size) {
+                put_len_field(&part, REQUEST_FIELDS[i][0], t.data, t.size);
+            }
+        }
+        static const char *HEADERS[6] = {"traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "content-type"};
+        for (int i = 0; i < 6; i++) {
+            if (a[A_TRACEPARENT + i].size) {
+                put_map_entry(&part, 13, HEADERS[i], a[A_TRACEPARENT + i]);
+            }
+        }
+        put_len_field(&entry, 3, part.data, part.size);
+        part.size = 0;
+        uint64_t code;
+        if (!number(a[A_STATUS_CODE], UINT32_MAX, &code)) {
+            goto done;
+        }
+        if (code) {
+            uint8_t value[12];
+            Buffer wrapper = {value, 0, sizeof value, 0};
+            put_varint_field(&wrapper, 1, code);
+            put_len_field(&part, 1, wrapper.data, wrapper.size);
+        }
+        if (a[A_GRPC_HEADER].size) {
+            put_map_entry(&part, 4, "grpc-status", a[A_GRPC_HEADER]);
+        }
+        if (a[A_GRPC_TRAILER].size) {
+            put_map_entry(&part, 5, "grpc-status", a[A_GRPC_TRAILER]);
+        }
+        if (code || a[A_GRPC_HEADER].size || a[A_GRPC_TRAILER].size) {
+            put_len_field(&entry, 4, part.data, part.size);
+        }
+    }
+    if (!(common.failed || entry.failed || part.failed)) {
+        PyObject *encoded = PyBytes_FromStringAndSize((const char *)entry.data, entry.size);
+        if (encoded != NULL) {
+            result = PyTuple_Pack(2, tcp ? str_tcp : str_http, encoded);
+            Py_DECREF(encoded);
+        }
+    }
+done:
+    PyMem_Free(common.data);
+    PyMem_Free(entry.data);
+    PyMem_Free(part.data);
+    if (result == NULL && !PyErr_Occurred()) {
+        Py_RETURN_NONE;
+    }
+    return result;
+}
+
 /* ---- the module -------------------------------------------------------------------------------- */
 
 static PyObject *
@@ -1123,17 +1631,18 @@ table(PyObject *sequence, PyObject **out, Py_ssize_t size, const char *what)
     return 1;
 }
 
-/* configure(Entry, SocketAddr, AnyValue, method_names, http_versions, flag_codes): the types
-   and tables of normalize.py, which stay their one definition. */
+/* configure(Entry, SocketAddr, AnyValue, method_names, http_versions, flag_codes, access_log_types):
+   the types and tables of normalize.py, which stay their one definition. */
 static PyObject *
 configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "configure() takes 6 arguments");
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "configure() takes 7 arguments");
         return NULL;
     }
     if (!table(args[3], methods, 10, "method_names") || !table(args[4], http_versions, 5, "http_versions") ||
-        !table(args[5], flag_codes + 1, 27, "flag_codes")) {
+        !table(args[5], flag_codes + 1, 27, "flag_codes") ||
+        !table(args[6], log_type_names, 14, "access_log_types")) {
         return NULL;
     }
     Py_XSETREF(entry_type, Py_NewRef(args[0]));
@@ -1157,11 +1666,24 @@ fields(PyObject *module, PyObject *unused)
     return names;
 }
 
+static PyObject *
+record_attributes(PyObject *module, PyObject *unused)
+{
+    PyObject *names = PyTuple_New(ATTRIBUTE_COUNT);
+    for (Py_ssize_t i = 0; names != NULL && i < ATTRIBUTE_COUNT; i++) {
+        PyTuple_SET_ITEM(names, i, Py_NewRef(attribute_keys[i]));
+    }
+    return names;
+}
+
 static PyMethodDef METHODS[] = {
     {"decode", (PyCFunction)(void (*)(void))decode, METH_FASTCALL,
      "decode(encoded, http, api_version, cache) -> Entry | None: the entry, or None for the Python path"},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
-     "configure(Entry, SocketAddr, AnyValue, method_names, http_versions, flag_codes)"},
+     "configure(Entry, SocketAddr, AnyValue, method_names, http_versions, flag_codes, access_log_types)"},
+    {"entry", (PyCFunction)(void (*)(void))entry_of, METH_FASTCALL,
+     "entry(attributes, time_unix_nano) -> (log_type, encoded entry) | None: a record's ALS entry, or None"},
+    {"record_attributes", record_attributes, METH_NOARGS, "The record attributes entry() reads"},
     {"fields", fields, METH_NOARGS, "The Entry fields decode() fills, in the order it passes them"},
     {"record", (PyCFunction)(void (*)(void))record, METH_FASTCALL,
      "record(raw, start, end) -> (attributes, time_unix_nano) | None: an OTLP log record, or None"},
@@ -1192,6 +1714,11 @@ PyInit__entries(void)
         }
         for (int i = 0; i < 5; i++) {
             if ((address_names[i] = interned(ADDRESS_NAMES[i])) == NULL) {
+                return NULL;
+            }
+        }
+        for (int i = 0; i < ATTRIBUTE_COUNT; i++) {
+            if ((attribute_keys[i] = interned(ATTRIBUTE_NAMES[i])) == NULL) {
                 return NULL;
             }
         }

@@ -242,6 +242,7 @@ if native is not None:
         METHOD_NAMES,
         HTTP_VERSIONS,
         tuple(code for _, code in RESPONSE_FLAG_CODES),
+        tuple(accesslog_pb2.AccessLogType.Name(value) for value in range(14)),
     )
 
 

@@ -119,6 +119,8 @@ ATTRIBUTES: dict[str, str] = {
     UPSTREAM_PEER: "%UPSTREAM_FILTER_STATE(upstream_peer)%",
 }
 """Every attribute als2otel reads from a record, and the Envoy command operator that fills it."""
+if native is not None and not set(native.record_attributes()) <= ATTRIBUTES.keys():
+    raise RuntimeError("_entries.c reads record attributes ATTRIBUTES does not name: rebuild it")
 
 # Names -> the enum values ALS carries (the inverse of normalisation's tables).
 _METHODS = {name: number for number, name in enumerate(METHOD_NAMES) if name}
@@ -192,7 +194,7 @@ class RecordReader:
         node_id = _value(attributes, "envoy.node.id")
         if not node_id:
             raise InvalidEntry("missing_node", "the record has no envoy.node.id")
-        key = tuple(attributes.get(name, "") for name in _NODE_KEYS)
+        key = tuple(map(attributes.get, _NODE_KEYS, _NO_NODE_VALUES))
         proxy = self._proxies.get(key)
         if proxy is None:
             if len(self._proxies) >= MAX_CACHED_PROXIES:
@@ -204,6 +206,7 @@ class RecordReader:
 
 
 _NODE_KEYS = tuple(name for name in ATTRIBUTES if name.startswith("envoy.node."))
+_NO_NODE_VALUES = ("",) * len(_NODE_KEYS)
 
 
 def identifier_of(attributes: Mapping[str, str]) -> als_pb2.StreamAccessLogsMessage.Identifier:
@@ -229,7 +232,18 @@ def log_type_of(attributes: Mapping[str, str]) -> str:
 
 
 def entry_of(attributes: Mapping[str, str], time_unix_nano: int) -> tuple[str, bytes]:
-    """The log type and the encoded ALS entry of a record."""
+    """The log type and the encoded ALS entry of a record: natively where the extension is built
+    and the record is ordinary (no filter state, every value readable), else by
+    :func:`entry_of_python`, the definition of both, which raises for what cannot be read."""
+    if native is not None:
+        found = native.entry(attributes, time_unix_nano)
+        if found is not None:
+            return found  # type: ignore[no-any-return]
+    return entry_of_python(attributes, time_unix_nano)
+
+
+def entry_of_python(attributes: Mapping[str, str], time_unix_nano: int) -> tuple[str, bytes]:
+    """:func:`entry_of` through protobuf's messages."""
     tcp = log_type_of(attributes) == "tcp"
     entry: Any = accesslog_pb2.TCPAccessLogEntry() if tcp else accesslog_pb2.HTTPAccessLogEntry()
     common = entry.common_properties

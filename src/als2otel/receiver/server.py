@@ -300,7 +300,7 @@ class AlsServer:
         shared = resources.get(id(resource))
         if shared is None:
             shared = resources[id(resource)] = otlp_logs.strings(resource.attributes)
-        attributes = {**shared, **own}
+        attributes = {**shared, **own} if shared else own  # Envoy's logger leaves the resource empty
         self._stats.entries_received.inc("otlp", otlp_logs.log_type_of(attributes))
         try:
             return self._records.read(attributes, time_unix_nano)
