@@ -58,8 +58,9 @@ class OptionalBuildExt(build_ext):
             _not_compiled(error)
 
 
-NATIVE_SOURCES = ["src/als2otel/receiver/_entries.c"]
-"""The per-entry work written in C, each beside its Python twin (the entry reader: normalize.py)."""
+NATIVE_SOURCES = ["src/als2otel/receiver/_entries.c", "src/als2otel/translation/_spans.c"]
+"""The per-entry work written in C, each beside its Python twins (the entry and record readers:
+normalize.py and otlp_logs.py; trace context, span ids and span encoding: ids.py and wire.py)."""
 
 NATIVE = [
     Extension(

@@ -33,10 +33,12 @@ from als2otel.receiver import normalize, otlp_logs, otlp_wire
 from als2otel.receiver._proto import accesslog_pb2
 from als2otel.receiver.normalize import AddressCache, IntermediateEntry, InvalidEntry, decode_entry_python
 from als2otel.receiver.server import EntryBatch
+from als2otel.translation import ids, wire
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 native = normalize.native
+spans_native = ids.native
 pytestmark = pytest.mark.skipif(native is None, reason="the native entry reader is not built (pure Python)")
 
 FIELDS = tuple(f.name for f in dataclasses.fields(Entry))
@@ -329,6 +331,7 @@ def _pipeline_outputs(entries: list[bytes], proxy: Any, use_native: bool) -> tup
     now_ns = (als.START_S + 600) * 1_000_000_000  # one fixed clock: both runs date everything alike
     config = cfg.parse({"analyzers": ["mx-mesh"], "metrics": {"sets": ["http", "servicegraph", "istio"]}}, {})
     normalize.native = native if use_native else None
+    ids.native = wire.native = spans_native if use_native else None
     try:
         core = build_core(config, Stats(), traces=True, clock=lambda: now_ns)
         spans: list[bytes] = []
@@ -340,12 +343,13 @@ def _pipeline_outputs(entries: list[bytes], proxy: Any, use_native: bool) -> tup
         return spans, page, request.SerializeToString(deterministic=True)
     finally:
         normalize.native = native
+        ids.native = wire.native = spans_native
 
 
 @pytest.mark.parametrize("proxy", [SIDECAR, GATEWAY], ids=["sidecar", "gateway"])
 def test_pipelines_give_identical_bytes(proxy: Any) -> None:
     """The whole core (analysis, spans, metrics) over the same batches, with the native reader and
-    without: the same span bytes, /metrics page and OTLP metrics request."""
+    span writer and without: the same span bytes, /metrics page and OTLP metrics request."""
     entries = mesh_entries(2_000) + list(als.mutations(mesh_entries(40), 500, seed=3))
     with_native = _pipeline_outputs(entries, proxy, True)
     python = _pipeline_outputs(entries, proxy, False)

@@ -343,7 +343,7 @@ class TestIds:
             als.http_entry(downstream_remote=("1.1.1.1", 1), downstream_local=("2.2.2.2", 2), request_id=RID),
             "v3",
         )
-        assert ids.trace_context(e, "")[0].hex() == RID.replace("-", "")
+        assert ids.trace_context(e.request_headers, e.request_id, "")[0].hex() == RID.replace("-", "")
 
     def test_b3(self) -> None:
         """B3 multi-header and single-header contexts are read, 64-bit ids padded."""
@@ -355,12 +355,15 @@ class TestIds:
             ),
             "v3",
         )
-        assert ids.trace_context(e, "") == (
+        assert ids.trace_context(e.request_headers, e.request_id, "") == (
             bytes.fromhex("0000000000000000463ac35c9f6413ad"),
             bytes.fromhex("a2fb4a1d1a96d312"),
         )
         e.request_headers = {"b3": "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"}
-        assert ids.trace_context(e, "")[0].hex() == "80f198ee56343ba864fe8b2a57d3eff7"
+        assert (
+            ids.trace_context(e.request_headers, e.request_id, "")[0].hex()
+            == "80f198ee56343ba864fe8b2a57d3eff7"
+        )
 
     def test_invalid_traceparent_falls_back(self) -> None:
         """An all-zero or malformed traceparent is ignored in favour of x-request-id."""
@@ -373,7 +376,7 @@ class TestIds:
             ),
             "v3",
         )
-        assert ids.trace_context(e, "")[0].hex() == RID.replace("-", "")
+        assert ids.trace_context(e.request_headers, e.request_id, "")[0].hex() == RID.replace("-", "")
 
     def test_sampling_is_consistent(self) -> None:
         """About ratio of ids are kept, and a trace kept at a lower ratio is kept at every higher one

@@ -23,9 +23,15 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 
-from ..model import Entry, SocketAddr
+from ..model import SocketAddr
 from ..stats import Counter
+
+try:
+    from . import _spans as native  # type: ignore[attr-defined]
+except ImportError:  # built without a C compiler, or with ALS2OTEL_NO_EXTENSIONS=1
+    native = None
 
 TraceContext = tuple[bytes, bytes]
 """(trace id, parent span id); the parent is b"" when the request carried no span of its own."""
@@ -59,8 +65,18 @@ def _checked(value: bytes) -> bytes:
 _SPAN_HASH = hashlib.blake2b(digest_size=8)  # copied per id: cheaper than a new one with its parameters
 
 
-def trace_context(entry: Entry, connection: str) -> TraceContext:
-    headers = entry.request_headers
+def trace_context(headers: Mapping[str, str] | None, request_id: str, connection: str) -> TraceContext:
+    """A request's trace id and the span it came from: natively where ``_spans`` is built and the
+    values are ordinary, else (and for what it leaves) by :func:`trace_context_python`."""
+    if native is not None:
+        found = native.trace_context(headers, request_id, connection)
+        if found is not None:
+            return found  # type: ignore[no-any-return]
+    return trace_context_python(headers, request_id, connection)
+
+
+def trace_context_python(headers: Mapping[str, str] | None, request_id: str, connection: str) -> TraceContext:
+    """:func:`trace_context`, the definition: ``traceparent``, B3, ``x-request-id``, else the connection."""
     if headers:
         traceparent = headers.get("traceparent")
         if traceparent:
@@ -80,7 +96,6 @@ def trace_context(entry: Entry, connection: str) -> TraceContext:
             trace_id = _hex_bytes(parts[0].rjust(32, "0"), 16)
             if trace_id:
                 return trace_id, _hex_bytes(parts[1], 8) or b""
-    request_id = entry.request_id
     if request_id:
         trace_id = _hex_bytes(request_id.replace("-", ""), 16) or _digest(request_id, size=16)
         return trace_id, b""
@@ -127,10 +142,18 @@ _ZERO_ID = bytes(8)
 
 
 def span_id(trace_id: bytes, kind: bytes, key: str, repeat: int = 0) -> bytes:
-    """``_digest(trace_id, kind, key[, repeat], size=8)``, spelled out: it runs twice for every span.
+    """``_digest(trace_id, kind, key[, repeat], size=8)``: it runs once or twice for every span.
 
-    ``kind`` :data:`CLIENT` with the hop, or :data:`SERVER` with the proxy's node id.
+    ``kind`` :data:`CLIENT` with the hop, or :data:`SERVER` with the proxy's node id. Natively
+    where ``_spans`` is built (BLAKE2b in C), else :func:`span_id_python`, the definition.
     """
+    if native is not None:
+        return native.span_id(trace_id, kind, key, repeat)  # type: ignore[no-any-return]
+    return span_id_python(trace_id, kind, key, repeat)
+
+
+def span_id_python(trace_id: bytes, kind: bytes, key: str, repeat: int = 0) -> bytes:
+    """:func:`span_id` through hashlib, spelled out."""
     data = b"".join((trace_id, kind, key.encode(), b"\x1f%d\x1f" % repeat if repeat else b"\x1f"))
     hasher = _SPAN_HASH.copy()
     hasher.update(data)

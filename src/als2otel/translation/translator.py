@@ -109,7 +109,7 @@ class Translator:
         else:
             caller = entry.downstream_direct_remote or entry.downstream_remote
             connection = self._connections.key(caller, entry.downstream_local)
-        trace_id, app_span = ids.trace_context(entry, connection)
+        trace_id, app_span = ids.trace_context(entry.request_headers, entry.request_id, connection)
         if self._ratio < 1.0 and not ids.sampled(trace_id, self._ratio):
             return
         hop = f"{connection}|{entry.method}|{entry.path}"  # one request on one connection

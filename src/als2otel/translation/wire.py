@@ -12,6 +12,11 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
+try:
+    from . import _spans as native  # type: ignore[attr-defined]
+except ImportError:  # built without a C compiler, or with ALS2OTEL_NO_EXTENSIONS=1
+    native = None
+
 # Field tags (field number << 3 | wire type: 0 varint, 1 fixed64, 2 length-delimited),
 # named by the message and field they open.
 EXPORT_RESOURCE_SPANS = b"\x0a"  # ExportTraceServiceRequest.resource_spans = 1
@@ -88,7 +93,15 @@ def attribute(name: str, value: str | int) -> bytes:
 
 
 def string_attribute(encoded_key: bytes, value: str) -> bytes:
-    """:func:`attribute` for a string, with the key from :func:`key`: the per-call attributes' path."""
+    """:func:`attribute` for a string, with the key from :func:`key`: the per-call attributes' path.
+    Natively where ``_spans`` is built, else :func:`string_attribute_python`, the definition."""
+    if native is not None:
+        return native.string_attribute(encoded_key, value)  # type: ignore[no-any-return]
+    return string_attribute_python(encoded_key, value)
+
+
+def string_attribute_python(encoded_key: bytes, value: str) -> bytes:
+    """:func:`string_attribute` as a join of byte strings."""
     text = value.encode()
     n = len(text)
     size = len(encoded_key) + n + 4  # the KeyValue when every length fits one byte
@@ -130,7 +143,29 @@ def span(
 ) -> bytes:
     """One ``Span``, framed as a ``ScopeSpans.spans`` field (2), which is where every span goes:
     :func:`resource_spans` joins them as they are. ``name`` from :func:`span_name`, ``kind`` from
-    :func:`span_kind`; the ids are 16 and 8 bytes."""
+    :func:`span_kind`; the ids are 16 and 8 bytes. Natively where ``_spans`` is built, else (and
+    for what it leaves: ids of other widths, times past 64 bits) :func:`span_python`, the definition."""
+    if native is not None:
+        encoded = native.span(
+            trace_id, span_id, parent_span_id, name, kind, start_ns, end_ns, attributes, error
+        )
+        if encoded is not None:
+            return encoded  # type: ignore[no-any-return]
+    return span_python(trace_id, span_id, parent_span_id, name, kind, start_ns, end_ns, attributes, error)
+
+
+def span_python(
+    trace_id: bytes,
+    span_id: bytes,
+    parent_span_id: bytes,
+    name: bytes,
+    kind: bytes,
+    start_ns: int,
+    end_ns: int,
+    attributes: bytes,
+    error: str,
+) -> bytes:
+    """:func:`span` as a join of byte strings."""
     status = (
         length_delimited(SPAN_STATUS, length_delimited(STATUS_MESSAGE, error.encode()) + STATUS_CODE_ERROR)
         if error

@@ -1,0 +1,647 @@
+/* The per-span work of translation in C: trace context, span ids and a span's encoding.
+
+   The native twins of functions in ids.py and wire.py, which stay the definitions: each
+   function here gives the bytes its Python twin gives for the same arguments, or, where it
+   answers None (trace_context, for a header value out of the ordinary), the caller asks the
+   Python twin. tests/translation/test_native_spans.py compares them argument for argument, and
+   whole pipelines with and without this module byte for byte.
+
+   Span ids are BLAKE2b (RFC 7693), as hashlib.blake2b computes them; the implementation below
+   is the RFC's, checked against hashlib by the tests. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ---- BLAKE2b (RFC 7693), unkeyed, digests of up to 64 bytes --------------------------------------- */
+
+typedef struct {
+    uint8_t block[128];
+    uint64_t h[8];
+    uint64_t t[2];
+    size_t c; /* bytes in block */
+    size_t digest_size;
+} Blake2b;
+
+static const uint64_t BLAKE2B_IV[8] = {
+    0x6A09E667F3BCC908ULL, 0xBB67AE8584CAA73BULL, 0x3C6EF372FE94F82BULL, 0xA54FF53A5F1D36F1ULL,
+    0x510E527FADE682D1ULL, 0x9B05688C2B3E6C1FULL, 0x1F83D9ABFB41BD6BULL, 0x5BE0CD19137E2179ULL,
+};
+
+static const uint8_t SIGMA[12][16] = {
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}, {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+    {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4}, {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
+    {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13}, {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
+    {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11}, {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
+    {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5}, {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}, {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+};
+
+#define ROTR64(x, n) (((x) >> (n)) | ((x) << (64 - (n))))
+#define G(a, b, c, d, x, y)                                                                                  \
+    do {                                                                                                     \
+        v[a] = v[a] + v[b] + (x);                                                                            \
+        v[d] = ROTR64(v[d] ^ v[a], 32);                                                                      \
+        v[c] = v[c] + v[d];                                                                                  \
+        v[b] = ROTR64(v[b] ^ v[c], 24);                                                                      \
+        v[a] = v[a] + v[b] + (y);                                                                            \
+        v[d] = ROTR64(v[d] ^ v[a], 16);                                                                      \
+        v[c] = v[c] + v[d];                                                                                  \
+        v[b] = ROTR64(v[b] ^ v[c], 63);                                                                      \
+    } while (0)
+
+static uint64_t
+load64(const uint8_t *p)
+{
+    uint64_t value = 0;
+    for (int i = 7; i >= 0; i--) {
+        value = value << 8 | p[i];
+    }
+    return value;
+}
+
+static void
+blake2b_compress(Blake2b *s, int last)
+{
+    uint64_t v[16], m[16];
+    for (int i = 0; i < 8; i++) {
+        v[i] = s->h[i];
+        v[i + 8] = BLAKE2B_IV[i];
+    }
+    v[12] ^= s->t[0];
+    v[13] ^= s->t[1];
+    if (last) {
+        v[14] = ~v[14];
+    }
+    for (int i = 0; i < 16; i++) {
+        m[i] = load64(s->block + 8 * i);
+    }
+    for (int r = 0; r < 12; r++) {
+        const uint8_t *z = SIGMA[r];
+        G(0, 4, 8, 12, m[z[0]], m[z[1]]);
+        G(1, 5, 9, 13, m[z[2]], m[z[3]]);
+        G(2, 6, 10, 14, m[z[4]], m[z[5]]);
+        G(3, 7, 11, 15, m[z[6]], m[z[7]]);
+        G(0, 5, 10, 15, m[z[8]], m[z[9]]);
+        G(1, 6, 11, 12, m[z[10]], m[z[11]]);
+        G(2, 7, 8, 13, m[z[12]], m[z[13]]);
+        G(3, 4, 9, 14, m[z[14]], m[z[15]]);
+    }
+    for (int i = 0; i < 8; i++) {
+        s->h[i] ^= v[i] ^ v[i + 8];
+    }
+}
+
+static void
+blake2b_init(Blake2b *s, size_t digest_size)
+{
+    memcpy(s->h, BLAKE2B_IV, sizeof s->h);
+    s->h[0] ^= 0x01010000ULL ^ digest_size; /* no key */
+    s->t[0] = s->t[1] = 0;
+    s->c = 0;
+    s->digest_size = digest_size;
+}
+
+static void
+blake2b_update(Blake2b *s, const void *data, size_t size)
+{
+    const uint8_t *p = data;
+    for (size_t i = 0; i < size; i++) {
+        if (s->c == 128) {
+            s->t[0] += 128;
+            if (s->t[0] < 128) {
+                s->t[1]++;
+            }
+            blake2b_compress(s, 0);
+            s->c = 0;
+        }
+        s->block[s->c++] = p[i];
+    }
+}
+
+static void
+blake2b_final(Blake2b *s, uint8_t *out)
+{
+    s->t[0] += s->c;
+    if (s->t[0] < s->c) {
+        s->t[1]++;
+    }
+    memset(s->block + s->c, 0, 128 - s->c);
+    blake2b_compress(s, 1);
+    for (size_t i = 0; i < s->digest_size; i++) {
+        out[i] = (uint8_t)(s->h[i >> 3] >> (8 * (i & 7)));
+    }
+}
+
+/* An id that is all zeros is invalid in OTLP: ids._checked. */
+static void
+checked(uint8_t *id, size_t size)
+{
+    for (size_t i = 0; i < size; i++) {
+        if (id[i]) {
+            return;
+        }
+    }
+    memset(id, 1, size);
+}
+
+/* ---- ids.py -------------------------------------------------------------------------------------- */
+
+static const char *
+utf8(PyObject *text, Py_ssize_t *size) /* str.encode(): NULL with UnicodeEncodeError set */
+{
+    if (!PyUnicode_Check(text)) {
+        PyErr_SetString(PyExc_TypeError, "expected a str");
+        return NULL;
+    }
+    return PyUnicode_AsUTF8AndSize(text, size);
+}
+
+/* span_id(trace_id, kind, key, repeat) -> bytes: ids.span_id_python. */
+static PyObject *
+span_id(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "span_id(trace_id: bytes, kind: bytes, key: str, repeat: int)");
+        return NULL;
+    }
+    Py_ssize_t key_size;
+    const char *key = utf8(args[2], &key_size);
+    if (key == NULL) {
+        return NULL;
+    }
+    long long repeat = PyLong_AsLongLong(args[3]);
+    if (repeat == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Blake2b s;
+    uint8_t digest[8];
+    blake2b_init(&s, 8);
+    blake2b_update(&s, PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]));
+    blake2b_update(&s, PyBytes_AS_STRING(args[1]), PyBytes_GET_SIZE(args[1]));
+    blake2b_update(&s, key, key_size);
+    if (repeat) {
+        char text[32];
+        int n = snprintf(text, sizeof text, "\x1f%lld\x1f", repeat);
+        blake2b_update(&s, text, n);
+    }
+    else {
+        blake2b_update(&s, "\x1f", 1);
+    }
+    blake2b_final(&s, digest);
+    checked(digest, 8);
+    return PyBytes_FromStringAndSize((const char *)digest, 8);
+}
+
+/* ids._digest(*parts, size=16) of text parts already encoded. */
+static PyObject *
+digest16(const char *first, Py_ssize_t first_size, const char *second, Py_ssize_t second_size)
+{
+    Blake2b s;
+    uint8_t digest[16];
+    blake2b_init(&s, 16);
+    blake2b_update(&s, first, first_size);
+    blake2b_update(&s, "\x1f", 1);
+    if (second != NULL) {
+        blake2b_update(&s, second, second_size);
+        blake2b_update(&s, "\x1f", 1);
+    }
+    blake2b_final(&s, digest);
+    checked(digest, 16);
+    return PyBytes_FromStringAndSize((const char *)digest, 16);
+}
+
+static int
+hex_value(char c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    if (c >= 'A' && c <= 'F') {
+        return c - 'A' + 10;
+    }
+    return -1;
+}
+
+enum { HEX_ID, HEX_NONE, HEX_UNSURE };
+
+/* ids._hex_bytes(text.rjust(pad, "0"), size) for text made only of hex digits (HEX_ID: the id in
+   out, HEX_NONE: it is None); HEX_UNSURE for any other text, where str.strip() and bytes.fromhex()
+   have their say: the Python twin's to read. ``pad`` 0: no padding. */
+static int
+hex_id(const char *text, Py_ssize_t size, Py_ssize_t pad, uint8_t *out, Py_ssize_t id_size)
+{
+    for (Py_ssize_t i = 0; i < size; i++) {
+        if (hex_value(text[i]) < 0) {
+            return HEX_UNSURE;
+        }
+    }
+    Py_ssize_t padding = pad > size ? pad - size : 0;
+    if (size + padding != 2 * id_size) {
+        return HEX_NONE;
+    }
+    int nonzero = 0;
+    for (Py_ssize_t i = 0; i < id_size; i++) {
+        Py_ssize_t hi = 2 * i - padding, lo = hi + 1;
+        int value = (hi >= 0 ? hex_value(text[hi]) << 4 : 0) | (lo >= 0 ? hex_value(text[lo]) : 0);
+        out[i] = (uint8_t)value;
+        nonzero |= value;
+    }
+    return nonzero ? HEX_ID : HEX_NONE;
+}
+
+static PyObject *str_traceparent, *str_b3_trace, *str_b3_span, *str_b3, *empty_bytes;
+
+/* A header's value as UTF-8; *size -1 when absent or empty (falsy). NULL: not a str (UNSURE). */
+static const char *
+header(PyObject *headers, PyObject *name, Py_ssize_t *size, int *unsure)
+{
+    *size = -1;
+    PyObject *value = PyDict_GetItemWithError(headers, name);
+    if (value == NULL) {
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            *unsure = 1;
+        }
+        return NULL;
+    }
+    if (!PyUnicode_CheckExact(value)) {
+        *unsure = 1;
+        return NULL;
+    }
+    const char *text = PyUnicode_AsUTF8AndSize(value, size);
+    if (text == NULL) {
+        PyErr_Clear();
+        *unsure = 1;
+        *size = -1;
+        return NULL;
+    }
+    if (*size == 0) {
+        *size = -1;
+    }
+    return text;
+}
+
+static PyObject *
+pair(const uint8_t *trace_id, const uint8_t *parent, Py_ssize_t parent_size)
+{
+    PyObject *trace = PyBytes_FromStringAndSize((const char *)trace_id, 16);
+    PyObject *span = parent_size ? PyBytes_FromStringAndSize((const char *)parent, parent_size)
+                                 : Py_NewRef(empty_bytes);
+    PyObject *out = trace && span ? PyTuple_Pack(2, trace, span) : NULL;
+    Py_XDECREF(trace);
+    Py_XDECREF(span);
+    return out;
+}
+
+/* trace_context(headers, request_id, connection) -> (trace id, parent span id) | None:
+   ids.trace_context_python's answer, or None where a value out of the ordinary (not only hex
+   digits where hex is read, not a str) leaves it to that function. */
+static PyObject *
+trace_context(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "trace_context(headers, request_id, connection)");
+        return NULL;
+    }
+    PyObject *headers = args[0];
+    uint8_t trace_id[16], parent[8];
+    int unsure = 0;
+    if (headers != Py_None) {
+        if (!PyDict_CheckExact(headers)) {
+            Py_RETURN_NONE;
+        }
+    }
+    if (headers != Py_None && PyDict_GET_SIZE(headers)) {
+        Py_ssize_t size;
+        const char *text = header(headers, str_traceparent, &size, &unsure);
+        if (unsure) {
+            Py_RETURN_NONE;
+        }
+        if (size > 0) {
+            /* version-trace-parent-flags: the second and third of at least four parts */
+            const char *dash[3];
+            int dashes = 0;
+            for (Py_ssize_t i = 0; i < size && dashes < 3; i++) {
+                if (text[i] == '-') {
+                    dash[dashes++] = text + i;
+                }
+            }
+            if (dashes == 3) {
+                int trace = hex_id(dash[0] + 1, dash[1] - dash[0] - 1, 0, trace_id, 16);
+                int span = hex_id(dash[1] + 1, dash[2] - dash[1] - 1, 0, parent, 8);
+                if (trace == HEX_UNSURE || span == HEX_UNSURE) {
+                    Py_RETURN_NONE;
+                }
+                if (trace == HEX_ID && span == HEX_ID) {
+                    return pair(trace_id, parent, 8);
+                }
+            }
+        }
+        text = header(headers, str_b3_trace, &size, &unsure);
+        if (unsure) {
+            Py_RETURN_NONE;
+        }
+        if (size > 0) {
+            int trace = hex_id(text, size, 32, trace_id, 16);
+            if (trace == HEX_UNSURE) {
+                Py_RETURN_NONE;
+            }
+            if (trace == HEX_ID) {
+                text = header(headers, str_b3_span, &size, &unsure);
+                int span = unsure ? HEX_UNSURE : size > 0 ? hex_id(text, size, 0, parent, 8) : HEX_NONE;
+                if (span == HEX_UNSURE) {
+                    Py_RETURN_NONE;
+                }
+                return pair(trace_id, parent, span == HEX_ID ? 8 : 0);
+            }
+        }
+        text = header(headers, str_b3, &size, &unsure);
+        if (unsure) {
+            Py_RETURN_NONE;
+        }
+        const char *first_dash = size > 0 ? memchr(text, '-', size) : NULL;
+        if (first_dash != NULL) {
+            const char *second_dash = memchr(first_dash + 1, '-', text + size - first_dash - 1);
+            const char *span_end = second_dash ? second_dash : text + size;
+            int trace = hex_id(text, first_dash - text, 32, trace_id, 16);
+            if (trace == HEX_UNSURE) {
+                Py_RETURN_NONE;
+            }
+            if (trace == HEX_ID) {
+                int span = hex_id(first_dash + 1, span_end - first_dash - 1, 0, parent, 8);
+                if (span == HEX_UNSURE) {
+                    Py_RETURN_NONE;
+                }
+                return pair(trace_id, parent, span == HEX_ID ? 8 : 0);
+            }
+        }
+    }
+    if (!PyUnicode_CheckExact(args[1]) || !PyUnicode_CheckExact(args[2])) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t size;
+    const char *request_id = PyUnicode_AsUTF8AndSize(args[1], &size);
+    if (request_id == NULL) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    if (size) {
+        /* a UUID is the 128 bits themselves (dashes removed), anything else is hashed */
+        char digits[32];
+        Py_ssize_t n = 0;
+        int only_hex = 1, printable = 1;
+        for (Py_ssize_t i = 0; i < size; i++) {
+            char c = request_id[i];
+            if (c == '-') {
+                continue;
+            }
+            if (hex_value(c) < 0) {
+                only_hex = 0;
+            }
+            if ((unsigned char)c <= 0x20 || (unsigned char)c >= 0x7f) {
+                printable = 0; /* whitespace str.strip() removes, or a character of more bytes */
+            }
+            if (n < 32) {
+                digits[n] = c;
+            }
+            n++;
+        }
+        if (only_hex) {
+            if (n == 32 && hex_id(digits, 32, 0, trace_id, 16) == HEX_ID) {
+                return pair(trace_id, NULL, 0);
+            }
+        }
+        else if (!printable || n == 32) {
+            Py_RETURN_NONE; /* strip() or fromhex() decide: the Python twin's */
+        }
+        PyObject *trace = digest16(request_id, size, NULL, 0);
+        PyObject *out = trace ? PyTuple_Pack(2, trace, empty_bytes) : NULL;
+        Py_XDECREF(trace);
+        return out;
+    }
+    Py_ssize_t connection_size;
+    const char *connection = PyUnicode_AsUTF8AndSize(args[2], &connection_size);
+    if (connection == NULL) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    PyObject *trace = digest16("connection", 10, connection, connection_size);
+    PyObject *out = trace ? PyTuple_Pack(2, trace, empty_bytes) : NULL;
+    Py_XDECREF(trace);
+    return out;
+}
+
+/* ---- wire.py ------------------------------------------------------------------------------------- */
+
+static uint8_t *
+varint(uint8_t *p, uint64_t value)
+{
+    while (value >= 0x80) {
+        *p++ = (uint8_t)(value | 0x80);
+        value >>= 7;
+    }
+    *p++ = (uint8_t)value;
+    return p;
+}
+
+static int
+varint_size(uint64_t value)
+{
+    int n = 1;
+    while (value >= 0x80) {
+        value >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static uint8_t *
+fixed64(uint8_t *p, uint64_t value)
+{
+    for (int i = 0; i < 8; i++) {
+        *p++ = (uint8_t)(value >> (8 * i));
+    }
+    return p;
+}
+
+/* span(trace_id, span_id, parent_span_id, name, kind, start_ns, end_ns, attributes, error) -> bytes:
+   wire.span_python. */
+static PyObject *
+span(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "span() takes 9 arguments");
+        return NULL;
+    }
+    for (int i = 0; i < 5; i++) {
+        if (!PyBytes_Check(args[i])) {
+            PyErr_SetString(PyExc_TypeError, "span(): ids, name and kind are bytes");
+            return NULL;
+        }
+    }
+    if (!PyBytes_Check(args[7])) {
+        PyErr_SetString(PyExc_TypeError, "span(): attributes are bytes");
+        return NULL;
+    }
+    Py_ssize_t trace_size = PyBytes_GET_SIZE(args[0]), id_size = PyBytes_GET_SIZE(args[1]);
+    Py_ssize_t parent_size = PyBytes_GET_SIZE(args[2]);
+    if (trace_size != 16 || id_size != 8 || (parent_size != 0 && parent_size != 8)) {
+        Py_RETURN_NONE; /* ids of other widths: the Python twin writes them as they are */
+    }
+    unsigned long long start = PyLong_AsUnsignedLongLong(args[5]);
+    if (start == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        Py_RETURN_NONE; /* struct.pack's error, from the Python twin */
+    }
+    unsigned long long end = PyLong_AsUnsignedLongLong(args[6]);
+    if (end == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t error_size;
+    const char *error = utf8(args[8], &error_size);
+    if (error == NULL) {
+        return NULL;
+    }
+    Py_ssize_t name_size = PyBytes_GET_SIZE(args[3]), kind_size = PyBytes_GET_SIZE(args[4]);
+    Py_ssize_t attributes_size = PyBytes_GET_SIZE(args[7]);
+    /* status: message = 2 (the error), code = 3 (ERROR), framed as field 15 */
+    Py_ssize_t status_body = error_size ? 1 + varint_size(error_size) + error_size + 2 : 0;
+    Py_ssize_t status_size = error_size ? 1 + varint_size(status_body) + status_body : 0;
+    Py_ssize_t size = name_size + kind_size + attributes_size + status_size + (2 + 16 + 2 + 8 + 18) +
+                      (parent_size ? 2 + 8 : 0);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, 1 + varint_size(size) + size);
+    if (out == NULL) {
+        return NULL;
+    }
+    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(out);
+    *p++ = 0x12; /* ScopeSpans.spans = 2 */
+    p = varint(p, size);
+    *p++ = 0x0a; /* trace_id = 1 */
+    *p++ = 16;
+    memcpy(p, PyBytes_AS_STRING(args[0]), 16);
+    p += 16;
+    *p++ = 0x12; /* span_id = 2 */
+    *p++ = 8;
+    memcpy(p, PyBytes_AS_STRING(args[1]), 8);
+    p += 8;
+    if (parent_size) {
+        *p++ = 0x22; /* parent_span_id = 4 */
+        *p++ = 8;
+        memcpy(p, PyBytes_AS_STRING(args[2]), 8);
+        p += 8;
+    }
+    memcpy(p, PyBytes_AS_STRING(args[3]), name_size);
+    p += name_size;
+    memcpy(p, PyBytes_AS_STRING(args[4]), kind_size);
+    p += kind_size;
+    *p++ = 0x39; /* start_time_unix_nano = 7, fixed64 */
+    p = fixed64(p, start);
+    *p++ = 0x41; /* end_time_unix_nano = 8, fixed64 */
+    p = fixed64(p, end);
+    memcpy(p, PyBytes_AS_STRING(args[7]), attributes_size);
+    p += attributes_size;
+    if (error_size) {
+        *p++ = 0x7a; /* status = 15 */
+        p = varint(p, status_body);
+        *p++ = 0x12; /* Status.message = 2 */
+        p = varint(p, error_size);
+        memcpy(p, error, error_size);
+        p += error_size;
+        *p++ = 0x18; /* Status.code = 3: STATUS_CODE_ERROR */
+        *p++ = 0x02;
+    }
+    return out;
+}
+
+/* string_attribute(encoded_key, value) -> bytes: wire.string_attribute_python. */
+static PyObject *
+string_attribute(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "string_attribute(encoded_key: bytes, value: str)");
+        return NULL;
+    }
+    Py_ssize_t text_size, key_size = PyBytes_GET_SIZE(args[0]);
+    const char *text = utf8(args[1], &text_size);
+    if (text == NULL) {
+        return NULL;
+    }
+    Py_ssize_t any_value = 1 + varint_size(text_size) + text_size; /* AnyValue.string_value = 1 */
+    Py_ssize_t key_value = key_size + 1 + varint_size(any_value) + any_value;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, 1 + varint_size(key_value) + key_value);
+    if (out == NULL) {
+        return NULL;
+    }
+    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(out);
+    *p++ = 0x4a; /* Span.attributes = 9 */
+    p = varint(p, key_value);
+    memcpy(p, PyBytes_AS_STRING(args[0]), key_size);
+    p += key_size;
+    *p++ = 0x12; /* KeyValue.value = 2 */
+    p = varint(p, any_value);
+    *p++ = 0x0a;
+    p = varint(p, text_size);
+    memcpy(p, text, text_size);
+    return out;
+}
+
+/* blake2b(data, digest_size) -> bytes: for the tests, against hashlib. */
+static PyObject *
+blake2b(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t digest_size;
+    if (nargs != 2 || !PyBytes_Check(args[0]) || (digest_size = PyLong_AsSsize_t(args[1])) < 1 ||
+        digest_size > 64) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "blake2b(data: bytes, digest_size: 1 to 64)");
+        }
+        return NULL;
+    }
+    Blake2b s;
+    uint8_t digest[64];
+    blake2b_init(&s, (size_t)digest_size);
+    blake2b_update(&s, PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]));
+    blake2b_final(&s, digest);
+    return PyBytes_FromStringAndSize((const char *)digest, digest_size);
+}
+
+/* ---- the module ---------------------------------------------------------------------------------- */
+
+static PyMethodDef METHODS[] = {
+    {"span_id", (PyCFunction)(void (*)(void))span_id, METH_FASTCALL,
+     "span_id(trace_id, kind, key, repeat) -> bytes: ids.span_id_python"},
+    {"trace_context", (PyCFunction)(void (*)(void))trace_context, METH_FASTCALL,
+     "trace_context(headers, request_id, connection) -> (trace id, parent) | None for the Python twin"},
+    {"span", (PyCFunction)(void (*)(void))span, METH_FASTCALL,
+     "span(trace_id, span_id, parent, name, kind, start, end, attributes, error) -> bytes | None"},
+    {"string_attribute", (PyCFunction)(void (*)(void))string_attribute, METH_FASTCALL,
+     "string_attribute(encoded_key, value) -> bytes: wire.string_attribute_python"},
+    {"blake2b", (PyCFunction)(void (*)(void))blake2b, METH_FASTCALL, "blake2b(data, digest_size) -> bytes"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef MODULE = {
+    PyModuleDef_HEAD_INIT, "_spans", "Trace context, span ids and spans natively (ids.py and wire.py hold the twins)",
+    -1, METHODS, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__spans(void)
+{
+    if (str_traceparent == NULL) {
+        if ((str_traceparent = PyUnicode_InternFromString("traceparent")) == NULL ||
+            (str_b3_trace = PyUnicode_InternFromString("x-b3-traceid")) == NULL ||
+            (str_b3_span = PyUnicode_InternFromString("x-b3-spanid")) == NULL ||
+            (str_b3 = PyUnicode_InternFromString("b3")) == NULL ||
+            (empty_bytes = PyBytes_FromStringAndSize(NULL, 0)) == NULL) {
+            return NULL;
+        }
+    }
+    return PyModule_Create(&MODULE);
+}

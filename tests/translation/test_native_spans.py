@@ -1,0 +1,255 @@
+"""The native span writer (``translation/_spans.c``) against its Python twins, call by call.
+
+BLAKE2b against hashlib on every length around its block size; ``span_id``, ``span`` and
+``string_attribute`` byte for byte on generated and hostile arguments; ``trace_context`` on
+every header form the bridge reads, hostile values included, where the native path may answer
+None (the Python twin then decides) but never another answer, and must not answer None for the
+values Envoy usually logs. Whole pipelines with and without it: tests/receiver/test_native.py.
+
+Skipped where the extension is not built (the pure-Python install); ``make test`` runs it on
+the compiled build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from receiver.test_fuzz import FUZZ
+
+from als2otel.translation import ids, wire
+
+native = ids.native
+pytestmark = pytest.mark.skipif(native is None, reason="the native span writer is not built (pure Python)")
+
+Outcome = tuple[str, Any]
+
+
+def outcome(function: Callable[..., Any], *arguments: Any) -> Outcome:
+    try:
+        return ("value", function(*arguments))
+    except Exception as exc:
+        return ("error", type(exc).__name__)
+
+
+def test_blake2b_is_hashlibs() -> None:
+    rng = random.Random(2026_12_03)
+    for size in [*range(0, 300), 1000, 4096, 65_537]:
+        data = rng.randbytes(size)
+        for digest_size in (8, 16, 32, 64):
+            assert (
+                native.blake2b(data, digest_size) == hashlib.blake2b(data, digest_size=digest_size).digest()
+            )
+
+
+KEYS = ["10.1.0.4:40000>10.1.0.9:9080|GET|/reviews/1", "sidecar~10.1.0.4~p.default~default.svc.cluster.local"]
+HOSTILE_TEXT = ["", "é", "\ud800", "x" * 200, "\x00\x1f", "٣", "-", "a-b-c"]
+
+
+@pytest.mark.parametrize("kind", [ids.CLIENT, ids.SERVER, ids.HOP])
+def test_span_ids(kind: bytes) -> None:
+    rng = random.Random(7)
+    for key in KEYS + HOSTILE_TEXT:
+        for repeat in (0, 1, 2, 9, 10, 12345, 2**40):
+            trace_id = rng.randbytes(16)
+            python = outcome(ids.span_id_python, trace_id, kind, key, repeat)
+            assert outcome(native.span_id, trace_id, kind, key, repeat) == python, (key, repeat)
+
+
+def test_an_all_zero_span_id_is_replaced_alike() -> None:
+    """A digest of zeros is invalid in OTLP: both twins give ``01`` * 8 (shown on the digest step)."""
+    assert ids._checked(bytes(8)) == b"\x01" * 8
+    assert native.span_id(b"\x00" * 16, ids.CLIENT, "k", 0) == ids.span_id_python(
+        b"\x00" * 16, ids.CLIENT, "k", 0
+    )
+
+
+HEX32 = "4bf92f3577b34da6a3ce929d0e0e4736"
+HEX16 = "00f067aa0ba902b7"
+RID = "8a4c3c2e-5b1f-4c39-9e3b-6f0d2a1b7c11"
+
+TRACEPARENTS = [
+    f"00-{HEX32}-{HEX16}-01",
+    f"00-{HEX32}-{HEX16}-01-extra",
+    f"00-{HEX32.upper()}-{HEX16}-00",
+    f"00-{'0' * 32}-{HEX16}-01",
+    f"00-{HEX32}-{'0' * 16}-01",
+    f"00-{HEX32[:-1]}-{HEX16}-01",
+    f"00-{HEX32}x-{HEX16}-01",
+    f"00- {HEX32[1:]}-{HEX16}-01",
+    f"00-{HEX32} -{HEX16}-01",
+    f"00-{HEX32[:16]} {HEX32[16:]}-{HEX16}-01",
+    f"00-{HEX32}-{HEX16}",
+    f"00--{HEX16}-01",
+    "---",
+    "-",
+    f"00-{HEX32[:-1]}٣-{HEX16}-01",
+    f"00-{HEX32}-{HEX16[:-2]}\u00e9-01",
+    "\ud800",
+]
+B3_TRACES = [
+    HEX32,
+    HEX16,
+    "1",
+    "0" * 32,
+    "0" * 16,
+    HEX32 + "0",
+    " " + HEX16,
+    HEX16 + "\t",
+    "xyz",
+    "٣" * 16,
+    "",
+]
+B3_SPANS = [HEX16, HEX16[:-1], "0" * 16, " " + HEX16[1:], "", "g" * 16, "\ud800"]
+B3_SINGLE = [
+    f"{HEX32}-{HEX16}-1",
+    f"{HEX16}-{HEX16}",
+    f"{HEX32}-{HEX16}-1-{HEX16}",
+    f"{HEX32}-",
+    f"-{HEX16}",
+    f"{'0' * 32}-{HEX16}-1",
+    f"{HEX32} -{HEX16}",
+    f"{HEX32}-{HEX16} ",
+    "0",
+    "d",
+]
+REQUEST_IDS = [
+    RID,
+    RID.replace("-", ""),
+    RID.upper(),
+    "0" * 32,
+    "00000000-0000-0000-0000-000000000000",
+    RID[:-1],
+    RID + "0",
+    "a-request",
+    "x" * 32,
+    "g" * 32,
+    " " + RID,
+    RID + "\n",
+    "é" * 32,
+    "٣" * 32,
+    "\ud800",
+    "",
+    "-" * 40,
+    "b3\x1f",
+]
+
+
+def trace_cases() -> list[tuple[dict[str, str] | None, str, str]]:
+    cases: list[tuple[dict[str, str] | None, str, str]] = []
+    for request_id in REQUEST_IDS:
+        cases.append((None, request_id, "10.1.0.4:40000>10.1.0.9:9080"))
+        cases.append(({}, request_id, ""))
+        for traceparent in TRACEPARENTS:
+            cases.append(({"traceparent": traceparent, "x-b3-traceid": HEX16}, request_id, "c"))
+            cases.append(({"traceparent": traceparent}, request_id, "c"))
+        for trace in B3_TRACES:
+            for span in B3_SPANS:
+                cases.append(({"x-b3-traceid": trace, "x-b3-spanid": span}, request_id, "c"))
+            cases.append(({"x-b3-traceid": trace, "b3": B3_SINGLE[0]}, request_id, "c"))
+        for b3 in B3_SINGLE:
+            cases.append(({"b3": b3, "content-type": "application/json"}, request_id, "c"))
+    cases.append((None, "", "\ud800"))
+    return cases
+
+
+def test_trace_context() -> None:
+    taken = 0
+    cases = trace_cases()
+    for headers, request_id, connection in cases:
+        python = outcome(ids.trace_context_python, headers, request_id, connection)
+        answer = outcome(native.trace_context, headers, request_id, connection)
+        if answer != ("value", None):
+            taken += 1
+            assert answer == python, (headers, request_id, connection)
+    assert taken > len(cases) / 3  # most cases are hostile on purpose; the usual ones: below
+
+
+def test_usual_trace_contexts_are_native() -> None:
+    """What Envoy logs: W3C, B3 (both forms), a UUID request id, an opaque one, none at all."""
+    for headers, request_id in [
+        ({"traceparent": f"00-{HEX32}-{HEX16}-01"}, RID),
+        ({"x-b3-traceid": HEX32, "x-b3-spanid": HEX16, "x-b3-sampled": "1"}, RID),
+        ({"b3": f"{HEX32}-{HEX16}-1"}, RID),
+        ({"user-agent": "curl/8.5"}, RID),
+        (None, "opaque-request-id"),
+        (None, ""),
+    ]:
+        assert native.trace_context(headers, request_id, "c") == ids.trace_context_python(
+            headers, request_id, "c"
+        )
+
+
+@FUZZ
+@given(
+    st.dictionaries(
+        st.sampled_from(["traceparent", "x-b3-traceid", "x-b3-spanid", "b3", "other"]),
+        st.one_of(st.text(alphabet="0123456789abcdefABCDEF-", max_size=70), st.text(max_size=40)),
+    ),
+    st.one_of(st.text(alphabet="0123456789abcdef-", max_size=40), st.text(max_size=40)),
+)
+def test_fuzzed_trace_contexts(headers: dict[str, str], request_id: str) -> None:
+    python = outcome(ids.trace_context_python, headers, request_id, "c")
+    answer = outcome(native.trace_context, headers, request_id, "c")
+    assert answer in (python, ("value", None))
+
+
+SPAN_ARGUMENTS = [
+    (bytes(range(16)), bytes(range(8)), b"", wire.span_name("GET /"), b"0\x02", 1, 2, b"", ""),
+    (
+        b"\x01" * 16,
+        b"\x02" * 8,
+        b"\x03" * 8,
+        wire.span_name("x" * 300),
+        b"0\x03",
+        2**64 - 1,
+        0,
+        b"J" * 200,
+        "500",
+    ),
+    (b"\x01" * 16, b"\x02" * 8, b"\x03" * 8, b"", b"", 0, 0, b"", "é" * 100),
+    (b"\x01" * 16, b"\x02" * 8, b"\x03" * 8, b"", b"", 0, 0, b"", "\ud800"),
+    (b"\x01" * 16, b"\x02" * 8, b"\x03" * 8, b"", b"", -1, 0, b"", ""),
+    (b"\x01" * 16, b"\x02" * 8, b"\x03" * 8, b"", b"", 0, 2**64, b"", ""),
+    (b"\x01" * 15, b"\x02" * 8, b"", b"", b"", 0, 0, b"", ""),
+    (b"\x01" * 16, b"\x02" * 9, b"", b"", b"", 0, 0, b"", ""),
+    (b"\x01" * 16, b"\x02" * 8, b"\x03" * 4, b"", b"", 0, 0, b"", ""),
+]
+
+
+@pytest.mark.parametrize("arguments", SPAN_ARGUMENTS)
+def test_span(arguments: tuple[Any, ...]) -> None:
+    python = outcome(wire.span_python, *arguments)
+    answer = outcome(native.span, *arguments)
+    assert answer in (python, ("value", None))
+    assert outcome(wire.span, *arguments) == python
+
+
+@FUZZ
+@given(
+    st.binary(min_size=16, max_size=16),
+    st.binary(min_size=8, max_size=8),
+    st.sampled_from([b"", b"\x07" * 8]),
+    st.binary(max_size=300),
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 2**64 - 1),
+    st.binary(max_size=300),
+    st.text(max_size=200),
+)
+def test_fuzzed_spans(
+    trace: bytes, span: bytes, parent: bytes, name: bytes, start: int, end: int, attributes: bytes, error: str
+) -> None:
+    arguments = (trace, span, parent, name, b"0\x02", start, end, attributes, error)
+    assert outcome(native.span, *arguments) == outcome(wire.span_python, *arguments)
+
+
+@pytest.mark.parametrize("key", [wire.key("url.full"), wire.key("x" * 200), b""])
+def test_string_attribute(key: bytes) -> None:
+    for value in [*HOSTILE_TEXT, "y" * 120, "y" * 121, "z" * 20_000]:
+        python = outcome(wire.string_attribute_python, key, value)
+        assert outcome(native.string_attribute, key, value) == python, value
