@@ -14,7 +14,7 @@ WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY src ./src
 RUN python3 -m venv /opt/als2otel && /opt/als2otel/bin/pip install --no-cache-dir --quiet . \
- && /opt/als2otel/bin/python -c 'import als2otel.translation.wire as m, als2otel.receiver._entries as n; assert m.__file__.endswith(".so"), "not compiled"' \
+ && /opt/als2otel/bin/python -c 'import als2otel.translation.wire as m, als2otel.receiver._entries, als2otel.translation._spans; assert m.__file__.endswith(".so"), "not compiled"' \
  && /opt/als2otel/bin/pip uninstall --quiet --yes pip setuptools
 
 FROM ${BASE}

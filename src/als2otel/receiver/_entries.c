@@ -17,6 +17,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -29,6 +30,13 @@ static PyObject *flag_codes[28]; /* ResponseFlags field number -> Envoy's short 
 static PyObject *address_names[5];
 
 #define ENTRY_FIELDS 30
+/* How an Entry is made: its type's tp_new, then each field stored through the type's own
+   descriptor (a compiled class's getset, a slotted class's member), as the dataclass's __init__
+   assigns them, without parsing thirty arguments; NULL setters: by calling the type. */
+static setter field_setters[ENTRY_FIELDS];
+static void *field_closures[ENTRY_FIELDS];
+static PyMemberDef *field_members[ENTRY_FIELDS];
+static PyObject *no_arguments;
 static const char *FIELD_NAMES[ENTRY_FIELDS] = {
     "api_version", "protocol", "start_ns", "downstream_end_ns", "first_upstream_tx_ns",
     "last_upstream_rx_ns", "downstream_remote", "downstream_direct_remote", "downstream_local",
@@ -273,8 +281,36 @@ typedef struct {
     int count;
 } MapSpans;
 
+/* Names that come again and again in the same place (logged header names, an OTLP record's
+   attribute names: Envoy writes the same ones in the same order every time): the string made
+   for the same bytes at the same position last time, so that no new one is made (and its hash
+   is known); otherwise text_strict(key), kept for next time. */
+#define RECENT_NAMES 64
+typedef struct {
+    PyObject *names[RECENT_NAMES];
+} RecentNames;
+
 static PyObject *
-text_map(const MapSpans *map, Span *grpc_status)
+recent_name(RecentNames *recent, Py_ssize_t position, Span key)
+{
+    PyObject **slot = position < RECENT_NAMES ? &recent->names[position] : NULL;
+    if (slot != NULL && *slot != NULL) {
+        Py_ssize_t size;
+        const char *text = PyUnicode_AsUTF8AndSize(*slot, &size);
+        if (text != NULL && size == key.size && memcmp(text, key.data, size) == 0) {
+            return Py_NewRef(*slot);
+        }
+        PyErr_Clear();
+    }
+    PyObject *name = text_strict(key);
+    if (name != NULL && slot != NULL) {
+        Py_XSETREF(*slot, Py_NewRef(name));
+    }
+    return name;
+}
+
+static PyObject *
+text_map(const MapSpans *map, Span *grpc_status, RecentNames *recent)
 {
     if (map->count == 0) {
         Py_RETURN_NONE;
@@ -288,7 +324,7 @@ text_map(const MapSpans *map, Span *grpc_status)
         if (!pair_fields(map->entries[i], &key, &value)) {
             goto not_ours;
         }
-        PyObject *name = text_strict(key);
+        PyObject *name = recent_name(recent, i, key);
         if (name == NULL) {
             if (PyErr_Occurred()) {
                 goto error;
@@ -801,6 +837,57 @@ flags_tuple(uint32_t flags)
     return tuple;
 }
 
+static PyObject *
+make_entry(PyObject **values)
+{
+    if (field_setters[0] == NULL && field_members[0] == NULL) {
+        return PyObject_Vectorcall(entry_type, values, ENTRY_FIELDS, NULL);
+    }
+    PyObject *entry = ((PyTypeObject *)entry_type)->tp_new((PyTypeObject *)entry_type, no_arguments, NULL);
+    for (int i = 0; entry != NULL && i < ENTRY_FIELDS; i++) {
+        int stored = field_setters[i] ? field_setters[i](entry, values[i], field_closures[i])
+                                      : PyMember_SetOne((char *)entry, field_members[i], values[i]);
+        if (stored < 0) {
+            Py_CLEAR(entry);
+        }
+    }
+    return entry;
+}
+
+/* The descriptors make_entry stores the fields through; none (calling the type instead) unless
+   every field has a getset or member descriptor of the type's own. */
+static int
+find_setters(PyObject *type)
+{
+    setter setters[ENTRY_FIELDS] = {NULL};
+    void *closures[ENTRY_FIELDS] = {NULL};
+    PyMemberDef *members[ENTRY_FIELDS] = {NULL};
+    int usable = PyType_Check(type) && ((PyTypeObject *)type)->tp_new != NULL;
+    for (int i = 0; usable && i < ENTRY_FIELDS; i++) {
+        PyObject *descriptor = PyDict_GetItemString(((PyTypeObject *)type)->tp_dict, FIELD_NAMES[i]);
+        if (descriptor != NULL && Py_IS_TYPE(descriptor, &PyGetSetDescr_Type) &&
+            ((PyGetSetDescrObject *)descriptor)->d_getset->set != NULL) {
+            setters[i] = ((PyGetSetDescrObject *)descriptor)->d_getset->set;
+            closures[i] = ((PyGetSetDescrObject *)descriptor)->d_getset->closure;
+        }
+        else if (descriptor != NULL && Py_IS_TYPE(descriptor, &PyMemberDescr_Type)) {
+            members[i] = ((PyMemberDescrObject *)descriptor)->d_member;
+        }
+        else {
+            usable = 0;
+        }
+    }
+    for (int i = 0; i < ENTRY_FIELDS; i++) {
+        field_setters[i] = usable ? setters[i] : NULL;
+        field_closures[i] = usable ? closures[i] : NULL;
+        field_members[i] = usable ? members[i] : NULL;
+    }
+    if (no_arguments == NULL && (no_arguments = PyTuple_New(0)) == NULL) {
+        return 0;
+    }
+    return 1;
+}
+
 /* decode(encoded, http, api_version, cache) -> Entry | None */
 static PyObject *
 decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -848,11 +935,12 @@ decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     if (http) {
         Span header_status = {NULL, 0}, trailer_status = {NULL, 0};
-        if ((values[26] = text_map(&raw.request_headers, NULL)) == NULL ||
-            (values[27] = text_map(&raw.response_headers, &header_status)) == NULL) {
+        static RecentNames request_names, response_names, trailer_names;
+        if ((values[26] = text_map(&raw.request_headers, NULL, &request_names)) == NULL ||
+            (values[27] = text_map(&raw.response_headers, &header_status, &response_names)) == NULL) {
             goto done;
         }
-        PyObject *trailers = text_map(&raw.response_trailers, &trailer_status);
+        PyObject *trailers = text_map(&raw.response_trailers, &trailer_status, &trailer_names);
         if (trailers == NULL) {
             goto done;
         }
@@ -919,7 +1007,7 @@ decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto done;
         }
     }
-    result = PyObject_Vectorcall(entry_type, values, ENTRY_FIELDS, NULL);
+    result = make_entry(values);
 done:
     Py_XDECREF(addresses);
     for (int i = 0; i < ENTRY_FIELDS; i++) {
@@ -994,31 +1082,7 @@ any_text(Span s, PyObject **out)
     return *out == NULL ? -1 : 1;
 }
 
-/* The attribute names of the last record read, by position: Envoy's logger writes the same names
-   in the same order in every record, so a record's keys are nearly always these very strings
-   (no allocation, their hashes known). */
-#define RECENT_KEYS 64
-static PyObject *recent_keys[RECENT_KEYS];
-
-/* text_strict(key) for the attribute at ``position``, from recent_keys when it is the same. */
-static PyObject *
-attribute_key(Py_ssize_t position, Span key)
-{
-    PyObject **slot = position < RECENT_KEYS ? &recent_keys[position] : NULL;
-    if (slot != NULL && *slot != NULL) {
-        Py_ssize_t size;
-        const char *text = PyUnicode_AsUTF8AndSize(*slot, &size);
-        if (text != NULL && size == key.size && memcmp(text, key.data, size) == 0) {
-            return Py_NewRef(*slot);
-        }
-        PyErr_Clear();
-    }
-    PyObject *name = text_strict(key);
-    if (name != NULL && slot != NULL) {
-        Py_XSETREF(*slot, Py_NewRef(name));
-    }
-    return name;
-}
+static RecentNames record_names;
 
 /* record(raw, start, end) -> (attributes, time_unix_nano) | None: the LogRecord in raw[start:end]
    read as server._read_record reads it (protobuf, then otlp_logs.strings of its attributes). */
@@ -1086,7 +1150,7 @@ record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 result = 0;
             }
             else if ((result = any_text(value, &text)) == 1 && text != NULL) {
-                if ((name = attribute_key(position++, key)) == NULL) {
+                if ((name = recent_name(&record_names, position++, key)) == NULL) {
                     Py_DECREF(text);
                     result = PyErr_Occurred() ? -1 : 0;
                 }
@@ -1643,6 +1707,9 @@ configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!table(args[3], methods, 10, "method_names") || !table(args[4], http_versions, 5, "http_versions") ||
         !table(args[5], flag_codes + 1, 27, "flag_codes") ||
         !table(args[6], log_type_names, 14, "access_log_types")) {
+        return NULL;
+    }
+    if (!find_setters(args[0])) {
         return NULL;
     }
     Py_XSETREF(entry_type, Py_NewRef(args[0]));
