@@ -11,7 +11,7 @@ send are not in it (bench/pipeline.py measures those).
 
 ``--compiled`` counts the modules setup.py compiles as built in build/compiled (``make compiled``).
 
-Usage: python bench/instructions.py [--entries N] [--passes K] [--peers] [--python EXE]
+Usage: python bench/instructions.py [--entries N] [--passes K] [--peers | --envoy] [--python EXE]
                                     [--requests-per-connection R] [--compiled]
 """
 
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_passes(
-    entries: int, passes: int, measured: int, peers: bool, per_connection: int, compiled: bool
+    entries: int, passes: int, measured: int, peers: bool, per_connection: int, compiled: bool, envoy: bool
 ) -> None:
     """``1 + measured`` of ``1 + passes`` prepared passes over ``entries`` entries (the first warms caches).
 
@@ -49,12 +49,13 @@ def run_passes(
     # Every pass reads entries of its own (ports, request ids, trace ids differ), so
     # caches keyed by per-request values never see a repeat they would not see live.
     passes_messages = [
-        build_messages(entries, 1, peers, per_connection, offset=entries * k)[0] for k in range(1 + passes)
+        build_messages(entries, 1, peers, per_connection, offset=entries * k, envoy=envoy)[0]
+        for k in range(1 + passes)
     ]
     messages = passes_messages[0]
 
     async def main() -> None:
-        pipeline = offline_bridge(peers).pipeline
+        pipeline = offline_bridge(peers, envoy).pipeline
         tune_garbage_collection()  # as `als2otel serve` does once started
         proxy = identify(als_pb2.StreamAccessLogsMessage.FromString(messages[0]).identifier)
         for messages_ in passes_messages[: 1 + measured]:
@@ -67,7 +68,14 @@ def run_passes(
 
 
 def count(
-    python: str, entries: int, passes: int, measured: int, peers: bool, per_connection: int, compiled: bool
+    python: str,
+    entries: int,
+    passes: int,
+    measured: int,
+    peers: bool,
+    per_connection: int,
+    compiled: bool,
+    envoy: bool,
 ) -> int:
     command = (
         [
@@ -88,6 +96,7 @@ def count(
         ]
         + (["--peers"] if peers else [])
         + (["--compiled"] if compiled else [])
+        + (["--envoy"] if envoy else [])
     )
     # A fixed hash seed: with a random one, dict and set layouts (and so the count) vary by ~1%.
     env = {**os.environ, "PYTHONHASHSEED": "0"}
@@ -114,17 +123,24 @@ def main() -> None:
     args = parser.parse_args()
     if args.run:
         run_passes(
-            args.entries, args.passes, args.measured, args.peers, args.requests_per_connection, args.compiled
+            args.entries,
+            args.passes,
+            args.measured,
+            args.peers,
+            args.requests_per_connection,
+            args.compiled,
+            args.envoy,
         )
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
-    per_connection = args.requests_per_connection
-    traffic = (args.peers, per_connection, args.compiled)
+    per_connection = 1 if args.envoy else args.requests_per_connection  # Envoy's: a connection per request
+    traffic = (args.peers, per_connection, args.compiled, args.envoy)
     base = count(args.python, args.entries, args.passes, 0, *traffic)
     total = count(args.python, args.entries, args.passes, args.passes, *traffic)
     per_entry = (total - base) / (args.entries * args.passes)
-    mode = ("mx-mesh" if args.peers else "no analyzer") + (", compiled" if args.compiled else "")
+    analysis = "Envoy-shaped, k8s-mesh" if args.envoy else "mx-mesh" if args.peers else "no analyzer"
+    mode = analysis + (", compiled" if args.compiled else "")
     print(
         f"{mode}, {per_connection} requests per connection: {per_entry:,.0f} instructions per entry"
         f" ({args.python})"

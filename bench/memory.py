@@ -27,16 +27,18 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
 
 
-async def run(entries: int, chunk: int, peers: bool, per_connection: int) -> list[tuple[int, float]]:
+async def run(
+    entries: int, chunk: int, peers: bool, per_connection: int, envoy: bool
+) -> list[tuple[int, float]]:
     from als2otel.receiver import identify
     from als2otel.receiver._proto import als_pb2
     from als2otel.receiver.server import EntryBatch
 
-    pipeline = offline_bridge(peers).pipeline
+    pipeline = offline_bridge(peers, envoy).pipeline
     samples = []
     proxy = None
     for offset in range(0, entries, chunk):
-        for raw in build_messages(chunk, 1, peers, per_connection, offset=offset)[0]:
+        for raw in build_messages(chunk, 1, peers, per_connection, offset=offset, envoy=envoy)[0]:
             message = als_pb2.StreamAccessLogsMessage.FromString(raw)
             if proxy is None:
                 proxy = identify(message.identifier)
@@ -56,7 +58,8 @@ def main() -> None:
     add_traffic_arguments(parser)
     args = parser.parse_args()
     before = rss_mb()
-    samples = asyncio.run(run(args.entries, args.chunk, args.peers, args.requests_per_connection))
+    per_connection = 1 if args.envoy else args.requests_per_connection
+    samples = asyncio.run(run(args.entries, args.chunk, args.peers, per_connection, args.envoy))
     for done, mb in samples[:: max(len(samples) // 10, 1)] + samples[-1:]:
         print(f"{done:>10,} entries  RSS {mb:6.1f} MB")
     half = samples[len(samples) // 2][1]

@@ -178,34 +178,61 @@ def _as_envoy_logs_it(entry: Any, i: int) -> None:
     entry.response.response_headers["content-type"] = b"application/json"
 
 
+def envoy_mesh_objects() -> list[dict[str, Any]]:
+    """The Envoy-shaped traffic's mesh as Kubernetes objects: its destination pods behind 20
+    Services, and the sources."""
+    from support import kube_api
+
+    objects = []
+    for n in range(ENVOY_PODS):
+        service = f"svc{n % 20}"
+        objects.append(
+            kube_api.pod("default", f"{service}-v1-5f7b9c6d8-{n:05d}", envoy_pod_ip(n), {"app": service})
+        )
+    objects += [kube_api.service("default", f"svc{k}", {"app": f"svc{k}"}) for k in range(20)]
+    for s in range(64):
+        ip = f"10.1.{s // 250}.{s % 250 + 1}"
+        objects.append(
+            kube_api.pod("default", f"productpage-v1-6b746f74dc-{s:05d}", ip, {"app": "productpage"})
+        )
+    objects.append(
+        kube_api.pod("default", "productpage-v1-6b746f74dc-shared", "10.1.0.4", {"app": "productpage"})
+    )
+    objects.append(kube_api.service("default", "productpage", {"app": "productpage"}))
+    return objects
+
+
 def envoy_mesh(directory: Path) -> tuple[Any, Path]:
-    """A list/watch API server holding the Envoy-shaped traffic's mesh (its destination pods behind
-    20 Services, and the sources), and a kubeconfig for it."""
+    """A list/watch API server holding :func:`envoy_mesh_objects`, and a kubeconfig for it."""
     from support import kube_api
 
     api = kube_api.FakeKubeApi().start()
-    for n in range(ENVOY_PODS):
-        service = f"svc{n % 20}"
-        api.put(kube_api.pod("default", f"{service}-v1-5f7b9c6d8-{n:05d}", envoy_pod_ip(n), {"app": service}))
-    for k in range(20):
-        api.put(kube_api.service("default", f"svc{k}", {"app": f"svc{k}"}))
-    for s in range(64):
-        ip = f"10.1.{s // 250}.{s % 250 + 1}"
-        api.put(kube_api.pod("default", f"productpage-v1-6b746f74dc-{s:05d}", ip, {"app": "productpage"}))
-    api.put(kube_api.pod("default", "productpage-v1-6b746f74dc-shared", "10.1.0.4", {"app": "productpage"}))
-    api.put(kube_api.service("default", "productpage", {"app": "productpage"}))
+    for obj in envoy_mesh_objects():
+        api.put(obj)
     return api, api.kubeconfig(directory)
 
 
-def offline_bridge(peers: bool) -> Any:
+def offline_bridge(peers: bool, envoy: bool = False) -> Any:
     """The per-entry core for in-process runs (no gRPC, no exporter), building spans as a bridge
-    that exports them does."""
+    that exports them does. ``envoy``: k8s-mesh over an index holding :func:`envoy_mesh_objects`
+    (as the list/watch cache fills it; the cache's threads are not in it)."""
+    from types import SimpleNamespace
+
     from als2otel import config as cfg
-    from als2otel.app import build_core
+    from als2otel.analysis.k8s import KubeIndex, NameRule
+    from als2otel.app import build_core, name_labels
     from als2otel.stats import Stats
 
-    config = cfg.parse({"analyzers": ["mx-mesh"] if peers else []}, {})
-    return build_core(config, Stats(), traces=True)
+    config = cfg.parse({"analyzers": ["k8s-mesh"] if envoy else ["mx-mesh"] if peers else []}, {})
+    kube = None
+    if envoy:
+        index = KubeIndex(
+            NameRule(config.k8s.service_name_rule), config.k8s.ignored_namespaces, name_labels(config)
+        )
+        for obj in envoy_mesh_objects():
+            index.apply(obj["kind"], "ADDED", obj)
+        kube = SimpleNamespace(index=index)
+    return build_core(config, Stats(), traces=True, kube=kube)
 
 
 def add_traffic_arguments(parser: argparse.ArgumentParser) -> None:
@@ -213,6 +240,11 @@ def add_traffic_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peers", action="store_true", help="entries carry Istio peer metadata; mx-mesh on")
     parser.add_argument(
         "--requests-per-connection", type=int, default=10, help="1: every request on a new connection"
+    )
+    parser.add_argument(
+        "--envoy",
+        action="store_true",
+        help="entries as Envoy 1.40 under Istio logs them, k8s-mesh on (as the pipeline+envoy mode)",
     )
 
 
@@ -600,6 +632,11 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=4)
     parser.add_argument(
         "--requests-per-connection", type=int, default=10, help="1: every request on a new connection"
+    )
+    parser.add_argument(
+        "--envoy",
+        action="store_true",
+        help="entries as Envoy 1.40 under Istio logs them, k8s-mesh on (as the pipeline+envoy mode)",
     )
     parser.add_argument(
         "--modes",
