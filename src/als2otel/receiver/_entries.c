@@ -67,6 +67,10 @@ enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
 static int
 read_varint(Reader *r, uint64_t *out)
 {
+    if (r->p < r->end && *r->p < 0x80) { /* one byte: nearly every tag and length */
+        *out = *r->p++;
+        return 1;
+    }
     uint64_t value = 0;
     for (int shift = 0; shift < 70; shift += 7) {
         if (r->p >= r->end) {
@@ -1083,6 +1087,7 @@ any_text(Span s, PyObject **out)
 }
 
 static RecentNames record_names;
+static Py_ssize_t record_attribute_count;
 
 /* record(raw, start, end) -> (attributes, time_unix_nano) | None: the LogRecord in raw[start:end]
    read as server._read_record reads it (protobuf, then otlp_logs.strings of its attributes). */
@@ -1098,7 +1103,8 @@ record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Span s = {(const uint8_t *)PyBytes_AS_STRING(args[0]) + start, end - start};
-    PyObject *attributes = PyDict_New();
+    /* sized for as many attributes as the record before had: no resizing as it fills */
+    PyObject *attributes = _PyDict_NewPresized(record_attribute_count);
     if (attributes == NULL) {
         return NULL;
     }
@@ -1177,6 +1183,7 @@ record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         Py_RETURN_NONE;
     }
+    record_attribute_count = PyDict_GET_SIZE(attributes) < 1024 ? PyDict_GET_SIZE(attributes) : 1024;
     PyObject *time = PyLong_FromUnsignedLongLong(time_unix_nano);
     if (time == NULL) {
         Py_DECREF(attributes);
