@@ -1231,11 +1231,6 @@ static const char *ATTRIBUTE_NAMES[ATTRIBUTE_COUNT] = {
 static PyObject *attribute_keys[ATTRIBUTE_COUNT];
 
 typedef struct {
-    const char *data;
-    Py_ssize_t size;
-} Text; /* an attribute's UTF-8 bytes, owned by its str */
-
-typedef struct {
     uint8_t *data;
     Py_ssize_t size, capacity;
     int failed; /* out of memory: the exception is set */
@@ -1304,10 +1299,8 @@ put_len_field(Buffer *b, int number, const void *data, Py_ssize_t size)
 static void
 put_time_field(Buffer *b, int number, uint64_t seconds, uint64_t nanos)
 {
-    Buffer inner = {NULL, 0, 0, 0};
-    uint8_t bytes[24];
-    inner.data = bytes;
-    inner.capacity = sizeof bytes; /* two varints of at most 10 bytes, and their tags */
+    uint8_t bytes[24]; /* two varints of at most 10 bytes, and their tags: never grown */
+    Buffer inner = {bytes, 0, sizeof bytes, 0};
     if (seconds) {
         put_varint_field(&inner, 1, seconds);
     }
@@ -1317,13 +1310,14 @@ put_time_field(Buffer *b, int number, uint64_t seconds, uint64_t nanos)
     put_len_field(b, number, inner.data, inner.size);
 }
 
-/* otlp_logs._value: the attribute's text, "" when absent or Envoy's "-". 0: not a str, or one
-   that does not encode (the Python path decides); -1: an exception. */
+/* otlp_logs._value: the attribute's text as UTF-8 (owned by its str), empty when absent or
+   Envoy's "-". 0: not a str, or one that does not encode (the Python path decides); -1: an
+   exception. */
 static int
-attribute(PyObject *attributes, int index, Text *out)
+attribute(PyObject *attributes, int index, Span *out)
 {
     PyObject *value = PyDict_GetItemWithError(attributes, attribute_keys[index]);
-    out->data = "";
+    out->data = (const uint8_t *)"";
     out->size = 0;
     if (value == NULL) {
         return PyErr_Occurred() ? -1 : 1;
@@ -1341,12 +1335,12 @@ attribute(PyObject *attributes, int index, Text *out)
         out->size = 0;
         return 1;
     }
-    out->data = data;
+    out->data = (const uint8_t *)data;
     return 1;
 }
 
 static int
-equals_str(Text t, PyObject *str)
+equals_str(Span t, PyObject *str)
 {
     Py_ssize_t n;
     const char *data = PyUnicode_AsUTF8AndSize(str, &n);
@@ -1354,7 +1348,7 @@ equals_str(Text t, PyObject *str)
 }
 
 static int
-all_digits(const char *p, Py_ssize_t n)
+all_digits(const uint8_t *p, Py_ssize_t n)
 {
     for (Py_ssize_t i = 0; i < n; i++) {
         if (p[i] < '0' || p[i] > '9') {
@@ -1365,7 +1359,7 @@ all_digits(const char *p, Py_ssize_t n)
 }
 
 static uint64_t
-digits_value(const char *p, Py_ssize_t n) /* at most 19 digits: no overflow */
+digits_value(const uint8_t *p, Py_ssize_t n) /* at most 19 digits: no overflow */
 {
     uint64_t value = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -1376,7 +1370,7 @@ digits_value(const char *p, Py_ssize_t n) /* at most 19 digits: no overflow */
 
 /* otlp_logs._number: 0 for no text; 0 returned (Python path) for anything it refuses. */
 static int
-number(Text t, uint64_t maximum, uint64_t *out)
+number(Span t, uint64_t maximum, uint64_t *out)
 {
     *out = 0;
     if (t.size == 0) {
@@ -1391,12 +1385,12 @@ number(Text t, uint64_t maximum, uint64_t *out)
 
 /* net.split_hostport, then the encoded Address; 0: not one (or port 0), the Python path's. */
 static int
-put_address(Buffer *b, int number, Text t)
+put_address(Buffer *b, int number, Span t)
 {
-    const char *host, *port;
+    const uint8_t *host, *port;
     Py_ssize_t host_size, port_size;
     if (t.size && t.data[0] == '[') {
-        const char *end = memchr(t.data, ']', t.size);
+        const uint8_t *end = memchr(t.data, ']', t.size);
         if (end == NULL || end + 1 >= t.data + t.size || end[1] != ':') {
             return 0;
         }
@@ -1406,8 +1400,8 @@ put_address(Buffer *b, int number, Text t)
         port_size = t.data + t.size - port;
     }
     else {
-        const char *colon = NULL;
-        for (const char *p = t.data; p < t.data + t.size; p++) {
+        const uint8_t *colon = NULL;
+        for (const uint8_t *p = t.data; p < t.data + t.size; p++) {
             if (*p == ':') {
                 if (colon != NULL) {
                     return 0; /* two colons outside brackets: not host:port */
@@ -1444,7 +1438,7 @@ put_address(Buffer *b, int number, Text t)
 
 /* A map<string, bytes> entry (key = 1, value = 2) as field ``number``. */
 static void
-put_map_entry(Buffer *b, int number, const char *key, Text value)
+put_map_entry(Buffer *b, int number, const char *key, Span value)
 {
     Buffer entry = {NULL, 0, 0, 0};
     put_len_field(&entry, 1, key, (Py_ssize_t)strlen(key));
@@ -1468,7 +1462,7 @@ entry_of(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!PyDict_CheckExact(args[0])) {
         Py_RETURN_NONE;
     }
-    Text a[ATTRIBUTE_COUNT];
+    Span a[ATTRIBUTE_COUNT];
     for (int i = 0; i < ATTRIBUTE_COUNT; i++) {
         int got = attribute(args[0], i, &a[i]);
         if (got <= 0) {
@@ -1501,15 +1495,16 @@ entry_of(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         nanos = time_unix_nano % NS;
     }
     else {
-        Text t = a[A_START_TIME];
-        const char *dot = t.size ? memchr(t.data, '.', t.size) : NULL;
+        Span t = a[A_START_TIME];
+        const uint8_t *dot = t.size ? memchr(t.data, '.', t.size) : NULL;
+        const uint8_t *fraction_digits = dot ? dot + 1 : t.data + t.size;
         Py_ssize_t whole = dot ? dot - t.data : t.size, fraction = dot ? t.size - whole - 1 : 0;
         if (whole == 0 || whole > 12 || !all_digits(t.data, whole) || fraction > 9 ||
-            !all_digits(dot ? dot + 1 : "", fraction)) {
+            !all_digits(fraction_digits, fraction)) {
             Py_RETURN_NONE;
         }
         seconds = digits_value(t.data, whole);
-        nanos = digits_value(dot ? dot + 1 : "", fraction);
+        nanos = digits_value(fraction_digits, fraction);
         for (Py_ssize_t i = fraction; i < 9; i++) {
             nanos *= 10;
         }
@@ -1558,9 +1553,9 @@ entry_of(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     /* %RESPONSE_FLAGS%: codes between commas; unknown ones (and UAEX, a message) are skipped. */
     int flags[28] = {0}, any_flag = 0;
-    for (const char *p = a[A_FLAGS].data, *end = p + a[A_FLAGS].size; p <= end && a[A_FLAGS].size;) {
-        const char *comma = memchr(p, ',', end - p);
-        Text code = {p, (comma ? comma : end) - p};
+    for (const uint8_t *p = a[A_FLAGS].data, *end = p + a[A_FLAGS].size; p <= end && a[A_FLAGS].size;) {
+        const uint8_t *comma = memchr(p, ',', end - p);
+        Span code = {p, (comma ? comma : end) - p};
         for (int n = 1; n < 28; n++) {
             if (n != 13 && equals_str(code, flag_codes[n])) {
                 flags[n] = any_flag = 1;
@@ -1606,7 +1601,7 @@ entry_of(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         put_len_field(&entry, 2, part.data, part.size);
     }
     else {
-        Text protocol = a[A_PROTOCOL];
+        Span protocol = a[A_PROTOCOL];
         for (int i = 1; i < 5; i++) {
             Py_ssize_t n;
             const char *version = PyUnicode_AsUTF8AndSize(http_versions[i], &n);
@@ -1626,7 +1621,7 @@ entry_of(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             {2, A_SCHEME}, {3, A_HOST}, {5, A_PATH}, {6, A_USER_AGENT}, {9, A_REQUEST_ID},
         };
         for (int i = 0; i < 5; i++) {
-            Text t = a[REQUEST_FIELDS[i][1]];
+            Span t = a[REQUEST_FIELDS[i][1]];
             if (t.size) {
                 put_len_field(&part, REQUEST_FIELDS[i][0], t.data, t.size);
             }

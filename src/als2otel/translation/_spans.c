@@ -311,10 +311,8 @@ trace_context(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *headers = args[0];
     uint8_t trace_id[16], parent[8];
     int unsure = 0;
-    if (headers != Py_None) {
-        if (!PyDict_CheckExact(headers)) {
-            Py_RETURN_NONE;
-        }
+    if (headers != Py_None && !PyDict_CheckExact(headers)) {
+        Py_RETURN_NONE; /* another Mapping: the Python twin reads it */
     }
     if (headers != Py_None && PyDict_GET_SIZE(headers)) {
         Py_ssize_t size;
