@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import yaml
 from support import als, mesh
 from support.net import free_port
@@ -422,3 +423,71 @@ class TestLoadSharing:
             assert sample(merged, 'als2otel_worker_connections_total{worker="0"}') == 4
         finally:
             await supervisor.stop()
+
+    async def test_a_worker_over_its_share_sheds_connections_until_the_split_evens_out(self) -> None:
+        """Eight connections dealt four and four while idle; then the four on worker 0 grow busy (load
+        that moved after the deal). Worker 0 sheds two of them (a GOAWAY; their streams end right
+        after a message), their clients reconnect as Envoy does, the parent deals them to worker 1,
+        and the split evens out: counted per worker in /metrics, neither doing over 60% after."""
+        port = free_port()
+        busy = asyncio.Event()
+        done = asyncio.Event()
+        sent = [0] * 8
+
+        async def client(number: int, channel: Any) -> None:
+            """Streams one after another on one channel: identifier first, then (once busy, for the
+            even ones) 50 entries every 50 ms; a stream the bridge ends is followed by a new one."""
+
+            async def messages() -> Any:
+                yield als.http_message([], mesh.productpage())
+                while not done.is_set():
+                    await asyncio.sleep(0.05)
+                    if busy.is_set() and number % 2 == 0:
+                        first = number * 10_000_000 + sent[number]
+                        sent[number] += 50
+                        entries = [mesh.outbound(first + i, start_ms=als.real_now_ms()) for i in range(50)]
+                        yield als.http_message(entries)
+
+            while not done.is_set():
+                call = channel.stream_unary(als.V3_METHOD, request_serializer=als._serialize)
+                await call(messages())
+
+        async with supervised(worker_config(port)) as outcome:
+            supervisor = outcome.supervisor
+            handed = supervisor.stats.worker_connections
+            channels = [
+                grpc.aio.insecure_channel(
+                    f"127.0.0.1:{supervisor.als_port}", options=[("grpc.use_local_subchannel_pool", 1)]
+                )
+                for _ in range(8)
+            ]
+            clients = []
+            for number, channel in enumerate(channels):
+                clients.append(asyncio.ensure_future(client(number, channel)))
+                assert await eventually(lambda n=number: handed.get("0") + handed.get("1") == n + 1, 10)
+            assert (handed.get("0"), handed.get("1")) == (4, 4)  # even ones on worker 0, idle all
+            busy.set()
+            shed = supervisor.stats.worker_connections_shed
+            try:
+                assert await eventually(lambda: shed.get("0") >= 1, 30)
+                await asyncio.sleep(workers.RATE_WINDOW)  # the moved connections measured where they went
+                before = [await received(w) for w in supervisor._workers]
+                await asyncio.sleep(3)
+                after = [await received(w) for w in supervisor._workers]
+            finally:
+                done.set()
+                await asyncio.gather(*clients, return_exceptions=True)
+                for channel in channels:
+                    await channel.close()
+            work = [b - a for a, b in zip(before, after, strict=True)]
+            assert max(work) <= 0.6 * sum(work), work
+            assert (shed.get("0"), shed.get("1")) == (2, 0)  # half of worker 0's four busy connections
+            assert handed.get("1") >= 6  # dealt again, to the idler worker
+            page = (await asyncio.to_thread(get, port, "/metrics"))[1]
+            assert sample(page, 'als2otel_worker_connections_shed_total{worker="0"}') == 2
+            assert sample(page, 'als2otel_streams_ended_total{reason="rebalance"}') >= 2
+
+
+async def received(worker: Any) -> float:
+    page = (await asyncio.to_thread(get, worker.http_port, "/metrics"))[1]
+    return sample(page, "als2otel_entries_received_total")

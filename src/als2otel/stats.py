@@ -98,7 +98,8 @@ class Stats:
         self.streams_ended = Counter(
             "als2otel_streams_ended_total",
             "ALS streams that ended, by reason: the client closed or cancelled it, it sent bad input,"
-            " or its connection reached max_connection_age.",
+            " its connection reached max_connection_age, or its worker shed the connection to even"
+            " out the workers' load (rebalance).",
             ("reason",),
         )
         self.tls_handshakes_failed = Counter(
@@ -125,8 +126,15 @@ class Stats:
         self.worker_connections = Counter(
             "als2otel_worker_connections_total",
             "ALS connections the workers' parent handed to each worker (the ready one with the fewest"
-            ' open connections, the least loaded among equals), by worker; "none" when no worker'
-            " was ready (the connection was closed, and Envoy connects again).",
+            " open connections, the least loaded among equals; the least loaded for 5 s after a worker"
+            ' was asked to shed), by worker; "none" when no worker was ready (the connection was'
+            " closed, and Envoy connects again).",
+            ("worker",),
+        )
+        self.worker_connections_shed = Counter(
+            "als2otel_worker_connections_shed_total",
+            "ALS connections a worker shed because it carried more than its share of the load (a"
+            " GOAWAY; the client reconnects, and the parent deals the connection again), by worker.",
             ("worker",),
         )
         self.k8s_errors = Counter(

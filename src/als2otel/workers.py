@@ -6,7 +6,12 @@ hands it (the socket itself, over the worker's pipe) to the ready worker with th
 fewest open connections, the least loaded among equals, so that a few busy
 connections are shared evenly rather than dealt by a hash; the worker relays it to
 its gRPC server (:mod:`.receiver.front`, which also ends TLS). Connections are dealt
-again as they end (``receiver.max_connection_age``). A worker's HTTP side listens
+again as they end (``receiver.max_connection_age``). Load that moves after the deal
+(a connection that grows busy) is evened out: a worker whose entries per second stay
+over :data:`SHARE_LIMIT` times its share for :data:`REBALANCE_AFTER` sheds connections
+carrying about half the difference to the least loaded worker (a GOAWAY, its streams
+ended after their next message, as at ``max_connection_age``), and the connections
+that come back go to the least loaded worker. A worker's HTTP side listens
 on a private loopback port. Every :data:`TICK` it writes its state into memory it shares with
 the parent (:class:`WorkerState`): a heartbeat, whether it is ready, and what it
 holds unexported. The parent process here:
@@ -38,6 +43,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -91,6 +97,17 @@ handler has 30 s)."""
 RATE_WINDOW = 5.0
 """Seconds over which a worker's entries per second are measured, to deal connections by load."""
 
+SHARE_LIMIT = 1.1
+"""A worker whose entries per second stay over this many times its share (the mean of the ready
+workers) sheds connections: 55% of the load of two workers."""
+
+REBALANCE_AFTER = 5.0
+"""Seconds a worker must stay over its share before it sheds, and after a shed before the next (the
+rates then measure the connections where they went)."""
+
+MIN_REBALANCE_RATE = 100.0
+"""Entries per second of all workers below which their split is left as it is."""
+
 KILL_WAIT = 1.0
 """Seconds granted after ``shutdown_timeout`` for a worker's process to end, and again after
 a kill."""
@@ -104,15 +121,23 @@ class WorkerState:
     """A worker's state in memory shared with its parent: written by the worker every
     :data:`TICK`, read by the parent at any time, and after the worker died."""
 
-    HEARTBEAT, READY, HELD_ENTRIES, HELD_TRACES, CONNECTIONS, TAKEN, ENTRIES = range(7)
+    HEARTBEAT, READY, HELD_ENTRIES, HELD_TRACES, CONNECTIONS, TAKEN, ENTRIES, SHED = range(8)
+    SHED_ASKED, SHED_GAP = 8, 9  # written by the parent: how many times it asked, and the gap
 
     def __init__(self) -> None:
-        self.values: Any = _SPAWN.RawArray("d", 7)
+        self.values: Any = _SPAWN.RawArray("d", 10)
 
     def write(
-        self, ready: bool, held: dict[str, int], connections: int = 0, taken: int = 0, entries: int = 0
+        self,
+        ready: bool,
+        held: dict[str, int],
+        connections: int = 0,
+        taken: int = 0,
+        entries: int = 0,
+        shed: int = 0,
     ) -> None:
-        """``connections``: open now; ``taken``: handed over by the parent so far (those counted)."""
+        """``connections``: open now; ``taken``: handed over by the parent so far (those counted);
+        ``shed``: connections shed so far when the parent asked."""
         values = self.values
         values[self.READY] = 1.0 if ready else 0.0
         values[self.HELD_ENTRIES] = held.get("entries", 0)
@@ -120,7 +145,21 @@ class WorkerState:
         values[self.CONNECTIONS] = connections
         values[self.TAKEN] = taken
         values[self.ENTRIES] = entries
+        values[self.SHED] = shed
         values[self.HEARTBEAT] = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process
+
+    def ask_shed(self, gap: float) -> None:
+        """The parent asks the worker to shed connections carrying about half of ``gap`` entries/s."""
+        self.values[self.SHED_GAP] = gap
+        self.values[self.SHED_ASKED] += 1  # after the gap: the worker reads the count first
+
+    @property
+    def shed_asked(self) -> tuple[int, float]:
+        return int(self.values[self.SHED_ASKED]), float(self.values[self.SHED_GAP])
+
+    @property
+    def shed(self) -> int:
+        return int(self.values[self.SHED])
 
     @property
     def connections(self) -> int:
@@ -185,7 +224,7 @@ async def _worker(config: cfg.Config, conn: Connection, state: WorkerState) -> i
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    taken = 0
+    taken = shed = answered = 0
 
     def take() -> None:  # the parent handed over a connection
         nonlocal taken
@@ -202,9 +241,16 @@ async def _worker(config: cfg.Config, conn: Connection, state: WorkerState) -> i
         conn.send(("port", bridge.http.port))
 
     def tick() -> None:
+        nonlocal shed, answered
+        bridge.receiver.sample(time.monotonic())
+        asked, gap = state.shed_asked
+        if asked != answered:
+            answered = asked
+            shed += bridge.receiver.shed(gap)
         received = sum(bridge.stats.entries_received.values.values())
         ready = bridge.ready() and not stop.is_set()
-        state.write(ready, bridge.held_unexported(), bridge.receiver.open_connections, taken, received)
+        connections = bridge.receiver.open_connections
+        state.write(ready, bridge.held_unexported(), connections, taken, received, shed)
 
     code = await run_bridge(bridge, stop, started=started, tick=tick, interval=TICK)
     loop.remove_reader(conn.fileno())
@@ -225,15 +271,19 @@ class _Worker:
     page: str = ""  # its last /metrics page
     handed: int = 0  # connections handed to it since it started
     rates: list[tuple[float, int]] = dataclasses.field(default_factory=list)  # (when, entries received)
+    shed: int = 0  # connections it has shed since it started, as counted
+
+    def rate(self) -> float:
+        """Its entries per second over the last :data:`RATE_WINDOW` seconds."""
+        if len(self.rates) < 2:
+            return 0.0
+        (t0, e0), (t1, e1) = self.rates[0], self.rates[-1]
+        return (e1 - e0) / max(t1 - t0, 1e-3)
 
     def load(self) -> tuple[int, float]:
         """What choosing it for a new connection weighs: its open connections (with those handed to
-        it that its last tick had not taken yet), then its entries per second over the last seconds."""
-        rate = 0.0
-        if len(self.rates) >= 2:
-            (t0, e0), (t1, e1) = self.rates[0], self.rates[-1]
-            rate = (e1 - e0) / max(t1 - t0, 1e-3)
-        return self.state.connections + max(self.handed - self.state.taken, 0), rate
+        it that its last tick had not taken yet), then its entries per second."""
+        return self.state.connections + max(self.handed - self.state.taken, 0), self.rate()
 
     def sample(self, now: float) -> None:
         """Keep the entries count of the last :data:`RATE_WINDOW` seconds."""
@@ -337,6 +387,8 @@ class Supervisor:
             page=page_settings(config),
         )
         self._next_worker = 0
+        self._over: tuple[_Worker, float] | None = None  # the worker over its share, and since when
+        self._rebalanced_at = -math.inf  # monotonic: the last time a worker was asked to shed
 
     @property
     def worker_pids(self) -> list[int]:
@@ -377,14 +429,18 @@ class Supervisor:
 
     def _hand(self, sock: socket.socket) -> None:
         """Give a connection to the ready worker with the fewest open connections (the least loaded
-        among equals), counted in ``als2otel_worker_connections_total{worker}``; with no worker
-        ready it is closed, and Envoy connects again."""
+        among equals; the least loaded for :data:`RATE_WINDOW` after a worker was asked to shed, as
+        the connections it sheds come back), counted in ``als2otel_worker_connections_total{worker}``;
+        with no worker ready it is closed, and Envoy connects again."""
         now = time.monotonic()
         ready = [w for w in self._workers if w.ready(now) and w.conn is not None]
         if not ready:
             self.stats.worker_connections.inc("none")
             return
-        worker = min(ready, key=_Worker.load)
+        if now - self._rebalanced_at < RATE_WINDOW:
+            worker = min(ready, key=lambda w: (w.rate(), w.load()[0]))  # a shed connection, likely
+        else:
+            worker = min(ready, key=_Worker.load)
         assert worker.conn is not None
         try:
             reduction.send_handle(worker.conn, sock.fileno(), worker.process.pid)
@@ -431,7 +487,7 @@ class Supervisor:
         worker.process.start()
         child.close()
         worker.conn, worker.http_port, worker.page = parent, 0, ""
-        worker.handed, worker.rates = 0, []
+        worker.handed, worker.rates, worker.shed = 0, [], 0
         worker.started_at, worker.restart_at = time.monotonic(), None
 
     def _read_reports(self, worker: _Worker) -> None:
@@ -451,7 +507,9 @@ class Supervisor:
         return await self.stop()
 
     def supervise(self, now: float) -> None:
-        """One look at every worker: replace what died or hung, start what is due. Never waits."""
+        """One look at every worker: replace what died or hung, start what is due, even the load out.
+        Never waits."""
+        self._rebalance(now)
         for worker in self._workers:
             self._read_reports(worker)
             worker.sample(now)
@@ -473,6 +531,35 @@ class Supervisor:
                 self._replace(worker, "unresponsive", now)
             else:
                 self._replace(worker, "exited", now)
+
+    def _rebalance(self, now: float) -> None:
+        """Ask a worker over its share of the load for :data:`REBALANCE_AFTER` to shed connections
+        carrying about half its difference to the least loaded; count what the workers shed."""
+        for worker in self._workers:
+            if worker.state.shed > worker.shed:
+                self.stats.worker_connections_shed.inc(str(worker.index), by=worker.state.shed - worker.shed)
+                worker.shed = worker.state.shed
+        ready = [w for w in self._workers if w.ready(now)]
+        rates = {w.index: w.rate() for w in ready}
+        total = sum(rates.values())
+        if len(ready) < 2 or total < MIN_REBALANCE_RATE or now - self._rebalanced_at < RATE_WINDOW:
+            self._over = None
+            return
+        busiest = max(ready, key=lambda w: rates[w.index])
+        idlest = min(ready, key=lambda w: rates[w.index])
+        if rates[busiest.index] <= SHARE_LIMIT * total / len(ready):
+            self._over = None
+        elif self._over is None or self._over[0] is not busiest:
+            self._over = (busiest, now)
+        elif now - self._over[1] >= REBALANCE_AFTER:
+            busiest.state.ask_shed(rates[busiest.index] - rates[idlest.index])
+            self._over, self._rebalanced_at = None, now
+            log.info(
+                "worker %d carries %.0f%% of %.0f entries/s: asking it to shed connections",
+                busiest.index,
+                100 * rates[busiest.index] / total,
+                total,
+            )
 
     def _replace(self, worker: _Worker, reason: str, now: float) -> None:
         """Count what the dead worker held and had counted; schedule its restart."""

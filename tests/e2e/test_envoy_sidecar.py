@@ -22,6 +22,7 @@ from support.net import free_port
 from support.otlp_receiver import GrpcOtlpReceiver, attributes
 from support.waiting import eventually
 
+from als2otel.app import Bridge
 from als2otel.demo.envoy import EnvoyProcess, ProxySpec, Route
 
 CLIENT_IP, SERVER_IP = "127.0.0.11", "127.0.0.12"
@@ -166,6 +167,57 @@ async def test_streams_reconnect_at_max_connection_age_and_lose_nothing(
         assert sum(ended.values.values()) == ended.get("max_connection_age")  # never cut mid-flight
     finally:
         await asyncio.to_thread(envoy.stop)
+
+
+async def test_a_shed_connection_loses_nothing(
+    otlp: GrpcOtlpReceiver, reviews_app: StatusApp, tmp_path: Any
+) -> None:
+    """A worker's bridge (connections handed to it, as the workers' parent does) sheds Envoy's ALS
+    connection twice while Envoy keeps logging: Envoy gets a GOAWAY, its stream is ended right after
+    a message, it reconnects (a new connection each time), and every request still becomes its span."""
+    config = bridge_config(otlp.endpoint, receiver={"listen": "127.0.0.1:0"})
+    bridge = Bridge(config, clock=time.time_ns, handed=True)
+    await bridge.start()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    accepted = 0
+
+    def hand() -> None:
+        nonlocal accepted
+        sock, _ = listener.accept()
+        bridge.receiver.take(sock)
+        accepted += 1
+
+    loop = asyncio.get_running_loop()
+    loop.add_reader(listener.fileno(), hand)
+    envoy = EnvoyProcess(productpage_sidecar(listener.getsockname()[1], reviews_app), tmp_path)
+    await asyncio.to_thread(envoy.start)
+    try:
+        sent, shed = 0, []
+        started = time.monotonic()
+        while (elapsed := time.monotonic() - started) < 7:
+            port = envoy.spec.outbound_port
+            assert (
+                await asyncio.to_thread(request, port, "GET", f"/status/200?n={sent}", "reviews:9080") == 200
+            )
+            sent += 1
+            bridge.receiver.sample(time.monotonic())  # as a worker's tick does
+            if len(shed) < 2 and elapsed > 2.5 * (len(shed) + 1):
+                shed.append(bridge.receiver.shed(gap=1e9))  # as the parent's ask makes a worker do
+            await asyncio.sleep(0.02)
+        assert shed == [1, 1]
+        assert await eventually(lambda: len(otlp.received.spans()) >= sent, 20)
+        await asyncio.sleep(1.0)
+        assert len(otlp.received.spans()) == sent == len(reviews_app.requests)
+        assert accepted >= 3  # Envoy opened a new connection after each shed
+        ended = bridge.stats.streams_ended
+        assert ended.get("rebalance") >= 2
+        assert sum(ended.values.values()) == ended.get("rebalance")  # never cut mid-flight
+    finally:
+        await asyncio.to_thread(envoy.stop)
+        loop.remove_reader(listener.fileno())
+        listener.close()
+        await bridge.stop()
 
 
 async def test_with_workers_aged_connections_are_dealt_again_and_lose_nothing(

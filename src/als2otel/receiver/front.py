@@ -11,7 +11,10 @@ still name the client.
 
 With workers, the parent accepts every connection and hands it to the worker with the
 least load (:mod:`..workers`); the worker's front takes it (:meth:`Front.take`) and relays
-it the same way, with TLS or without.
+it the same way, with TLS or without. A worker over its share of the load sheds a
+connection (:meth:`Front.goaway`): the front puts an HTTP/2 GOAWAY between two of the
+frames gRPC sends the client, so the client opens its next streams on a new connection,
+which the parent deals again.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ the bound, the one that has waited longest is cut to make room (``reason="overlo
 client's handshake takes a network round trip or two, so a flood of silent connections cannot
 hold the port, nor the process's memory."""
 CHUNK = 256 * 1024
+
+GOAWAY = bytes((0, 0, 8, 0x7, 0, 0, 0, 0, 0)) + (2**31 - 1).to_bytes(4, "big") + bytes(4)
+"""An HTTP/2 GOAWAY frame (RFC 9113, section 6.8) with NO_ERROR and the largest stream id as the
+last one processed: the client opens no new stream on the connection, and those open go on."""
 
 
 _CERTIFICATE = {
@@ -102,6 +109,7 @@ class Front:
         self._cut: set[asyncio.Task[Any]] = set()
         self._numbers = itertools.count()
         self._handed: set[asyncio.Future[Any]] = set()
+        self._relays: dict[str, _Relay] = {}  # by the name of the socket each reaches gRPC from
         self.port = 0
 
     async def start(self) -> int:
@@ -129,6 +137,19 @@ class Front:
     def open_connections(self) -> int:
         """Connections open now, handed-over ones still being set up included."""
         return len(self._connections) + sum(1 for task in self._handed if not task.done())
+
+    def goaway(self, peer: str, grace: float) -> bool:
+        """Ask the client of the relayed connection gRPC names ``peer`` to open its next streams on a
+        new connection (a GOAWAY, at the next frame boundary); the connection is closed ``grace``
+        seconds later, if the client has not closed it by then. False if no such connection is open."""
+        relay = self._relays.get(peer.removeprefix("unix-abstract:").partition("%20")[0])
+        if relay is None:
+            return False
+        if relay.closing is not None:
+            return True  # asked already
+        relay.goaway()
+        relay.closing = asyncio.get_running_loop().call_later(grace, relay.writer.close)
+        return True
 
     async def stop(self) -> None:
         """No new connections; those relayed already end when gRPC ends them."""
@@ -201,9 +222,10 @@ class Front:
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str) -> None:
         upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        name = f"als2otel-{os.getpid()}-{next(self._numbers)}"
         try:
             # Named after the client (an abstract name, no file): gRPC's peer() for its streams.
-            upstream.bind(f"\0als2otel-{os.getpid()}-{next(self._numbers)} {client}")
+            upstream.bind(f"\0{name} {client}")
             upstream.setblocking(False)
             await asyncio.get_running_loop().sock_connect(upstream, self.backend)
         except OSError:
@@ -211,10 +233,64 @@ class Front:
             log.warning("the ALS server behind the front is not reachable; closing %s's connection", client)
             return
         up_reader, up_writer = await asyncio.open_unix_connection(sock=upstream, limit=CHUNK)
+        relay = self._relays[name] = _Relay(writer)
         try:
-            await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
+            await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer, relay))
         finally:
+            del self._relays[name]
+            if relay.closing is not None:
+                relay.closing.cancel()
             await _close(up_writer)
+
+
+class _Relay:
+    """What gRPC writes to one client, frame by frame: where a frame of the front's own may go in."""
+
+    __slots__ = ("_goaway", "_header", "_left", "closing", "writer")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.closing: asyncio.TimerHandle | None = None
+        self._left = 0  # bytes of the current frame's payload not yet written
+        self._header = b""  # the part of the next frame's 9-byte header written so far
+        self._goaway = False  # asked for, waiting for a frame boundary
+
+    def goaway(self) -> None:
+        if self._left or self._header:
+            self._goaway = True
+        else:
+            self.writer.write(GOAWAY)
+
+    def write(self, data: bytes) -> None:
+        """Write what gRPC sent, with a GOAWAY asked for at the first frame boundary in it."""
+        boundary = self._walk(data)
+        if self._goaway and boundary is not None:
+            self._goaway = False
+            self.writer.write(data[:boundary])
+            self.writer.write(GOAWAY)
+            data = data[boundary:]
+        self.writer.write(data)
+
+    def _walk(self, data: bytes) -> int | None:
+        """Follow the frames through ``data``: the offset of the first boundary in it, if any."""
+        first: int | None = None
+        position, end = 0, len(data)
+        while True:
+            step = min(self._left, end - position)
+            position += step
+            self._left -= step
+            if self._left:
+                return first
+            if first is None and not self._header:
+                first = position
+            if position == end:
+                return first
+            piece = data[position : position + 9 - len(self._header)]
+            position += len(piece)
+            self._header += piece
+            if len(self._header) == 9:
+                self._left = int.from_bytes(self._header[:3], "big")
+                self._header = b""
 
 
 class _Connection(asyncio.StreamReaderProtocol):
@@ -245,11 +321,15 @@ async def _close(writer: asyncio.StreamWriter) -> None:
         writer.transport.abort()
 
 
-async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    """Bytes from ``source`` to ``sink`` until either end closes; then the other is closed too."""
+async def _pump(
+    source: asyncio.StreamReader, sink: asyncio.StreamWriter, relay: _Relay | None = None
+) -> None:
+    """Bytes from ``source`` to ``sink`` (through ``relay``, which follows the frames, when given)
+    until either end closes; then the other is closed too."""
+    write = sink.write if relay is None else relay.write
     try:
         while data := await source.read(CHUNK):
-            sink.write(data)
+            write(data)
             await sink.drain()
     except OSError:
         pass

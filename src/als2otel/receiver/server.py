@@ -10,8 +10,9 @@ Only a message that does not parse, an identifier that cannot be read, or
 entries before any identifier end a stream, with INVALID_ARGUMENT and a fixed
 text naming the reason; anything unexpected ends it with INTERNAL and a fixed
 text. Exception texts go to the log (rate-limited), never to the client. A
-stream whose connection has reached ``max_connection_age`` is ended with OK
-right after a message, so that Envoy reconnects having nothing in flight.
+stream whose connection has reached ``max_connection_age``, or whose connection
+its worker shed (:meth:`AlsServer.shed`), is ended with OK right after a message,
+so that Envoy reconnects having nothing in flight.
 """
 
 from __future__ import annotations
@@ -75,12 +76,23 @@ Sink = Callable[[EntryBatch], bool]
 """Takes a batch without blocking; False when there was no room for it (dropped and counted)."""
 
 
+RATE_SAMPLE = 1.0
+"""Seconds between two measures of each connection's entries per second (:meth:`AlsServer.sample`)."""
+
+MIN_SHED_GRACE = 1.0
+"""Seconds at least between a shed connection's GOAWAY and its close."""
+
+
 @dataclass(slots=True)
 class _Connection:
     """A client connection, known by the streams open on it."""
 
     aged_at: float  # monotonic: from then on its GOAWAY has gone out, and its streams are ended
     streams: int = 0
+    ending: str = "max_connection_age"  # why, once aged_at has passed
+    entries: int = 0  # received on its streams
+    counted: int = 0  # ... at the last sample
+    rate: float = -1.0  # entries per second, smoothed over the samples; -1 before the first
 
 
 class AlsServer:
@@ -104,6 +116,7 @@ class AlsServer:
         self._max_age = max_connection_age
         self._max_age_grace = max_connection_age_grace
         self._connections: dict[str, _Connection] = {}
+        self._sampled = time.monotonic()
         self._name_labels = name_labels
         self._sink = sink
         self._stats = stats
@@ -182,6 +195,43 @@ class AlsServer:
     def open_connections(self) -> int:
         """Client connections open now (counted where a front relays them)."""
         return self._front.open_connections if self._front is not None else len(self._connections)
+
+    def sample(self, now: float) -> None:
+        """Measure each connection's entries per second, once every :data:`RATE_SAMPLE` seconds
+        (halving the weight of the measures before at each)."""
+        elapsed = now - self._sampled
+        if elapsed < RATE_SAMPLE:
+            return
+        self._sampled = now
+        for connection in self._connections.values():
+            rate = (connection.entries - connection.counted) / elapsed
+            connection.rate = rate if connection.rate < 0 else (connection.rate + rate) / 2
+            connection.counted = connection.entries
+
+    def shed(self, gap: float) -> int:
+        """Shed connections carrying about half of ``gap`` entries per second (the difference between
+        this worker's load and the least loaded one's), so that both end near the middle: each gets a
+        GOAWAY from the front, and its streams end right after their next message, as at
+        ``max_connection_age``. The number of connections shed (none if no move would narrow the gap)."""
+        if self._front is None:
+            return 0
+        now = time.monotonic()
+        candidates = sorted(
+            ((c.rate, peer) for peer, c in self._connections.items() if c.aged_at > now and c.rate > 0),
+            reverse=True,
+        )
+        target, moved, shed = gap / 2, 0.0, 0
+        grace = max(self._max_age_grace, MIN_SHED_GRACE)
+        for rate, peer in candidates:
+            if abs(target - moved - rate) < abs(target - moved) and self._front.goaway(peer, grace):
+                connection = self._connections[peer]
+                connection.aged_at, connection.ending = now, "rebalance"
+                moved += rate
+                shed += 1
+                log.info(
+                    "Shedding the ALS connection of %s (%.0f entries/s) to even the workers' load", peer, rate
+                )
+        return shed
 
     async def stop(self, grace: float) -> None:
         """Stop taking streams; give open ones ``grace`` seconds to deliver what they sent."""
@@ -408,13 +458,14 @@ class AlsServer:
             if entries:
                 assert proxy is not None
                 stats.entries_received.inc(api_version, log_type, by=len(entries))
+                connection.entries += len(entries)
                 self._sink(EntryBatch(proxy, api_version, log_type, entries))
             if time.monotonic() >= connection.aged_at:
                 # Envoy has just flushed: ending the stream now loses nothing in flight (unless the
                 # bridge is behind and its next message already waits), and its next stream goes to
                 # a new connection (this one's GOAWAY is out).
-                stats.streams_ended.inc("max_connection_age")
-                log.debug("Ending the ALS stream from %s at max_connection_age", context.peer())
+                stats.streams_ended.inc(connection.ending)
+                log.debug("Ending the ALS stream from %s (%s)", context.peer(), connection.ending)
                 return
         # The messages end alike for a half-close and a cancellation; a cancelled call's handler
         # is cancelled at its next await, which _serve_stream then counts as client_cancelled.
@@ -423,10 +474,10 @@ class AlsServer:
 
     def _ended_by_client(self, connection: _Connection, peer: str, reason: str) -> None:
         """Count a stream that ended without the bridge ending it: by its client (``reason``), or
-        with its connection, closed at max_connection_age while the stream sent nothing."""
+        with its connection, closed at max_connection_age (or shed) while the stream sent nothing."""
         if time.monotonic() >= connection.aged_at:
-            reason = "max_connection_age"
-            log.debug("ALS stream from %s closed with its connection at max_connection_age", peer)
+            reason = connection.ending
+            log.debug("ALS stream from %s closed with its connection (%s)", peer, reason)
         elif reason == "client_cancelled":
             self._limiter.warning(reason, "ALS stream from %s was cancelled mid-stream", peer)
         else:
