@@ -126,13 +126,20 @@ class TestOneRecordNeverCostsItsRequest:
         an error outside any record answers INTERNAL (gRPC) or 500 (HTTP) with a fixed text."""
         bridge: Bridge = await make_bridge(bridge_config(None))
         original = bridge.receiver._records.read
+        original_native = bridge.receiver._records.read_native
 
         def broken(attributes: Any, time_unix_nano: int) -> Any:
             if attributes.get("envoy.route_name") == "poison":
                 raise RuntimeError("secret detail")
             return original(attributes, time_unix_nano)
 
+        def broken_native(raw: bytes, start: int, end: int, shared: Any) -> Any:
+            if b"poison" in raw[start:end]:  # read again by the Python path, which raises too
+                raise RuntimeError("secret detail")
+            return original_native(raw, start, end, shared)
+
         monkeypatch.setattr(bridge.receiver._records, "read", broken)
+        monkeypatch.setattr(bridge.receiver._records, "read_native", broken_native)
         request = export_request([*good_records(), with_value("envoy.route_name", "poison")])
         response = await export_grpc(bridge.receiver.port, request)
         assert response.partial_success.rejected_log_records == 1

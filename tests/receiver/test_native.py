@@ -403,12 +403,36 @@ class EntryOfTwins:
         return python
 
 
+def read_outcome(make: Callable[[], tuple[Any, str, bytes] | None]) -> Outcome:
+    """A record read into (proxy, log type, entry), the entry as :func:`entry_of_outcome` has it."""
+    try:
+        found = make()
+    except InvalidEntry as exc:
+        return ("invalid", exc.reason)
+    if found is None:
+        return ("none", None)
+    proxy, *made = found
+    return ("read", (proxy, entry_of_outcome(lambda: tuple(made))))  # type: ignore[arg-type]
+
+
+RESOURCE_ATTRIBUTES = [
+    {},
+    # Envoy's own, and some this bridge reads: under the record's, which win
+    {"log_name": "otel_als", "node_name": "n", "envoy.upstream.cluster": "from-resource", "url.scheme": "-"},
+    {"envoy.log_type": "tcp", "envoy.bytes_sent": "7"},
+]
+
+
 class RecordTwins:
-    """A record read both ways; then, read, its ALS entry made both ways (:class:`EntryOfTwins`)."""
+    """A record read both ways; then, read, its ALS entry made both ways (:class:`EntryOfTwins`);
+    and the record straight into its proxy and entry natively (``RecordReader.read_native``)
+    against reading it, its resource's attributes under its own, then :meth:`RecordReader.read`
+    with the entry by ``entry_of_python``, for each of :data:`RESOURCE_ATTRIBUTES`."""
 
     def __init__(self) -> None:
         self.taken = self.seen = 0
         self.entries = EntryOfTwins()
+        self.straight = 0  # records read straight into entries natively, and found equal
 
     def check(self, raw: bytes, start: int = 0, end: int | None = None) -> Outcome:
         """One record (``raw[start:end]``) both ways: the same attributes, in the same order, and time."""
@@ -422,7 +446,25 @@ class RecordTwins:
         if python[0] == "record":
             attributes, _, time_unix_nano = python[1]
             self.entries.check(attributes, time_unix_nano)
+        for shared in RESOURCE_ATTRIBUTES:
+            self.check_straight(raw, start, end, shared, python)
         return python
+
+    def check_straight(self, raw: bytes, start: int, end: int, shared: dict[str, str], read: Outcome) -> None:
+        known = otlp_logs.native_shared(shared)
+        assert known is not None
+        answer = read_outcome(lambda: otlp_logs.RecordReader().read_native(raw, start, end, known))
+        if answer[0] == "none":
+            return
+        assert read[0] == "record", raw[start:end].hex()  # never a record the reader refuses
+        attributes, _, time_unix_nano = read[1]
+        merged = {**shared, **attributes}
+        reader = otlp_logs.RecordReader()
+        python = read_outcome(
+            lambda: (reader.proxy(merged), *otlp_logs.entry_of_python(merged, time_unix_nano))
+        )
+        assert answer == python, (raw[start:end].hex(), shared)
+        self.straight += 1
 
     def check_request(self, raw: bytes) -> None:
         found = otlp_wire.Scan()
@@ -563,6 +605,7 @@ class TestRecords:
         for raw in otlp_requests(2_000):
             twins.check_request(raw)
         assert twins.seen == 2_000 and twins.taken == twins.seen
+        assert twins.straight == 0  # Istio's peer metadata (filter state, JSON): otlp_logs reads it
 
     def test_envoy_records_become_entries_natively(self) -> None:
         """Records with no filter state (which is JSON, read by otlp_logs) become the same ALS entry
@@ -571,6 +614,7 @@ class TestRecords:
         for raw in otlp_requests(1_000, peers=False):
             twins.check_request(raw)
         assert twins.entries.seen == 1_000 and twins.entries.taken == 1_000
+        assert twins.straight == 1_000 * len(RESOURCE_ATTRIBUTES)
         with_peers = RecordTwins()
         for raw in otlp_requests(100):
             with_peers.check_request(raw)
@@ -589,10 +633,11 @@ class TestRecords:
         outcomes = [twins.check(raw) for raw in hostile_records()]
         assert ("invalid", "malformed_entry") in outcomes
         assert twins.taken >= 25
+        assert twins.straight >= 20
 
     def test_mutated_records(self) -> None:
         twins = RecordTwins()
-        requests = otlp_requests(40)
+        requests = otlp_requests(40) + otlp_requests(40, peers=False)
         records = []
         for raw in requests:
             found = otlp_wire.Scan()
@@ -602,6 +647,7 @@ class TestRecords:
         for damaged in als.mutations(records, 3_000, seed=28):
             twins.check(damaged)
         assert twins.taken > 100  # damage that leaves an ordinary record is still read natively
+        assert twins.straight > 100
 
     @FUZZ
     @given(st.lists(otlp_record, min_size=1, max_size=3), st.lists(st.integers(0, 2**64 - 1), min_size=3))

@@ -1089,28 +1089,19 @@ any_text(Span s, PyObject **out)
 static RecentNames record_names;
 static Py_ssize_t record_attribute_count;
 
-/* record(raw, start, end) -> (attributes, time_unix_nano) | None: the LogRecord in raw[start:end]
-   read as server._read_record reads it (protobuf, then otlp_logs.strings of its attributes). */
-static PyObject *
-record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+/* What a record walk does with each attribute (its position among them, its key, its AnyValue):
+   1 go on, 0 leave the record to the Python path, -1 an exception. */
+typedef int (*OnAttribute)(void *context, Py_ssize_t position, Span key, Span value);
+
+/* The LogRecord in s, field by field as protobuf reads it: 1 when every field is one this version
+   of OTLP declares, each once and of its type (its time in *time_unix_nano), 0 for anything else
+   (the Python path decides), -1 on an exception. */
+static int
+walk_record(Span s, OnAttribute on_attribute, void *context, uint64_t *time_unix_nano)
 {
-    Py_ssize_t start, end;
-    if (nargs != 3 || !PyBytes_Check(args[0]) || (start = PyLong_AsSsize_t(args[1])) < 0 ||
-        (end = PyLong_AsSsize_t(args[2])) < start || end > PyBytes_GET_SIZE(args[0])) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_ValueError, "record(raw: bytes, start, end) within raw");
-        }
-        return NULL;
-    }
-    Span s = {(const uint8_t *)PyBytes_AS_STRING(args[0]) + start, end - start};
-    /* sized for as many attributes as the record before had: no resizing as it fills */
-    PyObject *attributes = _PyDict_NewPresized(record_attribute_count);
-    if (attributes == NULL) {
-        return NULL;
-    }
-    uint64_t time_unix_nano = 0;
     int result = 1;
     Py_ssize_t position = 0; /* of the attribute */
+    *time_unix_nano = 0;
     FOR_EACH_FIELD (s) {
         switch (f.number) {
         case 1: /* time_unix_nano */
@@ -1119,7 +1110,7 @@ record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 result = 0;
             }
             else if (f.number == 1) {
-                memcpy(&time_unix_nano, r.p - 8, 8);
+                memcpy(time_unix_nano, r.p - 8, 8);
             }
             break;
         case 2: /* severity_number */
@@ -1151,18 +1142,11 @@ record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         case 6: { /* attributes: KeyValue{key = 1, value = 2} */
             Span key, value;
-            PyObject *text = NULL, *name = NULL;
             if (f.wire_type != WT_LEN || !pair_fields(f.bytes, &key, &value)) {
                 result = 0;
             }
-            else if ((result = any_text(value, &text)) == 1 && text != NULL) {
-                if ((name = recent_name(&record_names, position++, key)) == NULL) {
-                    Py_DECREF(text);
-                    result = PyErr_Occurred() ? -1 : 0;
-                }
-                else if (put(attributes, name, text) < 0) {
-                    result = -1;
-                }
+            else {
+                result = on_attribute(context, position++, key, value);
             }
             break;
         }
@@ -1173,9 +1157,57 @@ record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             break;
         }
     }
-    if (result == 1 && !ok) {
-        result = 0;
+    return result == 1 && !ok ? 0 : result;
+}
+
+static int
+put_attribute(void *attributes, Py_ssize_t position, Span key, Span value)
+{
+    PyObject *text = NULL, *name = NULL;
+    int result = any_text(value, &text);
+    if (result != 1 || text == NULL) {
+        return result; /* 1 with no text: no value, or bytes, which strings() skips */
     }
+    if ((name = recent_name(&record_names, position, key)) == NULL) {
+        Py_DECREF(text);
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    return put((PyObject *)attributes, name, text) < 0 ? -1 : 1;
+}
+
+/* Arguments (raw, start, end, ...) as a span of raw; 0 (a ValueError set) when they are not. */
+static int
+record_span(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t expected, Span *out)
+{
+    Py_ssize_t start, end;
+    if (nargs != expected || !PyBytes_Check(args[0]) || (start = PyLong_AsSsize_t(args[1])) < 0 ||
+        (end = PyLong_AsSsize_t(args[2])) < start || end > PyBytes_GET_SIZE(args[0])) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "the record must be raw[start:end] of bytes raw");
+        }
+        return 0;
+    }
+    out->data = (const uint8_t *)PyBytes_AS_STRING(args[0]) + start;
+    out->size = end - start;
+    return 1;
+}
+
+/* record(raw, start, end) -> (attributes, time_unix_nano) | None: the LogRecord in raw[start:end]
+   read as server._read_record reads it (protobuf, then otlp_logs.strings of its attributes). */
+static PyObject *
+record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Span s;
+    if (!record_span(args, nargs, 3, &s)) {
+        return NULL;
+    }
+    /* sized for as many attributes as the record before had: no resizing as it fills */
+    PyObject *attributes = _PyDict_NewPresized(record_attribute_count);
+    if (attributes == NULL) {
+        return NULL;
+    }
+    uint64_t time_unix_nano;
+    int result = walk_record(s, put_attribute, attributes, &time_unix_nano);
     if (result != 1) {
         Py_DECREF(attributes);
         if (result < 0) {
@@ -1452,6 +1484,8 @@ put_map_entry(Buffer *b, int number, const char *key, Span value)
 
 /* entry(attributes, time_unix_nano) -> (log_type, encoded entry) | None: otlp_logs.entry_of_python's
    result, or None for it to decide. */
+static PyObject *encode_entry(const Span *a, int tcp, unsigned long long time_unix_nano);
+
 static PyObject *
 entry_of(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1472,24 +1506,31 @@ entry_of(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             Py_RETURN_NONE;
         }
     }
-    for (int i = A_FILTER_STATE; i < ATTRIBUTE_COUNT; i++) {
-        if (a[i].size) {
-            Py_RETURN_NONE; /* filter state is JSON: otlp_logs reads it */
-        }
-    }
     PyObject *raw_type = PyDict_GetItemWithError(args[0], attribute_keys[A_LOG_TYPE]);
     if (raw_type == NULL && PyErr_Occurred()) {
         return NULL;
     }
     int tcp = raw_type != NULL && PyUnicode_CheckExact(raw_type) && PyUnicode_CompareWithASCIIString(raw_type, "tcp") == 0;
-
-    /* The start: the record's time, else envoy.start_time (seconds.nanoseconds). */
-    uint64_t seconds, nanos;
     unsigned long long time_unix_nano = PyLong_AsUnsignedLongLong(args[1]);
     if (time_unix_nano == (unsigned long long)-1 && PyErr_Occurred()) {
         PyErr_Clear();
         Py_RETURN_NONE; /* not a fixed64: the Python path's */
     }
+    return encode_entry(a, tcp, time_unix_nano);
+}
+
+/* The (log type, entry) of a record's attributes a (by their index; "-" read as empty), None for
+   what otlp_logs.entry_of_python reads itself or refuses. */
+static PyObject *
+encode_entry(const Span *a, int tcp, unsigned long long time_unix_nano)
+{
+    for (int i = A_FILTER_STATE; i < ATTRIBUTE_COUNT; i++) {
+        if (a[i].size) {
+            Py_RETURN_NONE; /* filter state is JSON: otlp_logs reads it */
+        }
+    }
+    /* The start: the record's time, else envoy.start_time (seconds.nanoseconds). */
+    uint64_t seconds, nanos;
     if (time_unix_nano) {
         seconds = time_unix_nano / NS;
         nanos = time_unix_nano % NS;
@@ -1671,6 +1712,258 @@ done:
     return result;
 }
 
+/* ---- OTLP records straight into ALS entries ---------------------------------------------------- */
+
+/* record_entry() reads a record's attributes where they lie in its bytes, never as Python strings:
+   the ones entry() reads, and the reporting proxy's, which name it (otlp_logs._NODE_KEYS). */
+#define NODE_COUNT 12
+static const char *NODE_NAMES[NODE_COUNT] = {
+    "envoy.node.id",
+    "envoy.node.metadata.NAME",
+    "envoy.node.metadata.NAMESPACE",
+    "envoy.node.metadata.WORKLOAD_NAME",
+    "envoy.node.metadata.OWNER",
+    "envoy.node.metadata.CLUSTER_ID",
+    "envoy.node.metadata.INSTANCE_IPS",
+    "envoy.node.labels.app",
+    "envoy.node.labels.version",
+    "envoy.node.labels.service.istio.io/canonical-name",
+    "envoy.node.labels.service.istio.io/canonical-revision",
+    "envoy.node.labels.app.kubernetes.io/name",
+};
+#define KNOWN_COUNT (ATTRIBUTE_COUNT + NODE_COUNT)
+#define RECENT_POSITIONS 64
+
+static const char *
+known_name(int index)
+{
+    return index < ATTRIBUTE_COUNT ? ATTRIBUTE_NAMES[index] : NODE_NAMES[index - ATTRIBUTE_COUNT];
+}
+
+static int
+is_name(Span key, int index)
+{
+    const char *name = known_name(index);
+    size_t n = strlen(name);
+    return (size_t)key.size == n && memcmp(key.data, name, n) == 0;
+}
+
+/* The index of a known attribute's key (-1 for any other), trying first the one found at the
+   same position in the record before: Envoy writes the same names in the same order. */
+static int8_t recent_index[RECENT_POSITIONS];
+
+static int
+known_index(Span key, Py_ssize_t position)
+{
+    int recent = position < RECENT_POSITIONS ? recent_index[position] - 1 : -1;
+    if (recent >= 0 && is_name(key, recent)) {
+        return recent;
+    }
+    for (int i = 0; i < KNOWN_COUNT; i++) {
+        if (is_name(key, i)) {
+            if (position < RECENT_POSITIONS) {
+                recent_index[position] = (int8_t)(i + 1);
+            }
+            return i;
+        }
+    }
+    return -1;
+}
+
+/* Whether bytes decode as UTF-8 as Python's strict decoder has it (no overlong forms, no
+   surrogates, nothing past U+10FFFF: the Unicode standard's well-formed sequences). */
+static int
+utf8_valid(Span s)
+{
+    const uint8_t *p = s.data, *end = s.data + s.size;
+    while (p < end) {
+        uint8_t c = *p;
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        int more;
+        uint8_t low = 0x80, high = 0xBF; /* the bounds of the second byte */
+        if (c >= 0xC2 && c <= 0xDF) {
+            more = 1;
+        }
+        else if (c >= 0xE0 && c <= 0xEF) {
+            more = 2;
+            low = c == 0xE0 ? 0xA0 : 0x80;
+            high = c == 0xED ? 0x9F : 0xBF;
+        }
+        else if (c >= 0xF0 && c <= 0xF4) {
+            more = 3;
+            low = c == 0xF0 ? 0x90 : 0x80;
+            high = c == 0xF4 ? 0x8F : 0xBF;
+        }
+        else {
+            return 0;
+        }
+        if (end - p <= more || p[1] < low || p[1] > high) {
+            return 0;
+        }
+        for (int i = 2; i <= more; i++) {
+            if (p[i] < 0x80 || p[i] > 0xBF) {
+                return 0;
+            }
+        }
+        p += more + 1;
+    }
+    return 1;
+}
+
+typedef struct {
+    Span values[KNOWN_COUNT]; /* data NULL: not in the record */
+    char numbers[KNOWN_COUNT][24]; /* the text of integer values */
+} KnownAttributes;
+
+/* An attribute as otlp_logs.strings has it, without making its string: strings as they are,
+   integers in decimal; 0 (the Python path) for booleans and doubles, whose text Python writes. */
+static int
+take_attribute(void *context, Py_ssize_t position, Span key, Span value)
+{
+    KnownAttributes *known = context;
+    int index = known_index(key, position);
+    if (index < 0 && !utf8_valid(key)) {
+        return 0; /* not a string: protobuf refuses the record */
+    }
+    int kind = 0;
+    Span text = {NULL, 0};
+    uint64_t number = 0;
+    FOR_EACH_FIELD (value) {
+        if (!first_time(&seen, f.number) || kind != 0) {
+            return 0;
+        }
+        kind = (int)f.number;
+        if ((kind == 1 || kind == 7) && f.wire_type == WT_LEN) {
+            text = f.bytes;
+        }
+        else if (kind == 3 && f.wire_type == WT_VARINT) {
+            number = f.varint;
+        }
+        else {
+            return 0; /* a boolean, a double, or a kind this version does not have */
+        }
+    }
+    if (!ok || (kind == 1 && !utf8_valid(text))) {
+        return 0;
+    }
+    if (index < 0 || kind == 0 || kind == 7) {
+        return 1; /* not read here; or no value, or bytes, which strings() skips */
+    }
+    if (kind == 3) {
+        int n = snprintf(known->numbers[index], sizeof known->numbers[index], "%lld", (long long)number);
+        text.data = (const uint8_t *)known->numbers[index];
+        text.size = n;
+    }
+    else if (text.data == NULL) {
+        text.data = (const uint8_t *)""; /* present, and empty */
+    }
+    known->values[index] = text; /* a later one replaces it, as in a dict */
+    return 1;
+}
+
+/* record_entry(raw, start, end, shared) -> (proxy key, log type, encoded entry) | None: what
+   otlp_logs.entry_of gives for the record in raw[start:end] with the resource's attributes `shared`
+   under its own (a dict of str, holding none of the proxy's), and a key that is the same for two
+   records exactly when their proxy's attributes are; None for anything entry() or record() would
+   leave to the Python path, and for a record with no envoy.node.id. */
+static PyObject *
+record_entry(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Span s;
+    if (!record_span(args, nargs, 4, &s)) {
+        return NULL;
+    }
+    PyObject *shared = args[3];
+    if (!PyDict_CheckExact(shared)) {
+        Py_RETURN_NONE;
+    }
+    KnownAttributes known;
+    for (int i = 0; i < KNOWN_COUNT; i++) {
+        known.values[i].data = NULL;
+        known.values[i].size = 0;
+    }
+    uint64_t time_unix_nano;
+    int walked = walk_record(s, take_attribute, &known, &time_unix_nano);
+    if (walked != 1) {
+        if (walked < 0) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    Span node_id = known.values[ATTRIBUTE_COUNT];
+    if (node_id.size == 0 || (node_id.size == 1 && node_id.data[0] == '-')) {
+        Py_RETURN_NONE; /* missing_node, which the Python path raises */
+    }
+    Span a[ATTRIBUTE_COUNT];
+    int tcp = 0;
+    for (int i = 0; i < ATTRIBUTE_COUNT; i++) {
+        Span value = known.values[i];
+        if (value.data == NULL && PyDict_GET_SIZE(shared)) {
+            int got = attribute(shared, i, &a[i]);
+            if (got <= 0) {
+                if (got < 0) {
+                    return NULL;
+                }
+                Py_RETURN_NONE;
+            }
+            if (i == A_LOG_TYPE) {
+                PyObject *raw_type = PyDict_GetItemWithError(shared, attribute_keys[A_LOG_TYPE]);
+                tcp = raw_type != NULL && PyUnicode_CompareWithASCIIString(raw_type, "tcp") == 0;
+            }
+            continue;
+        }
+        if (i == A_LOG_TYPE) {
+            tcp = value.size == 3 && memcmp(value.data, "tcp", 3) == 0;
+        }
+        a[i].data = value.data ? value.data : (const uint8_t *)"";
+        a[i].size = value.size == 1 && value.data[0] == '-' ? 0 : value.size;
+    }
+    PyObject *found = encode_entry(a, tcp, time_unix_nano);
+    if (found == NULL || found == Py_None) {
+        return found;
+    }
+    Buffer key = {NULL, 0, 0, 0};
+    for (int i = ATTRIBUTE_COUNT; i < KNOWN_COUNT; i++) {
+        put_len_field(&key, 1, known.values[i].data, known.values[i].size);
+    }
+    PyObject *out = NULL;
+    if (!key.failed) {
+        PyObject *encoded_key = PyBytes_FromStringAndSize((const char *)key.data, key.size);
+        if (encoded_key != NULL) {
+            out = PyTuple_Pack(3, encoded_key, PyTuple_GET_ITEM(found, 0), PyTuple_GET_ITEM(found, 1));
+            Py_DECREF(encoded_key);
+        }
+    }
+    PyMem_Free(key.data);
+    Py_DECREF(found);
+    return out;
+}
+
+/* A tuple of the names, as str. */
+static PyObject *
+name_tuple(const char *const *names, Py_ssize_t count)
+{
+    PyObject *tuple = PyTuple_New(count);
+    for (Py_ssize_t i = 0; tuple != NULL && i < count; i++) {
+        PyObject *name = PyUnicode_FromString(names[i]);
+        if (name == NULL) {
+            Py_CLEAR(tuple);
+            break;
+        }
+        PyTuple_SET_ITEM(tuple, i, name);
+    }
+    return tuple;
+}
+
+static PyObject *
+node_attributes(PyObject *module, PyObject *unused)
+{
+    return name_tuple(NODE_NAMES, NODE_COUNT);
+}
+
 /* ---- the module -------------------------------------------------------------------------------- */
 
 static PyObject *
@@ -1723,16 +2016,7 @@ configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 fields(PyObject *module, PyObject *unused)
 {
-    PyObject *names = PyTuple_New(ENTRY_FIELDS);
-    for (Py_ssize_t i = 0; names != NULL && i < ENTRY_FIELDS; i++) {
-        PyObject *name = PyUnicode_FromString(FIELD_NAMES[i]);
-        if (name == NULL) {
-            Py_CLEAR(names);
-            break;
-        }
-        PyTuple_SET_ITEM(names, i, name);
-    }
-    return names;
+    return name_tuple(FIELD_NAMES, ENTRY_FIELDS);
 }
 
 static PyObject *
@@ -1756,6 +2040,9 @@ static PyMethodDef METHODS[] = {
     {"fields", fields, METH_NOARGS, "The Entry fields decode() fills, in the order it passes them"},
     {"record", (PyCFunction)(void (*)(void))record, METH_FASTCALL,
      "record(raw, start, end) -> (attributes, time_unix_nano) | None: an OTLP log record, or None"},
+    {"record_entry", (PyCFunction)(void (*)(void))record_entry, METH_FASTCALL,
+     "record_entry(raw, start, end, shared) -> (proxy key, log type, entry) | None: a record's ALS entry"},
+    {"node_attributes", node_attributes, METH_NOARGS, "The record attributes that name its proxy"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -183,12 +183,31 @@ class RecordReader:
     ) -> None:
         """``rotations`` counts each time the full table starts over (``cache="otlp_proxies"``)."""
         self._name_labels = name_labels
-        self._proxies: dict[tuple[str, ...], Proxy] = {}
+        # By their node attributes' values, or the native reader's key of them (same proxies).
+        self._proxies: dict[tuple[str, ...] | bytes, Proxy] = {}
         self._rotations = rotations
 
     def read(self, attributes: Mapping[str, str], time_unix_nano: int) -> tuple[Proxy, str, bytes]:
         """Raises :class:`InvalidEntry` (``missing_node``, ``malformed_attribute``)."""
         return self.proxy(attributes), *entry_of(attributes, time_unix_nano)
+
+    def read_native(
+        self, raw: bytes, start: int, end: int, shared: dict[str, str]
+    ) -> tuple[Proxy, str, bytes] | None:
+        """:meth:`read` of the record in ``raw[start:end]`` under its resource's attributes
+        ``shared`` (those of :data:`ATTRIBUTES`, none of the proxy's: :func:`native_shared`), from
+        its bytes, with no string made of its values (``_entries.record_entry``); None where the
+        Python path reads it (:func:`read_record`, then :meth:`read`)."""
+        if native_records is None:
+            return None
+        found: tuple[bytes, str, bytes] | None = native_records.record_entry(raw, start, end, shared)
+        if found is None:
+            return None
+        key, log_type, entry = found
+        proxy = self._proxies.get(key)
+        if proxy is None:
+            proxy = self._remember(key, self.proxy(read_record(raw, start, end)[0]))
+        return proxy, log_type, entry
 
     def proxy(self, attributes: Mapping[str, str]) -> Proxy:
         node_id = _value(attributes, "envoy.node.id")
@@ -197,16 +216,30 @@ class RecordReader:
         key = tuple(map(attributes.get, _NODE_KEYS, _NO_NODE_VALUES))
         proxy = self._proxies.get(key)
         if proxy is None:
-            if len(self._proxies) >= MAX_CACHED_PROXIES:
-                self._proxies.clear()
-                if self._rotations is not None:
-                    self._rotations.inc("otlp_proxies")
-            proxy = self._proxies[key] = identify(identifier_of(attributes), self._name_labels)
+            proxy = self._remember(key, identify(identifier_of(attributes), self._name_labels))
+        return proxy
+
+    def _remember(self, key: tuple[str, ...] | bytes, proxy: Proxy) -> Proxy:
+        if len(self._proxies) >= MAX_CACHED_PROXIES:
+            self._proxies.clear()
+            if self._rotations is not None:
+                self._rotations.inc("otlp_proxies")
+        self._proxies[key] = proxy
         return proxy
 
 
 _NODE_KEYS = tuple(name for name in ATTRIBUTES if name.startswith("envoy.node."))
 _NO_NODE_VALUES = ("",) * len(_NODE_KEYS)
+if native is not None and set(native.node_attributes()) != set(_NODE_KEYS):
+    raise RuntimeError("_entries.c names a record's proxy by other attributes than _NODE_KEYS: rebuild it")
+
+
+def native_shared(shared: dict[str, str]) -> dict[str, str] | None:
+    """What :meth:`RecordReader.read_native` takes of a resource's attributes: those entries are made
+    of; None when the resource names the proxy (its records are read by the Python path)."""
+    if any(name in shared for name in _NODE_KEYS):
+        return None
+    return {name: value for name, value in shared.items() if name in ATTRIBUTES}
 
 
 def identifier_of(attributes: Mapping[str, str]) -> als_pb2.StreamAccessLogsMessage.Identifier:

@@ -316,7 +316,7 @@ class AlsServer:
                 otlp_logs.MAX_RECORDS,
             )
         batches: dict[tuple[Proxy, str], list[bytes]] = {}
-        resources: dict[int, dict[str, str]] = {}
+        resources: dict[int, tuple[dict[str, str], dict[str, str] | None]] = {}
         for count, (resource, start, end) in enumerate(found.records, 1):
             try:
                 proxy, log_type, encoded = self._read_record(raw, resource, start, end, resources)
@@ -342,14 +342,32 @@ class AlsServer:
         return response.SerializeToString()
 
     def _read_record(
-        self, raw: bytes, resource: Any, start: int, end: int, resources: dict[int, dict[str, str]]
+        self,
+        raw: bytes,
+        resource: Any,
+        start: int,
+        end: int,
+        resources: dict[int, tuple[dict[str, str], dict[str, str] | None]],
     ) -> tuple[Proxy, str, bytes]:
         """One record as (proxy, log type, encoded entry), counted as received once its attributes are
         read. Raises :class:`InvalidEntry` for anything in it that cannot be read, never another error."""
+        cached = resources.get(id(resource))
+        if cached is None:
+            strings = otlp_logs.strings(resource.attributes)
+            cached = resources[id(resource)] = (strings, otlp_logs.native_shared(strings))
+        shared, native_shared = cached
+        if native_shared is not None:
+            try:
+                read = self._records.read_native(raw, start, end, native_shared)
+            except Exception:  # a defect of the native path: the record is read as if it had none
+                read = None
+                self._limiter.warning(
+                    "native_error", "an OTLP log record failed natively; reading it again", exc_info=True
+                )
+            if read is not None:
+                self._stats.entries_received.inc("otlp", read[1])
+                return read
         own, time_unix_nano = otlp_logs.read_record(raw, start, end)
-        shared = resources.get(id(resource))
-        if shared is None:
-            shared = resources[id(resource)] = otlp_logs.strings(resource.attributes)
         attributes = {**shared, **own} if shared else own  # Envoy's logger leaves the resource empty
         self._stats.entries_received.inc("otlp", otlp_logs.log_type_of(attributes))
         try:
