@@ -1,14 +1,24 @@
-"""The front's relay puts a GOAWAY of its own between two of the frames gRPC writes to a client."""
+"""The front's relay puts a GOAWAY of its own between two of the frames gRPC writes to a client,
+which sheds the connection: its client opens its next calls on a new one."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import socket
+import time
 from typing import Any
 
+import grpc
 from hypothesis import given
 from hypothesis import strategies as st
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from support import mesh
+from support.otlp_logs import LOGS_METHOD, export_request, record_of
 
 from als2otel.receiver.front import GOAWAY, _Relay
+from als2otel.receiver.server import AlsServer, EntryBatch
+from als2otel.stats import Stats
 
 from .test_fuzz import FUZZ
 
@@ -76,3 +86,56 @@ def test_a_goaway_waits_for_the_end_of_a_frame_cut_short() -> None:
     assert sink.data == data[:50]  # not inside the frame
     relay.write(data[50:] + frame(1, b""))
     assert sink.data == data + GOAWAY + frame(1, b"")
+
+
+async def test_a_shed_opentelemetry_logger_connection_moves_and_loses_no_record() -> None:
+    """An OpenTelemetry logger's OTLP/gRPC connection, relayed as the workers' parent hands it over,
+    is measured and shed like an ALS one: its client gets the GOAWAY and sends its next Export calls
+    on a new connection; every call is answered in full and every record arrives."""
+    received: list[int] = []
+
+    def sink(batch: EntryBatch) -> bool:
+        received.append(len(batch.entries))
+        return True
+
+    server = AlsServer("127.0.0.1:0", sink, Stats(), handed=True)
+    await server.start()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    accepted = 0
+
+    def hand() -> None:
+        nonlocal accepted
+        sock, _ = listener.accept()
+        server.take(sock)
+        accepted += 1
+
+    loop = asyncio.get_running_loop()
+    loop.add_reader(listener.fileno(), hand)
+    target = f"127.0.0.1:{listener.getsockname()[1]}"
+    channel = grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+    export = channel.unary_unary(
+        LOGS_METHOD, request_serializer=lambda b: b, response_deserializer=lambda b: b
+    )
+    try:
+        sent, shed = 0, -1
+        started = time.monotonic()
+        while (elapsed := time.monotonic() - started) < 3.5:
+            records = [record_of(mesh.outbound(sent + i), mesh.productpage()) for i in range(10)]
+            answer = logs_service_pb2.ExportLogsServiceResponse.FromString(
+                await export(export_request(records).SerializeToString())
+            )
+            assert not answer.HasField("partial_success")
+            sent += len(records)
+            server.sample(time.monotonic())  # as a worker's tick does
+            if shed < 0 and elapsed > 2.2:
+                shed = server.shed(gap=1e9)  # as the parent's ask makes a worker do
+            await asyncio.sleep(0.02)
+        assert shed == 1
+        assert accepted == 2  # the next calls came on a new connection
+        assert sum(received) == sent
+    finally:
+        await channel.close()
+        loop.remove_reader(listener.fileno())
+        listener.close()
+        await server.stop(1)

@@ -141,12 +141,11 @@ class Front:
     def goaway(self, peer: str, grace: float) -> bool:
         """Ask the client of the relayed connection gRPC names ``peer`` to open its next streams on a
         new connection (a GOAWAY, at the next frame boundary); the connection is closed ``grace``
-        seconds later, if the client has not closed it by then. False if no such connection is open."""
+        seconds later, if the client has not closed it by then. False if no such connection is open,
+        or it was asked already."""
         relay = self._relays.get(peer.removeprefix("unix-abstract:").partition("%20")[0])
-        if relay is None:
+        if relay is None or relay.closing is not None:
             return False
-        if relay.closing is not None:
-            return True  # asked already
         relay.goaway()
         relay.closing = asyncio.get_running_loop().call_later(grace, relay.writer.close)
         return True

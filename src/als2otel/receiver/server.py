@@ -116,6 +116,9 @@ class AlsServer:
         self._max_age = max_connection_age
         self._max_age_grace = max_connection_age_grace
         self._connections: dict[str, _Connection] = {}
+        # Connections of OpenTelemetry loggers (OTLP/gRPC Export calls), measured to shed like ALS
+        # ones when a front relays them; forgotten once a measure finds one idle.
+        self._exporters: dict[str, _Connection] = {}
         self._sampled = time.monotonic()
         self._name_labels = name_labels
         self._sink = sink
@@ -203,33 +206,44 @@ class AlsServer:
         if elapsed < RATE_SAMPLE:
             return
         self._sampled = now
-        for connection in self._connections.values():
-            rate = (connection.entries - connection.counted) / elapsed
-            connection.rate = rate if connection.rate < 0 else (connection.rate + rate) / 2
-            connection.counted = connection.entries
+        for connections in (self._connections, self._exporters):
+            for connection in connections.values():
+                rate = (connection.entries - connection.counted) / elapsed
+                connection.rate = rate if connection.rate < 0 else (connection.rate + rate) / 2
+                connection.counted = connection.entries
+        self._exporters = {peer: c for peer, c in self._exporters.items() if c.rate >= 1.0}
 
     def shed(self, gap: float) -> int:
         """Shed connections carrying about half of ``gap`` entries per second (the difference between
         this worker's load and the least loaded one's), so that both end near the middle: each gets a
-        GOAWAY from the front, and its streams end right after their next message, as at
+        GOAWAY from the front, so its client opens its next streams (or Export calls) on a new
+        connection, and its ALS streams end right after their next message, as at
         ``max_connection_age``. The number of connections shed (none if no move would narrow the gap)."""
         if self._front is None:
             return 0
         now = time.monotonic()
         candidates = sorted(
-            ((c.rate, peer) for peer, c in self._connections.items() if c.aged_at > now and c.rate > 0),
+            (
+                (c.rate, peer, kind)
+                for kind, connections in (("ALS", self._connections), ("OTLP", self._exporters))
+                for peer, c in connections.items()
+                if c.aged_at > now and c.rate > 0
+            ),
             reverse=True,
         )
         target, moved, shed = gap / 2, 0.0, 0
         grace = max(self._max_age_grace, MIN_SHED_GRACE)
-        for rate, peer in candidates:
+        for rate, peer, kind in candidates:
             if abs(target - moved - rate) < abs(target - moved) and self._front.goaway(peer, grace):
-                connection = self._connections[peer]
+                connection = (self._connections if kind == "ALS" else self._exporters)[peer]
                 connection.aged_at, connection.ending = now, "rebalance"
                 moved += rate
                 shed += 1
                 log.info(
-                    "Shedding the ALS connection of %s (%.0f entries/s) to even the workers' load", peer, rate
+                    "Shedding the %s connection of %s (%.0f entries/s) to even the workers' load",
+                    kind,
+                    peer,
+                    rate,
                 )
         return shed
 
@@ -269,8 +283,14 @@ class AlsServer:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"request_too_large: at most {otlp_logs.MAX_REQUEST_BYTES} bytes a request",
             )
+        peer = context.peer()
+        connection = None
+        if self._front is not None:  # a relayed connection, which shed() can shed
+            connection = self._exporters.get(peer)
+            if connection is None:
+                connection = self._exporters[peer] = _Connection(math.inf)
         try:
-            return await self.accept_logs(raw, context.peer())
+            return await self.accept_logs(raw, peer, connection)
         except DecodeError:
             status, text = (
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -285,7 +305,7 @@ class AlsServer:
         await context.abort(status, text)
         raise AssertionError("not reached: abort raises")
 
-    async def accept_logs(self, raw: bytes, peer: str) -> bytes:
+    async def accept_logs(self, raw: bytes, peer: str, connection: _Connection | None = None) -> bytes:
         """An ``ExportLogsServiceRequest``'s records into the pipeline, as the entries ALS would carry;
         the serialized response, whose ``partial_success`` counts every record not taken, by reason.
 
@@ -293,7 +313,7 @@ class AlsServer:
         :data:`~.otlp_logs.MAX_RECORDS` of them (the rest are refused unread), yielding to the event
         loop as it goes. A record that cannot be read is refused alone; one that analysis has no
         room for is dropped and counted. Raises :class:`DecodeError` (counted) for a request whose
-        outer layers do not parse.
+        outer layers do not parse. ``connection``: the one it came on, whose records are counted.
         """
         stats = self._stats
         found = otlp_wire.Scan()
@@ -304,6 +324,8 @@ class AlsServer:
             stats.entries_invalid.inc("malformed_message")
             self._limiter.warning("malformed_logs", "OTLP logs from %s do not parse", peer)
             raise
+        if connection is not None:
+            connection.entries += len(found.records)
         not_taken: dict[str, int] = {}
         if found.beyond_limit:
             stats.entries_invalid.inc("too_many_records", by=found.beyond_limit)
