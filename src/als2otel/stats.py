@@ -91,7 +91,7 @@ class Stats:
         )
         self.cache_rotations = Counter(
             "als2otel_cache_rotations_total",
-            "Bounded caches that filled and started over, by cache: decoded addresses, connection keys,"
+            "Bounded caches that filled and started over, by cache: decoded addresses,"
             " call shapes, decoded peers, OpenTelemetry-logger proxies.",
             ("cache",),
         )

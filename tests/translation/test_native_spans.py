@@ -1,6 +1,7 @@
 """The native span writer (``translation/_spans.c``) against its Python twins, call by call.
 
-BLAKE2b against hashlib on every length around its block size; ``span_id``, ``span`` and
+BLAKE2b against hashlib on every length around its block size; ``Repeats`` answer for
+answer; ``span_id``, ``span`` and
 ``string_attribute`` byte for byte on generated and hostile arguments; ``trace_context`` on
 every header form the bridge reads, hostile values included, where the native path may answer
 None (the Python twin then decides) but never another answer, and must not answer None for the
@@ -253,3 +254,53 @@ def test_string_attribute(key: bytes) -> None:
     for value in [*HOSTILE_TEXT, "y" * 120, "y" * 121, "z" * 20_000]:
         python = outcome(wire.string_attribute_python, key, value)
         assert outcome(native.string_attribute, key, value) == python, value
+
+
+def run_repeats(counter: Any, calls: list[tuple[Any, ...]]) -> list[Outcome]:
+    """Each call's answer: ("add", trace, kind, key, end) or ("before", trace, kind, key, start)."""
+    answers = []
+    for name, *arguments in calls:
+        method = counter.add if name == "add" else counter.ended_before
+        answers.append(outcome(method, *arguments))
+    return answers
+
+
+def repeat_calls(seed: int, count: int, keys: int) -> list[tuple[Any, ...]]:
+    rng = random.Random(seed)
+    traces = [bytes([t]) * 16 for t in range(3)] + [b"", b"short"]
+    texts = [f"10.1.0.{k}:4{k}>10.1.0.9:9080|GET|/r/{k}" for k in range(keys)] + ["", "é", "x" * 600]
+    times = [0, 1, 5, -3, 2**63 - 1, 2**63, -(2**63) - 1, 2**100, -(2**100), 1_764_000_000_123_456_789]
+    calls: list[tuple[Any, ...]] = []
+    for _ in range(count):
+        trace = rng.choice(traces)
+        kind = rng.choice([ids.CLIENT, ids.SERVER, ids.HOP])
+        key, when = rng.choice(texts), rng.choice(times)
+        calls.append(
+            ("add", trace, kind, key, when) if rng.random() < 0.7 else ("before", trace, kind, key, when)
+        )
+    return calls
+
+
+@pytest.mark.parametrize("max_entries", [1, 2, 3, 7, 64, 65_536])
+def test_repeats_count_as_the_python_twin(max_entries: int) -> None:
+    """The same answers, call for call, through generations turning at every size (keys moving
+    from the old generation, dropped with it), times past 64 bits, keys longer than a buffer."""
+    for seed in range(4):
+        calls = repeat_calls(seed, 3_000, keys=12 + seed * 40)
+        python = run_repeats(ids.Repeats(max_entries), calls)
+        assert run_repeats(native.Repeats(max_entries), calls) == python
+        counts = {answer for kind, answer in python if kind == "value"}
+        assert counts >= ({0, 1, 2} if max_entries > 7 else {0, 1})  # repeats found, not all fresh
+
+
+def test_repeats_refuse_what_the_twin_cannot_be_given() -> None:
+    """Arguments of the wrong type, or a time past 128 bits (never an entry's), raise."""
+    counter = native.Repeats(4)
+    for arguments in [
+        ("t", ids.CLIENT, "k", 0),
+        (b"t", ids.CLIENT, b"k", 0),
+        (b"t", ids.CLIENT, "k", 2**130),
+    ]:
+        assert outcome(counter.add, *arguments)[0] == "error"
+    assert outcome(native.Repeats, 0)[0] == "error"
+    assert counter.add(b"t", ids.CLIENT, "k") == 0  # still sound after the refusals

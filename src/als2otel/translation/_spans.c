@@ -611,6 +611,418 @@ blake2b(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 /* ---- the module ---------------------------------------------------------------------------------- */
 
+/* ---- Repeats: ids.Repeats in C ---------------------------------------------------------------------
+
+   The same counts as ids.Repeats for the same calls (tests/translation/test_native_spans.py runs
+   both through the same sequences): per (trace id, kind, key) the ends recorded, in two
+   generations of at most max_entries keys each. A key found only in the old generation moves
+   to the new one (the Python class puts it there too, and looks there first). A generation's
+   keys and counts live in one arena, so it is dropped at once; its table holds a hash and a
+   pointer per slot. Keys come from traffic (paths, request ids), so the hash is SipHash-1-3
+   under a key drawn at start, as Python's own dict hashes them: no sender can aim its keys at
+   one slot. */
+
+typedef struct {
+    Py_ssize_t key_size, count, capacity;
+    __int128 *ends; /* &first while capacity is 1 */
+    __int128 first;
+    uint8_t key[];
+} Record;
+
+typedef struct {
+    uint64_t hash; /* 0: empty; 1: moved to the new generation */
+    Record *record;
+} Slot;
+
+typedef struct Chunk {
+    struct Chunk *next;
+    size_t used, size;
+    _Alignas(16) uint8_t data[];
+} Chunk;
+
+typedef struct {
+    Slot *slots;
+    size_t mask;
+    Py_ssize_t keys; /* put here since the generation began */
+    Chunk *chunks;
+} Generation;
+
+typedef struct {
+    PyObject_HEAD
+    Generation new_keys, old_keys;
+    Py_ssize_t max_entries;
+} Repeats;
+
+static uint64_t sip_key[2];
+
+#define SIP_ROUND(v0, v1, v2, v3)                                                                      \
+    do {                                                                                             \
+        v0 += v1;                                                                                    \
+        v1 = ROTL64(v1, 13) ^ v0;                                                                    \
+        v0 = ROTL64(v0, 32);                                                                         \
+        v2 += v3;                                                                                    \
+        v3 = ROTL64(v3, 16) ^ v2;                                                                    \
+        v0 += v3;                                                                                    \
+        v3 = ROTL64(v3, 21) ^ v0;                                                                    \
+        v2 += v1;                                                                                    \
+        v1 = ROTL64(v1, 17) ^ v2;                                                                    \
+        v2 = ROTL64(v2, 32);                                                                         \
+    } while (0)
+#define ROTL64(x, n) (((x) << (n)) | ((x) >> (64 - (n))))
+
+static uint64_t
+siphash13(const uint8_t *data, size_t size)
+{
+    uint64_t v0 = sip_key[0] ^ 0x736f6d6570736575ULL, v1 = sip_key[1] ^ 0x646f72616e646f6dULL;
+    uint64_t v2 = sip_key[0] ^ 0x6c7967656e657261ULL, v3 = sip_key[1] ^ 0x7465646279746573ULL;
+    const uint8_t *end = data + (size & ~(size_t)7);
+    for (; data < end; data += 8) {
+        uint64_t m = load64(data);
+        v3 ^= m;
+        SIP_ROUND(v0, v1, v2, v3);
+        v0 ^= m;
+    }
+    uint64_t last = (uint64_t)size << 56;
+    for (size_t i = 0; i < (size & 7); i++) {
+        last |= (uint64_t)data[i] << (8 * i);
+    }
+    v3 ^= last;
+    SIP_ROUND(v0, v1, v2, v3);
+    v0 ^= last;
+    v2 ^= 0xff;
+    SIP_ROUND(v0, v1, v2, v3);
+    SIP_ROUND(v0, v1, v2, v3);
+    SIP_ROUND(v0, v1, v2, v3);
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+static int
+generation_init(Generation *g, Py_ssize_t max_entries)
+{
+    size_t slots = 8;
+    while (slots < (size_t)max_entries * 2) {
+        slots *= 2;
+    }
+    g->slots = PyMem_Calloc(slots, sizeof(Slot));
+    g->mask = slots - 1;
+    g->keys = 0;
+    g->chunks = NULL;
+    if (g->slots == NULL) {
+        PyErr_NoMemory();
+        return 0;
+    }
+    return 1;
+}
+
+static void
+generation_free(Generation *g)
+{
+    if (g->slots != NULL) {
+        for (size_t i = 0; i <= g->mask; i++) {
+            if (g->slots[i].hash > 1 && g->slots[i].record->capacity > 1) {
+                PyMem_Free(g->slots[i].record->ends);
+            }
+        }
+        PyMem_Free(g->slots);
+        g->slots = NULL;
+    }
+    while (g->chunks != NULL) {
+        Chunk *next = g->chunks->next;
+        PyMem_Free(g->chunks);
+        g->chunks = next;
+    }
+}
+
+/* A record of the key in the generation's arena, no ends yet. */
+static Record *
+new_record(Generation *g, const uint8_t *key, Py_ssize_t key_size)
+{
+    size_t size = (sizeof(Record) + (size_t)key_size + 15) & ~(size_t)15;
+    Chunk *c = g->chunks;
+    if (c == NULL || c->size - c->used < size) {
+        size_t chunk_size = size > 262144 ? size : 262144;
+        c = PyMem_Malloc(sizeof(Chunk) + chunk_size);
+        if (c == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        c->next = g->chunks;
+        c->used = 0;
+        c->size = chunk_size;
+        g->chunks = c;
+    }
+    Record *record = (Record *)(c->data + c->used);
+    c->used += size;
+    record->key_size = key_size;
+    record->count = 0;
+    record->capacity = 1;
+    record->ends = &record->first;
+    memcpy(record->key, key, key_size);
+    return record;
+}
+
+static Slot *
+generation_find(Generation *g, uint64_t hash, const uint8_t *key, Py_ssize_t key_size)
+{
+    for (size_t i = hash & g->mask;; i = (i + 1) & g->mask) {
+        Slot *slot = &g->slots[i];
+        if (slot->hash == 0) {
+            return NULL;
+        }
+        if (slot->hash == hash && slot->record->key_size == key_size &&
+            memcmp(slot->record->key, key, key_size) == 0) {
+            return slot;
+        }
+    }
+}
+
+/* The record of a key in the new generation: found there, moved from the old one, or
+   (``create``) made; NULL with no exception when absent and not ``create``. The generations turn
+   first when a key must be put in a full new one. */
+static Record *
+record_of(Repeats *self, const uint8_t *key, Py_ssize_t key_size, int create)
+{
+    uint64_t hash = siphash13(key, key_size);
+    hash = hash < 2 ? hash + 2 : hash;
+    Slot *slot = generation_find(&self->new_keys, hash, key, key_size);
+    if (slot != NULL) {
+        return slot->record;
+    }
+    Slot *old = self->old_keys.slots != NULL ? generation_find(&self->old_keys, hash, key, key_size) : NULL;
+    if (old == NULL && !create) {
+        return NULL;
+    }
+    Record moved = {0};
+    if (old != NULL) {
+        moved = *old->record;
+        old->hash = 1; /* gone from here: the probes past it go on */
+        old->record->capacity = 1; /* its ends, if on the heap, are the new record's now */
+    }
+    if (self->new_keys.keys >= self->max_entries) {
+        Generation fresh;
+        if (!generation_init(&fresh, self->max_entries)) {
+            if (moved.capacity > 1) {
+                PyMem_Free(moved.ends);
+            }
+            return NULL;
+        }
+        generation_free(&self->old_keys);
+        self->old_keys = self->new_keys;
+        self->new_keys = fresh;
+    }
+    Generation *g = &self->new_keys;
+    Record *record = new_record(g, key, key_size);
+    if (record == NULL) {
+        if (moved.capacity > 1) {
+            PyMem_Free(moved.ends);
+        }
+        return NULL;
+    }
+    if (old != NULL) {
+        record->count = moved.count;
+        record->capacity = moved.capacity;
+        record->first = moved.first;
+        record->ends = moved.capacity > 1 ? moved.ends : &record->first;
+    }
+    size_t i = hash & g->mask;
+    while (g->slots[i].hash != 0) {
+        i = (i + 1) & g->mask;
+    }
+    g->slots[i].hash = hash;
+    g->slots[i].record = record;
+    g->keys++;
+    return record;
+}
+
+static int
+as_int128(PyObject *value, __int128 *out)
+{
+    if (!PyLong_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "a time must be an int");
+        return 0;
+    }
+    int overflow;
+    long long small = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (!overflow) {
+        *out = small;
+        return small != -1 || !PyErr_Occurred();
+    }
+    /* Past 64 bits (no time of an entry is, but an int may be): its two halves. */
+    PyObject *shift = PyLong_FromLong(64), *mask = PyLong_FromUnsignedLongLong(UINT64_MAX);
+    PyObject *high = shift != NULL ? PyNumber_Rshift(value, shift) : NULL;
+    PyObject *low = mask != NULL ? PyNumber_And(value, mask) : NULL;
+    int ok = 0;
+    if (high != NULL && low != NULL) {
+        long long high_bits = PyLong_AsLongLong(high); /* OverflowError past 128 bits */
+        unsigned long long low_bits = PyLong_AsUnsignedLongLong(low);
+        if (!PyErr_Occurred()) {
+            *out = (__int128)(((unsigned __int128)(uint64_t)high_bits << 64) | low_bits);
+            ok = 1;
+        }
+    }
+    Py_XDECREF(shift);
+    Py_XDECREF(mask);
+    Py_XDECREF(high);
+    Py_XDECREF(low);
+    return ok;
+}
+
+/* The key of (trace_id, kind, key) as bytes: each of the first two after its length. */
+static const uint8_t *
+repeat_key(PyObject *const *args, uint8_t *buffer, size_t buffer_size, Py_ssize_t *size, uint8_t **heap)
+{
+    *heap = NULL;
+    if (!PyBytes_Check(args[0]) || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "trace_id and kind must be bytes");
+        return NULL;
+    }
+    Py_ssize_t text_size;
+    const char *text = utf8(args[2], &text_size);
+    if (text == NULL) {
+        return NULL;
+    }
+    Py_ssize_t trace_size = PyBytes_GET_SIZE(args[0]), kind_size = PyBytes_GET_SIZE(args[1]);
+    *size = 16 + trace_size + kind_size + text_size;
+    uint8_t *out = buffer;
+    if ((size_t)*size > buffer_size) {
+        out = *heap = PyMem_Malloc(*size);
+        if (out == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+    }
+    uint8_t *p = out;
+    int64_t sizes[2] = {trace_size, kind_size};
+    memcpy(p, &sizes[0], 8);
+    memcpy(p + 8, PyBytes_AS_STRING(args[0]), trace_size);
+    p += 8 + trace_size;
+    memcpy(p, &sizes[1], 8);
+    memcpy(p + 8, PyBytes_AS_STRING(args[1]), kind_size);
+    p += 8 + kind_size;
+    memcpy(p, text, text_size);
+    return out;
+}
+
+/* add(trace_id, kind, key, end=0) -> int: ids.Repeats.add. */
+static PyObject *
+repeats_add(Repeats *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 && nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "add(trace_id, kind, key, end=0)");
+        return NULL;
+    }
+    __int128 end = 0;
+    if (nargs == 4 && !as_int128(args[3], &end)) {
+        return NULL;
+    }
+    uint8_t buffer[512], *heap;
+    Py_ssize_t size;
+    const uint8_t *key = repeat_key(args, buffer, sizeof buffer, &size, &heap);
+    if (key == NULL) {
+        return NULL;
+    }
+    Record *record = record_of(self, key, size, 1);
+    PyMem_Free(heap);
+    if (record == NULL) {
+        return NULL;
+    }
+    if (record->count == record->capacity) {
+        Py_ssize_t capacity = record->capacity * 2;
+        __int128 *ends = PyMem_Malloc(capacity * sizeof(__int128));
+        if (ends == NULL) {
+            return PyErr_NoMemory();
+        }
+        memcpy(ends, record->ends, record->count * sizeof(__int128));
+        if (record->capacity > 1) {
+            PyMem_Free(record->ends);
+        }
+        record->ends = ends;
+        record->capacity = capacity;
+    }
+    record->ends[record->count++] = end;
+    return PyLong_FromSsize_t(record->count - 1);
+}
+
+/* ended_before(trace_id, kind, key, start) -> int: ids.Repeats.ended_before. */
+static PyObject *
+repeats_ended_before(Repeats *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "ended_before(trace_id, kind, key, start)");
+        return NULL;
+    }
+    __int128 start;
+    if (!as_int128(args[3], &start)) {
+        return NULL;
+    }
+    uint8_t buffer[512], *heap;
+    Py_ssize_t size;
+    const uint8_t *key = repeat_key(args, buffer, sizeof buffer, &size, &heap);
+    if (key == NULL) {
+        return NULL;
+    }
+    Record *record = record_of(self, key, size, 0);
+    PyMem_Free(heap);
+    if (record == NULL) {
+        return PyErr_Occurred() ? NULL : PyLong_FromLong(0);
+    }
+    Py_ssize_t before = 0;
+    for (Py_ssize_t i = 0; i < record->count; i++) {
+        before += record->ends[i] < start;
+    }
+    return PyLong_FromSsize_t(before);
+}
+
+static PyObject *
+repeats_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *KEYWORDS[] = {"max_entries", NULL};
+    Py_ssize_t max_entries = 65536;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|n:Repeats", KEYWORDS, &max_entries)) {
+        return NULL;
+    }
+    if (max_entries < 1 || max_entries > ((Py_ssize_t)1 << 40)) {
+        PyErr_SetString(PyExc_ValueError, "max_entries must be at least 1");
+        return NULL;
+    }
+    Repeats *self = (Repeats *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->max_entries = max_entries;
+    if (!generation_init(&self->new_keys, max_entries)) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self; /* the old generation: none yet (its slots NULL) */
+}
+
+static void
+repeats_dealloc(Repeats *self)
+{
+    generation_free(&self->new_keys);
+    generation_free(&self->old_keys);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef REPEATS_METHODS[] = {
+    {"add", (PyCFunction)(void (*)(void))repeats_add, METH_FASTCALL,
+     "add(trace_id, kind, key, end=0) -> int: how many earlier entries had this trace and key"},
+    {"ended_before", (PyCFunction)(void (*)(void))repeats_ended_before, METH_FASTCALL,
+     "ended_before(trace_id, kind, key, start) -> int: how many recorded ones ended before start"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject REPEATS_TYPE = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "als2otel.translation._spans.Repeats",
+    .tp_basicsize = sizeof(Repeats),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "ids.Repeats in C: repeat counts per (trace, kind, key), two generations of keys",
+    .tp_new = repeats_new,
+    .tp_dealloc = (destructor)repeats_dealloc,
+    .tp_methods = REPEATS_METHODS,
+};
+
 static PyMethodDef METHODS[] = {
     {"span_id", (PyCFunction)(void (*)(void))span_id, METH_FASTCALL,
      "span_id(trace_id, kind, key, repeat) -> bytes: ids.span_id_python"},
@@ -641,5 +1053,21 @@ PyInit__spans(void)
             return NULL;
         }
     }
-    return PyModule_Create(&MODULE);
+    if (PyType_Ready(&REPEATS_TYPE) < 0) {
+        return NULL;
+    }
+    PyObject *os = PyImport_ImportModule("os");
+    PyObject *random = os != NULL ? PyObject_CallMethod(os, "urandom", "i", 16) : NULL;
+    Py_XDECREF(os);
+    if (random == NULL || !PyBytes_Check(random) || PyBytes_GET_SIZE(random) != 16) {
+        Py_XDECREF(random);
+        return NULL;
+    }
+    memcpy(sip_key, PyBytes_AS_STRING(random), 16);
+    Py_DECREF(random);
+    PyObject *module = PyModule_Create(&MODULE);
+    if (module != NULL && PyModule_AddObjectRef(module, "Repeats", (PyObject *)&REPEATS_TYPE) < 0) {
+        Py_CLEAR(module);
+    }
+    return module;
 }

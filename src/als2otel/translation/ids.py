@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from typing import Protocol
 
 from ..model import SocketAddr
-from ..stats import Counter
 
 try:
     from . import _spans as native  # type: ignore[attr-defined]
@@ -103,33 +103,12 @@ def trace_context_python(headers: Mapping[str, str] | None, request_id: str, con
     return _digest("connection", connection, size=16), b""
 
 
-MAX_CACHED_CONNECTIONS = 16_384
-"""Connections whose key is kept as text; the cache starts over when full."""
-
-
-class ConnectionKeys:
-    """``client_ip:port>server_ip:port`` per connection, formatted once (its requests share it).
-
-    Bounded by :data:`MAX_CACHED_CONNECTIONS`; starts over when full, counted in ``rotations``.
-    """
-
-    def __init__(self, rotations: Counter | None = None) -> None:
-        self._keys: dict[tuple[SocketAddr | None, SocketAddr | None], str] = {}
-        self._rotations = rotations
-
-    def key(self, client: SocketAddr | None, server: SocketAddr | None) -> str:
-        addresses = (client, server)
-        key = self._keys.get(addresses)
-        if key is None:
-            key = f"{client.ip if client else ''}:{client.port if client else 0}>" + (
-                f"{server.ip}:{server.port}" if server else ""
-            )
-            if len(self._keys) >= MAX_CACHED_CONNECTIONS:
-                self._keys.clear()
-                if self._rotations is not None:
-                    self._rotations.inc("connection_keys")
-            self._keys[addresses] = key
-        return key
+def connection_key(client: SocketAddr | None, server: SocketAddr | None) -> str:
+    """``client_ip:port>server_ip:port``, a connection's name in its hops and trace ids. Made each
+    time: compiled, this is as quick as a cached key's lookup was, and keeps no table."""
+    return f"{client.ip if client else ''}:{client.port if client else 0}>" + (
+        f"{server.ip}:{server.port}" if server else ""
+    )
 
 
 CLIENT = b"\x1fclient\x1f"
@@ -163,6 +142,22 @@ def span_id_python(trace_id: bytes, kind: bytes, key: str, repeat: int = 0) -> b
 
 MAX_REMEMBERED = 65_536
 """Keys per generation of :class:`Repeats`: a request's repeats are told apart while it is this recent."""
+
+
+class RepeatCounts(Protocol):
+    """What the translator asks of :class:`Repeats` (or of its native twin)."""
+
+    def add(self, trace_id: bytes, kind: bytes, key: str, end: int = 0) -> int: ...
+
+    def ended_before(self, trace_id: bytes, kind: bytes, key: str, start: int) -> int: ...
+
+
+def repeats(max_entries: int = MAX_REMEMBERED) -> RepeatCounts:
+    """A :class:`Repeats`: in C where ``_spans`` is built (the same counts for the same calls,
+    its keys in a compact table rather than tuples and lists in dicts)."""
+    if native is not None:
+        return native.Repeats(max_entries)  # type: ignore[no-any-return]
+    return Repeats(max_entries)
 
 
 class Repeats:

@@ -33,15 +33,14 @@ class Translator:
         topology: Topology | None = None,
         rotations: Counter | None = None,
     ) -> None:
-        """``rotations`` counts the bounded caches here starting over (call shapes, connection keys)."""
+        """``rotations`` counts the bounded cache here starting over (call shapes)."""
         self._metrics = metrics
         self._topology = topology
         self._traces = traces
         self._ratio = sampling_ratio
         self._rotations = rotations
         self._shapes: dict[tuple[object, ...], Shape] = {}
-        self._repeats = ids.Repeats()
-        self._connections = ids.ConnectionKeys(rotations)
+        self._repeats = ids.repeats()
         self._ports: dict[int, bytes] = {}
 
     def add(self, call: Call, batch: SpanBatch) -> None:
@@ -105,10 +104,10 @@ class Translator:
         entry = call.entry
         client = call.side == "client"
         if client:
-            connection = self._connections.key(entry.upstream_local, entry.upstream_remote)
+            connection = ids.connection_key(entry.upstream_local, entry.upstream_remote)
         else:
             caller = entry.downstream_direct_remote or entry.downstream_remote
-            connection = self._connections.key(caller, entry.downstream_local)
+            connection = ids.connection_key(caller, entry.downstream_local)
         trace_id, app_span = ids.trace_context(entry.request_headers, entry.request_id, connection)
         if self._ratio < 1.0 and not ids.sampled(trace_id, self._ratio):
             return
