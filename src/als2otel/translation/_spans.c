@@ -52,13 +52,19 @@ static const uint8_t SIGMA[12][16] = {
     } while (0)
 
 static uint64_t
-load64(const uint8_t *p)
+load64(const uint8_t *p) /* little-endian */
 {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint64_t value;
+    memcpy(&value, p, 8);
+    return value;
+#else
     uint64_t value = 0;
     for (int i = 7; i >= 0; i--) {
         value = value << 8 | p[i];
     }
     return value;
+#endif
 }
 
 static void
@@ -107,8 +113,8 @@ static void
 blake2b_update(Blake2b *s, const void *data, size_t size)
 {
     const uint8_t *p = data;
-    for (size_t i = 0; i < size; i++) {
-        if (s->c == 128) {
+    while (size) {
+        if (s->c == 128) { /* full, and more follows: not the last block */
             s->t[0] += 128;
             if (s->t[0] < 128) {
                 s->t[1]++;
@@ -116,7 +122,11 @@ blake2b_update(Blake2b *s, const void *data, size_t size)
             blake2b_compress(s, 0);
             s->c = 0;
         }
-        s->block[s->c++] = p[i];
+        size_t n = 128 - s->c < size ? 128 - s->c : size;
+        memcpy(s->block + s->c, p, n);
+        s->c += n;
+        p += n;
+        size -= n;
     }
 }
 
