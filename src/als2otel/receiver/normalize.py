@@ -17,7 +17,7 @@ ones (tests/receiver/test_native.py compares the two entry by entry).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Final
 
 from google.protobuf.message import DecodeError
 
@@ -92,7 +92,7 @@ class IntermediateEntry(Exception):
     """A periodic or start-of-stream entry: not a call of its own."""
 
 
-MAX_CLOCK_SKEW_NS = 24 * 3600 * 1_000_000_000
+MAX_CLOCK_SKEW_NS: Final = 24 * 3600 * 1_000_000_000
 """How far an entry's end may lie from the bridge's clock, either way; beyond it the entry is invalid."""
 
 MAX_DURATION_NS = 366 * 24 * 3600 * 1_000_000_000
@@ -109,7 +109,8 @@ def decode_entry(encoded: bytes, log_type: str, api_version: str, now_ns: int, c
     if entry is None:
         entry = decode_entry_python(encoded, log_type, api_version, cache)
     end_ns = entry.start_ns + max(entry.downstream_end_ns, 0)
-    if not -MAX_CLOCK_SKEW_NS < end_ns - now_ns < MAX_CLOCK_SKEW_NS:
+    skew = end_ns - now_ns
+    if skew <= -MAX_CLOCK_SKEW_NS or skew >= MAX_CLOCK_SKEW_NS:
         raise InvalidEntry(
             "time_out_of_range", f"the entry ends {(end_ns - now_ns) / 3.6e12:+.1f} h from the bridge's clock"
         )
