@@ -337,7 +337,8 @@ class AlsServer:
                 found.beyond_limit,
                 otlp_logs.MAX_RECORDS,
             )
-        batches: dict[tuple[Proxy, str], list[bytes]] = {}
+        # By the proxy's identity (a Proxy's own hash is a dataclass's, run as Python for each record).
+        batches: dict[tuple[int, str], tuple[Proxy, list[bytes]]] = {}
         resources: dict[int, tuple[dict[str, str], dict[str, str] | None]] = {}
         for count, (resource, start, end) in enumerate(found.records, 1):
             try:
@@ -347,10 +348,13 @@ class AlsServer:
                 stats.entries_invalid.inc(exc.reason)
                 self._limiter.warning(exc.reason, "skipping an OTLP log record from %s: %s", peer, exc)
             else:
-                batches.setdefault((proxy, log_type), []).append(encoded)
+                batch = batches.get((id(proxy), log_type))
+                if batch is None:
+                    batch = batches[id(proxy), log_type] = (proxy, [])
+                batch[1].append(encoded)
             if count % YIELD_EVERY_RECORDS == 0:
                 await asyncio.sleep(0)
-        for (proxy, log_type), entries in batches.items():
+        for (_, log_type), (proxy, entries) in batches.items():
             if not self._sink(EntryBatch(proxy, "otlp", log_type, entries)):
                 not_taken["queue_full"] = not_taken.get("queue_full", 0) + len(entries)
         response = logs_service_pb2.ExportLogsServiceResponse()
