@@ -262,9 +262,31 @@ named_pair(PyObject *type, PyObject *first, PyObject *second)
    type_url and value), each at most once. Any other field is the Python path's (protobuf keeps
    a map entry with one out of its map), and so is a repeated one (protobuf checks every
    occurrence of a string, not only the last). */
+/* A length-delimited field with this one-byte tag next in r: its bytes (r moves past it). */
+static int
+take_len_field(Reader *r, uint8_t tag, Span *out)
+{
+    uint64_t size;
+    if (r->p >= r->end || *r->p != tag) {
+        return 0;
+    }
+    r->p++;
+    if (!read_varint(r, &size) || size > (uint64_t)(r->end - r->p)) {
+        return 0;
+    }
+    out->data = r->p;
+    out->size = (Py_ssize_t)size;
+    r->p += size;
+    return 1;
+}
+
 static int
 pair_fields(Span s, Span *first, Span *second)
 {
+    Reader fast = {s.data, s.data + s.size};
+    if (take_len_field(&fast, 0x0a, first) && take_len_field(&fast, 0x12, second) && fast.p == fast.end) {
+        return 1; /* the usual shape, field 1 then field 2, read as the loop below would */
+    }
     first->data = second->data = NULL;
     first->size = second->size = 0;
     FOR_EACH_FIELD (s) {
@@ -1740,12 +1762,12 @@ known_name(int index)
     return index < ATTRIBUTE_COUNT ? ATTRIBUTE_NAMES[index] : NODE_NAMES[index - ATTRIBUTE_COUNT];
 }
 
+static size_t known_sizes[KNOWN_COUNT]; /* strlen of each name, filled at import */
+
 static int
 is_name(Span key, int index)
 {
-    const char *name = known_name(index);
-    size_t n = strlen(name);
-    return (size_t)key.size == n && memcmp(key.data, name, n) == 0;
+    return (size_t)key.size == known_sizes[index] && memcmp(key.data, known_name(index), key.size) == 0;
 }
 
 /* The index of a known attribute's key (-1 for any other), trying first the one found at the
@@ -1777,6 +1799,11 @@ utf8_valid(Span s)
 {
     const uint8_t *p = s.data, *end = s.data + s.size;
     while (p < end) {
+        uint64_t word;
+        if (end - p >= 8 && (memcpy(&word, p, 8), (word & 0x8080808080808080ULL) == 0)) {
+            p += 8; /* eight ASCII bytes */
+            continue;
+        }
         uint8_t c = *p;
         if (c < 0x80) {
             p++;
@@ -1831,22 +1858,33 @@ take_attribute(void *context, Py_ssize_t position, Span key, Span value)
     int kind = 0;
     Span text = {NULL, 0};
     uint64_t number = 0;
-    FOR_EACH_FIELD (value) {
-        if (!first_time(&seen, f.number) || kind != 0) {
+    Reader fast = {value.data, value.data + value.size};
+    if (take_len_field(&fast, 0x0a, &text) && fast.p == fast.end) {
+        kind = 1; /* a string_value alone: the usual value */
+    }
+    else {
+        text.data = NULL;
+        text.size = 0;
+        FOR_EACH_FIELD (value) {
+            if (!first_time(&seen, f.number) || kind != 0) {
+                return 0;
+            }
+            kind = (int)f.number;
+            if ((kind == 1 || kind == 7) && f.wire_type == WT_LEN) {
+                text = f.bytes;
+            }
+            else if (kind == 3 && f.wire_type == WT_VARINT) {
+                number = f.varint;
+            }
+            else {
+                return 0; /* a boolean, a double, or a kind this version does not have */
+            }
+        }
+        if (!ok) {
             return 0;
         }
-        kind = (int)f.number;
-        if ((kind == 1 || kind == 7) && f.wire_type == WT_LEN) {
-            text = f.bytes;
-        }
-        else if (kind == 3 && f.wire_type == WT_VARINT) {
-            number = f.varint;
-        }
-        else {
-            return 0; /* a boolean, a double, or a kind this version does not have */
-        }
     }
-    if (!ok || (kind == 1 && !utf8_valid(text))) {
+    if (kind == 1 && !utf8_valid(text)) {
         return 0;
     }
     if (index < 0 || kind == 0 || kind == 7) {
@@ -2077,6 +2115,9 @@ PyInit__entries(void)
             if ((attribute_keys[i] = interned(ATTRIBUTE_NAMES[i])) == NULL) {
                 return NULL;
             }
+        }
+        for (int i = 0; i < KNOWN_COUNT; i++) {
+            known_sizes[i] = strlen(known_name(i));
         }
     }
     return PyModule_Create(&MODULE);
