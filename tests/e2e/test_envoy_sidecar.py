@@ -18,7 +18,7 @@ import pytest
 import yaml
 from conftest import bridge_config
 from support.apps import StatusApp
-from support.net import free_port
+from support.net import HandingListener, free_port
 from support.otlp_receiver import GrpcOtlpReceiver, attributes
 from support.waiting import eventually
 
@@ -178,19 +178,8 @@ async def test_a_shed_connection_loses_nothing(
     config = bridge_config(otlp.endpoint, receiver={"listen": "127.0.0.1:0"})
     bridge = Bridge(config, clock=time.time_ns, handed=True)
     await bridge.start()
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.setblocking(False)
-    accepted = 0
-
-    def hand() -> None:
-        nonlocal accepted
-        sock, _ = listener.accept()
-        bridge.receiver.take(sock)
-        accepted += 1
-
-    loop = asyncio.get_running_loop()
-    loop.add_reader(listener.fileno(), hand)
-    envoy = EnvoyProcess(productpage_sidecar(listener.getsockname()[1], reviews_app), tmp_path)
+    listener = HandingListener(bridge.receiver.take)
+    envoy = EnvoyProcess(productpage_sidecar(listener.port, reviews_app), tmp_path)
     await asyncio.to_thread(envoy.start)
     try:
         sent, shed = 0, []
@@ -209,13 +198,12 @@ async def test_a_shed_connection_loses_nothing(
         assert await eventually(lambda: len(otlp.received.spans()) >= sent, 20)
         await asyncio.sleep(1.0)
         assert len(otlp.received.spans()) == sent == len(reviews_app.requests)
-        assert accepted >= 3  # Envoy opened a new connection after each shed
+        assert listener.accepted >= 3  # Envoy opened a new connection after each shed
         ended = bridge.stats.streams_ended
         assert ended.get("rebalance") >= 2
         assert sum(ended.values.values()) == ended.get("rebalance")  # never cut mid-flight
     finally:
         await asyncio.to_thread(envoy.stop)
-        loop.remove_reader(listener.fileno())
         listener.close()
         await bridge.stop()
 

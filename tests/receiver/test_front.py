@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import socket
 import time
 from typing import Any
 
@@ -14,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from support import mesh
+from support.net import HandingListener
 from support.otlp_logs import LOGS_METHOD, export_request, record_of
 
 from als2otel.receiver.front import GOAWAY, _Relay
@@ -100,19 +100,8 @@ async def test_a_shed_opentelemetry_logger_connection_moves_and_loses_no_record(
 
     server = AlsServer("127.0.0.1:0", sink, Stats(), handed=True)
     await server.start()
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.setblocking(False)
-    accepted = 0
-
-    def hand() -> None:
-        nonlocal accepted
-        sock, _ = listener.accept()
-        server.take(sock)
-        accepted += 1
-
-    loop = asyncio.get_running_loop()
-    loop.add_reader(listener.fileno(), hand)
-    target = f"127.0.0.1:{listener.getsockname()[1]}"
+    listener = HandingListener(server.take)
+    target = f"127.0.0.1:{listener.port}"
     channel = grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
     export = channel.unary_unary(
         LOGS_METHOD, request_serializer=lambda b: b, response_deserializer=lambda b: b
@@ -132,10 +121,9 @@ async def test_a_shed_opentelemetry_logger_connection_moves_and_loses_no_record(
                 shed = server.shed(gap=1e9)  # as the parent's ask makes a worker do
             await asyncio.sleep(0.02)
         assert shed == 1
-        assert accepted == 2  # the next calls came on a new connection
+        assert listener.accepted == 2  # the next calls came on a new connection
         assert sum(received) == sent
     finally:
         await channel.close()
-        loop.remove_reader(listener.fileno())
         listener.close()
         await server.stop(1)

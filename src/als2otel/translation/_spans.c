@@ -913,6 +913,21 @@ repeat_key(PyObject *const *args, uint8_t *buffer, size_t buffer_size, Py_ssize_
     return out;
 }
 
+/* record_of() for the (trace_id, kind, key) of a call's first three arguments. */
+static Record *
+record_of_call(Repeats *self, PyObject *const *args, int create)
+{
+    uint8_t buffer[512], *heap;
+    Py_ssize_t size;
+    const uint8_t *key = repeat_key(args, buffer, sizeof buffer, &size, &heap);
+    if (key == NULL) {
+        return NULL;
+    }
+    Record *record = record_of(self, key, size, create);
+    PyMem_Free(heap);
+    return record;
+}
+
 /* add(trace_id, kind, key, end=0) -> int: ids.Repeats.add. */
 static PyObject *
 repeats_add(Repeats *self, PyObject *const *args, Py_ssize_t nargs)
@@ -925,14 +940,7 @@ repeats_add(Repeats *self, PyObject *const *args, Py_ssize_t nargs)
     if (nargs == 4 && !as_int128(args[3], &end)) {
         return NULL;
     }
-    uint8_t buffer[512], *heap;
-    Py_ssize_t size;
-    const uint8_t *key = repeat_key(args, buffer, sizeof buffer, &size, &heap);
-    if (key == NULL) {
-        return NULL;
-    }
-    Record *record = record_of(self, key, size, 1);
-    PyMem_Free(heap);
+    Record *record = record_of_call(self, args, 1);
     if (record == NULL) {
         return NULL;
     }
@@ -965,14 +973,7 @@ repeats_ended_before(Repeats *self, PyObject *const *args, Py_ssize_t nargs)
     if (!as_int128(args[3], &start)) {
         return NULL;
     }
-    uint8_t buffer[512], *heap;
-    Py_ssize_t size;
-    const uint8_t *key = repeat_key(args, buffer, sizeof buffer, &size, &heap);
-    if (key == NULL) {
-        return NULL;
-    }
-    Record *record = record_of(self, key, size, 0);
-    PyMem_Free(heap);
+    Record *record = record_of_call(self, args, 0);
     if (record == NULL) {
         return PyErr_Occurred() ? NULL : PyLong_FromLong(0);
     }
