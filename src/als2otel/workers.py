@@ -554,7 +554,7 @@ class Supervisor:
         elif now - self._over[1] >= REBALANCE_AFTER:
             busiest.state.ask_shed(rates[busiest.index] - rates[idlest.index])
             self._over, self._rebalanced_at = None, now
-            log.info(
+            log.debug(  # the worker logs what it sheds; often nothing (one connection carries it all)
                 "worker %d carries %.0f%% of %.0f entries/s: asking it to shed connections",
                 busiest.index,
                 100 * rates[busiest.index] / total,
