@@ -1047,6 +1047,42 @@ done:
 
 /* ---- OTLP log records (Envoy's OpenTelemetry access logger) -------------------------------------- */
 
+/* An AnyValue's one member: its kind (the field number, 0 for none), its bytes (string, bytes)
+   or its 64 bits (bool, int, double). 0: a list, a map, a member set twice, or a kind this reader
+   does not know (the Python path's). The usual value, a string alone, is read without the loop. */
+static int
+any_value(Span s, int *kind, Span *text, uint64_t *number)
+{
+    Reader fast = {s.data, s.data + s.size};
+    if (take_len_field(&fast, 0x0a, text) && fast.p == fast.end) {
+        *kind = 1;
+        return 1;
+    }
+    *kind = 0;
+    text->data = NULL;
+    text->size = 0;
+    *number = 0;
+    FOR_EACH_FIELD (s) {
+        if (!first_time(&seen, f.number) || *kind != 0) {
+            return 0; /* a oneof member set twice, or two of them: the last wins in protobuf */
+        }
+        *kind = (int)f.number;
+        if ((*kind == 1 || *kind == 7) && f.wire_type == WT_LEN) {
+            *text = f.bytes;
+        }
+        else if ((*kind == 2 || *kind == 3) && f.wire_type == WT_VARINT) {
+            *number = f.varint;
+        }
+        else if (*kind == 4 && f.wire_type == WT_I64) {
+            memcpy(number, r.p - 8, 8); /* little-endian, as the wire and this machine */
+        }
+        else {
+            return 0;
+        }
+    }
+    return ok;
+}
+
 /* An AnyValue's text as otlp_logs.strings gives it: a string as it is, a whole number, double or
    boolean as str() writes it; *out NULL (no exception) for the kinds it skips. 0: the Python path's
    (a list, a map, a member set twice, a string that is not UTF-8, a kind this reader does not know). */
@@ -1054,28 +1090,10 @@ static int
 any_text(Span s, PyObject **out)
 {
     *out = NULL;
-    int kind = 0;
-    Span text = {NULL, 0};
-    uint64_t number = 0;
-    FOR_EACH_FIELD (s) {
-        if (!first_time(&seen, f.number) || kind != 0) {
-            return 0; /* a oneof member set twice, or two of them: the last wins in protobuf */
-        }
-        kind = (int)f.number;
-        if ((kind == 1 || kind == 7) && f.wire_type == WT_LEN) {
-            text = f.bytes;
-        }
-        else if ((kind == 2 || kind == 3) && f.wire_type == WT_VARINT) {
-            number = f.varint;
-        }
-        else if (kind == 4 && f.wire_type == WT_I64) {
-            memcpy(&number, r.p - 8, 8); /* little-endian, as the wire and this machine */
-        }
-        else {
-            return 0;
-        }
-    }
-    if (!ok) {
+    int kind;
+    Span text;
+    uint64_t number;
+    if (!any_value(s, &kind, &text, &number)) {
         return 0;
     }
     PyObject *value = NULL;
@@ -1855,34 +1873,11 @@ take_attribute(void *context, Py_ssize_t position, Span key, Span value)
     if (index < 0 && !utf8_valid(key)) {
         return 0; /* not a string: protobuf refuses the record */
     }
-    int kind = 0;
-    Span text = {NULL, 0};
-    uint64_t number = 0;
-    Reader fast = {value.data, value.data + value.size};
-    if (take_len_field(&fast, 0x0a, &text) && fast.p == fast.end) {
-        kind = 1; /* a string_value alone: the usual value */
-    }
-    else {
-        text.data = NULL;
-        text.size = 0;
-        FOR_EACH_FIELD (value) {
-            if (!first_time(&seen, f.number) || kind != 0) {
-                return 0;
-            }
-            kind = (int)f.number;
-            if ((kind == 1 || kind == 7) && f.wire_type == WT_LEN) {
-                text = f.bytes;
-            }
-            else if (kind == 3 && f.wire_type == WT_VARINT) {
-                number = f.varint;
-            }
-            else {
-                return 0; /* a boolean, a double, or a kind this version does not have */
-            }
-        }
-        if (!ok) {
-            return 0;
-        }
+    int kind;
+    Span text;
+    uint64_t number;
+    if (!any_value(value, &kind, &text, &number) || kind == 2 || kind == 4) {
+        return 0; /* or a boolean, a double: their text is Python's to write */
     }
     if (kind == 1 && !utf8_valid(text)) {
         return 0;
