@@ -438,7 +438,7 @@ class Supervisor:
             self.stats.worker_connections.inc("none")
             return
         if now - self._rebalanced_at < RATE_WINDOW:
-            worker = min(ready, key=lambda w: (w.rate(), w.load()[0]))  # a shed connection, likely
+            worker = min(ready, key=lambda w: w.load()[::-1])  # a shed connection, likely: by rate first
         else:
             worker = min(ready, key=_Worker.load)
         assert worker.conn is not None

@@ -112,7 +112,7 @@ def decode_entry(encoded: bytes, log_type: str, api_version: str, now_ns: int, c
     skew = end_ns - now_ns
     if skew <= -MAX_CLOCK_SKEW_NS or skew >= MAX_CLOCK_SKEW_NS:
         raise InvalidEntry(
-            "time_out_of_range", f"the entry ends {(end_ns - now_ns) / 3.6e12:+.1f} h from the bridge's clock"
+            "time_out_of_range", f"the entry ends {skew / 3.6e12:+.1f} h from the bridge's clock"
         )
     return entry
 
