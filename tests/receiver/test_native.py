@@ -33,7 +33,7 @@ from als2otel.receiver import normalize, otlp_logs, otlp_wire
 from als2otel.receiver._proto import accesslog_pb2
 from als2otel.receiver.normalize import AddressCache, IntermediateEntry, InvalidEntry, decode_entry_python
 from als2otel.receiver.server import EntryBatch
-from als2otel.translation import ids, wire
+from als2otel.translation import ids, spans, wire
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
@@ -331,19 +331,19 @@ def _pipeline_outputs(entries: list[bytes], proxy: Any, use_native: bool) -> tup
     now_ns = (als.START_S + 600) * 1_000_000_000  # one fixed clock: both runs date everything alike
     config = cfg.parse({"analyzers": ["mx-mesh"], "metrics": {"sets": ["http", "servicegraph", "istio"]}}, {})
     normalize.native = native if use_native else None
-    ids.native = wire.native = spans_native if use_native else None
+    ids.native = wire.native = spans.native = spans_native if use_native else None
     try:
         core = build_core(config, Stats(), traces=True, clock=lambda: now_ns)
-        spans: list[bytes] = []
+        requests: list[bytes] = []
         for begin in range(0, len(entries), 100):
             core.pipeline.process(EntryBatch(proxy, "v3", "http", entries[begin : begin + 100]))
-            spans.append(core.pipeline.spans.take()[0])
+            requests.append(core.pipeline.spans.take()[0])
         page = render(core.metrics, core.stats)
         request, _ = metrics_request(core.metrics, now_ns, Workload("als2otel"))
-        return spans, page, request.SerializeToString(deterministic=True)
+        return requests, page, request.SerializeToString(deterministic=True)
     finally:
         normalize.native = native
-        ids.native = wire.native = spans_native
+        ids.native = wire.native = spans.native = spans_native
 
 
 @pytest.mark.parametrize("proxy", [SIDECAR, GATEWAY], ids=["sidecar", "gateway"])

@@ -2,7 +2,8 @@
 
 BLAKE2b against hashlib on every length around its block size; ``Repeats`` answer for
 answer; ``span_id``, ``span`` and
-``string_attribute`` byte for byte on generated and hostile arguments; ``trace_context`` on
+``string_attribute`` byte for byte on generated and hostile arguments; ``call_span`` (a call's whole
+span) against ``spans.call_span_python`` over generated and hostile calls; ``trace_context`` on
 every header form the bridge reads, hostile values included, where the native path may answer
 None (the Python twin then decides) but never another answer, and must not answer None for the
 values Envoy usually logs. Whole pipelines with and without it: tests/receiver/test_native.py.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -23,7 +25,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from receiver.test_fuzz import FUZZ
 
-from als2otel.translation import ids, wire
+from als2otel.model import Call, Entry, SocketAddr
+from als2otel.translation import ids, semconv, spans, wire
+from als2otel.translation.shapes import span_name_and_attributes
+
+from .test_shape_cache import generated_calls
+from .test_translation import GATEWAY, PRODUCTPAGE
 
 native = ids.native
 pytestmark = pytest.mark.skipif(native is None, reason="the native span writer is not built (pure Python)")
@@ -304,3 +311,131 @@ def test_repeats_refuse_what_the_twin_cannot_be_given() -> None:
         assert outcome(counter.add, *arguments)[0] == "error"
     assert outcome(native.Repeats, 0)[0] == "error"
     assert counter.add(b"t", ids.CLIENT, "k") == 0  # still sound after the refusals
+
+
+# -- a call's whole span ---------------------------------------------------------------------------------
+
+
+def span_arguments(call: Call) -> tuple[int, int, str, bytes, bytes]:
+    """What the translator passes with a call: its times, and its shape's error, name and attributes
+    (a name and attributes of its own where the entry's would not encode)."""
+    start, end = semconv.timing(call.entry, call.side)
+    error = semconv.error_type(call.entry, call.side)
+    try:
+        name, attributes = span_name_and_attributes(call, error)
+    except UnicodeEncodeError:
+        name, attributes = wire.span_name("unencodable"), b""
+    return start, end, error, name, attributes
+
+
+def run_call_spans(calls: list[Call], ratio: float) -> int:
+    """Each call's span from ``spans.call_span`` (native first) and from ``call_span_python``, each
+    twin counting repeats in its own ``Repeats``: the same bytes, or the same error, call for call.
+    Returns how many the native path answered itself (not None)."""
+    native_repeats, python_repeats = native.Repeats(), ids.Repeats()
+    ports: dict[int, bytes] = {}
+    answered = 0
+    for call in calls:
+        start, end, error, name, attributes = span_arguments(call)
+        python = outcome(
+            spans.call_span_python, call, start, end, error, name, attributes, python_repeats, ratio, {}
+        )
+        proxy = call.proxy
+        native_args = (call.entry, call.side == "client", proxy.node_id, proxy.is_gateway, call.from_outside)
+        alone = outcome(
+            native.call_span, native.Repeats(), *native_args, start, end, name, attributes, error, ratio
+        )
+        answered += alone[0] == "value" and alone[1] is not None
+        both = outcome(
+            spans.call_span, call, start, end, error, name, attributes, native_repeats, ratio, ports
+        )
+        assert both == python, call
+    return answered
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.5, 0.0, float("nan")])
+def test_call_spans_are_the_python_twins(ratio: float) -> None:
+    """Generated calls of every shape (sides, peers, trace headers, gRPC, TCP, gateways; hops
+    repeated), with and without sampling: the same span bytes, and every one answered natively."""
+    calls = list(generated_calls(1_500, seed=11))
+    calls += calls[::7]  # the same requests again: repeat counts above 0
+    assert run_call_spans(calls, ratio) == len(calls)
+
+
+def hostile_calls() -> list[Call]:
+    """Entries with values no Envoy sends, each where the span reads it: the native path answers
+    them, or leaves them to the Python twin, but never answers otherwise."""
+    proxy = PRODUCTPAGE
+    base: dict[str, Any] = {
+        "api_version": "v3",
+        "protocol": "http",
+        "start_ns": 1_764_000_000_000_000_000,
+        "downstream_end_ns": 5_000_000,
+        "downstream_remote": SocketAddr("10.1.0.7", 40000),
+        "downstream_local": SocketAddr("10.1.0.9", 9080),
+        "upstream_remote": SocketAddr("10.1.0.11", 9080),
+        "upstream_local": SocketAddr("10.1.0.9", 50000),
+        "method": "GET",
+        "path": "/r?q=1",
+        "authority": "reviews:9080",
+        "request_id": "8a4c3c2e-5b1f-4c39-9e3b-6f0d2a1b7c11",
+    }
+    variations: list[dict[str, Any]] = [
+        {},
+        {"path": "/" + "p" * 5_000 + "?" + "q" * 3_000},
+        {"path": "?"},
+        {"path": "/a?"},
+        {"path": "/\ud800"},
+        {"method": "GÉT"},
+        {"method": "\udcff"},
+        {"authority": "é" * 300, "scheme": "https"},
+        {"downstream_remote": SocketAddr("\ud800", 1)},
+        {"downstream_remote": SocketAddr("x" * 2_000, -5)},
+        {"downstream_remote": SocketAddr("10.1.0.7", 2**70)},
+        {"downstream_remote": SocketAddr("10.1.0.7", True)},
+        {"downstream_remote": ("10.1.0.7", 1, 2)},
+        {"downstream_remote": None, "downstream_direct_remote": None},
+        {"downstream_direct_remote": SocketAddr("10.1.0.8", 41000)},
+        {"downstream_local": None, "upstream_remote": None, "upstream_local": None},
+        {"upstream_remote": SocketAddr("10.1.0.11", -(2**63))},
+        {"request_id": ""},
+        {"request_id": "not-a-uuid"},
+        {"request_id": " 8a4c3c2e5b1f4c399e3b6f0d2a1b7c11"},
+        {"request_id": "é"},
+        {"request_id": "\ud800"},
+        {"request_headers": {"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01"}},
+        {"request_headers": {"traceparent": "00-zz-cd-01"}},
+        {"request_headers": MappingProxyType({"b3": f"{'ab' * 16}-{'cd' * 8}"})},
+        {"request_headers": {"x-b3-traceid": "ab" * 8, "x-b3-spanid": "\ud800"}},
+        {"protocol": "tcp", "received_bytes": 2**63, "sent_bytes": -1},
+        {"protocol": "tcp", "received_bytes": 2**64 + 5, "sent_bytes": 0},
+        {"protocol": "tcp", "received_bytes": -(2**63) - 1, "sent_bytes": 0},
+        {"protocol": "grpc", "path": "/pkg.Service/Method"},
+        {"start_ns": 2**64 + 1},
+        {"start_ns": -(10**9)},
+        {"start_ns": 2**63 - 10, "downstream_end_ns": 5},
+    ]
+    calls = []
+    for variation in variations:
+        entry = Entry(**{**base, **variation})
+        for side in ("client", "server"):
+            for from_outside in (False, True):
+                calls.append(Call(side, entry, proxy, None, None, from_outside))
+                calls.append(Call(side, entry, GATEWAY, None, None, from_outside))
+    return calls
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.5])
+def test_hostile_call_spans(ratio: float) -> None:
+    calls = hostile_calls()
+    answered = run_call_spans(calls * 2, ratio)
+    assert answered >= len(calls)  # the ordinary among them still answered natively
+
+
+def test_call_span_leaves_a_python_repeats_to_the_twin() -> None:
+    """Given the Python ``Repeats`` (never so in the bridge), the native path answers None."""
+    call = next(generated_calls(1, seed=2))
+    start, end, error, name, attributes = span_arguments(call)
+    arguments = (call.entry, True, "node", False, False, start, end, name, attributes, error, 1.0)
+    assert native.call_span(ids.Repeats(), *arguments) is None
+    assert native.call_span(native.Repeats(), *arguments)

@@ -168,6 +168,28 @@ utf8(PyObject *text, Py_ssize_t *size) /* str.encode(): NULL with UnicodeEncodeE
     return PyUnicode_AsUTF8AndSize(text, size);
 }
 
+/* ids.span_id_python into out: BLAKE2b-64 of trace_id, kind, key and the repeat (when not 0). */
+static void
+span_id_of(const void *trace_id, Py_ssize_t trace_size, const void *kind, Py_ssize_t kind_size, const char *key,
+           Py_ssize_t key_size, long long repeat, uint8_t *out)
+{
+    Blake2b s;
+    blake2b_init(&s, 8);
+    blake2b_update(&s, trace_id, trace_size);
+    blake2b_update(&s, kind, kind_size);
+    blake2b_update(&s, key, key_size);
+    if (repeat) {
+        char text[32];
+        int n = snprintf(text, sizeof text, "\x1f%lld\x1f", repeat);
+        blake2b_update(&s, text, n);
+    }
+    else {
+        blake2b_update(&s, "\x1f", 1);
+    }
+    blake2b_final(&s, out);
+    checked(out, 8);
+}
+
 /* span_id(trace_id, kind, key, repeat) -> bytes: ids.span_id_python. */
 static PyObject *
 span_id(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -185,31 +207,17 @@ span_id(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (repeat == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    Blake2b s;
     uint8_t digest[8];
-    blake2b_init(&s, 8);
-    blake2b_update(&s, PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]));
-    blake2b_update(&s, PyBytes_AS_STRING(args[1]), PyBytes_GET_SIZE(args[1]));
-    blake2b_update(&s, key, key_size);
-    if (repeat) {
-        char text[32];
-        int n = snprintf(text, sizeof text, "\x1f%lld\x1f", repeat);
-        blake2b_update(&s, text, n);
-    }
-    else {
-        blake2b_update(&s, "\x1f", 1);
-    }
-    blake2b_final(&s, digest);
-    checked(digest, 8);
+    span_id_of(PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), PyBytes_AS_STRING(args[1]),
+               PyBytes_GET_SIZE(args[1]), key, key_size, repeat, digest);
     return PyBytes_FromStringAndSize((const char *)digest, 8);
 }
 
-/* ids._digest(*parts, size=16) of text parts already encoded. */
-static PyObject *
-digest16(const char *first, Py_ssize_t first_size, const char *second, Py_ssize_t second_size)
+/* ids._digest(*parts, size=16) of text parts already encoded, into out. */
+static void
+digest16(const char *first, Py_ssize_t first_size, const char *second, Py_ssize_t second_size, uint8_t *out)
 {
     Blake2b s;
-    uint8_t digest[16];
     blake2b_init(&s, 16);
     blake2b_update(&s, first, first_size);
     blake2b_update(&s, "\x1f", 1);
@@ -217,9 +225,8 @@ digest16(const char *first, Py_ssize_t first_size, const char *second, Py_ssize_
         blake2b_update(&s, second, second_size);
         blake2b_update(&s, "\x1f", 1);
     }
-    blake2b_final(&s, digest);
-    checked(digest, 16);
-    return PyBytes_FromStringAndSize((const char *)digest, 16);
+    blake2b_final(&s, out);
+    checked(out, 16);
 }
 
 static int
@@ -308,27 +315,25 @@ pair(const uint8_t *trace_id, const uint8_t *parent, Py_ssize_t parent_size)
     return out;
 }
 
-/* trace_context(headers, request_id, connection) -> (trace id, parent span id) | None:
-   ids.trace_context_python's answer, or None where a value out of the ordinary (not only hex
-   digits where hex is read, not a str) leaves it to that function. */
-static PyObject *
-trace_context(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+enum { CONTEXT_ERROR = -1, CONTEXT_UNSURE = 0, CONTEXT_FOUND = 1 };
+
+/* ids.trace_context_python's answer into trace_id and parent (*parent_size 8, or 0 for none), with
+   the connection's name already UTF-8; CONTEXT_UNSURE where a value out of the ordinary (not only
+   hex digits where hex is read, not a str, another Mapping) leaves it to that function. */
+static int
+read_trace_context(PyObject *headers, PyObject *request_id_text, const char *connection,
+                   Py_ssize_t connection_size, uint8_t *trace_id, uint8_t *parent, Py_ssize_t *parent_size)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "trace_context(headers, request_id, connection)");
-        return NULL;
-    }
-    PyObject *headers = args[0];
-    uint8_t trace_id[16], parent[8];
     int unsure = 0;
+    *parent_size = 0;
     if (headers != Py_None && !PyDict_CheckExact(headers)) {
-        Py_RETURN_NONE; /* another Mapping: the Python twin reads it */
+        return CONTEXT_UNSURE; /* another Mapping: the Python twin reads it */
     }
     if (headers != Py_None && PyDict_GET_SIZE(headers)) {
         Py_ssize_t size;
         const char *text = header(headers, str_traceparent, &size, &unsure);
         if (unsure) {
-            Py_RETURN_NONE;
+            return CONTEXT_UNSURE;
         }
         if (size > 0) {
             /* version-trace-parent-flags: the second and third of at least four parts */
@@ -343,34 +348,36 @@ trace_context(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 int trace = hex_id(dash[0] + 1, dash[1] - dash[0] - 1, 0, trace_id, 16);
                 int span = hex_id(dash[1] + 1, dash[2] - dash[1] - 1, 0, parent, 8);
                 if (trace == HEX_UNSURE || span == HEX_UNSURE) {
-                    Py_RETURN_NONE;
+                    return CONTEXT_UNSURE;
                 }
                 if (trace == HEX_ID && span == HEX_ID) {
-                    return pair(trace_id, parent, 8);
+                    *parent_size = 8;
+                    return CONTEXT_FOUND;
                 }
             }
         }
         text = header(headers, str_b3_trace, &size, &unsure);
         if (unsure) {
-            Py_RETURN_NONE;
+            return CONTEXT_UNSURE;
         }
         if (size > 0) {
             int trace = hex_id(text, size, 32, trace_id, 16);
             if (trace == HEX_UNSURE) {
-                Py_RETURN_NONE;
+                return CONTEXT_UNSURE;
             }
             if (trace == HEX_ID) {
                 text = header(headers, str_b3_span, &size, &unsure);
                 int span = unsure ? HEX_UNSURE : size > 0 ? hex_id(text, size, 0, parent, 8) : HEX_NONE;
                 if (span == HEX_UNSURE) {
-                    Py_RETURN_NONE;
+                    return CONTEXT_UNSURE;
                 }
-                return pair(trace_id, parent, span == HEX_ID ? 8 : 0);
+                *parent_size = span == HEX_ID ? 8 : 0;
+                return CONTEXT_FOUND;
             }
         }
         text = header(headers, str_b3, &size, &unsure);
         if (unsure) {
-            Py_RETURN_NONE;
+            return CONTEXT_UNSURE;
         }
         const char *first_dash = size > 0 ? memchr(text, '-', size) : NULL;
         if (first_dash != NULL) {
@@ -378,25 +385,26 @@ trace_context(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             const char *span_end = second_dash ? second_dash : text + size;
             int trace = hex_id(text, first_dash - text, 32, trace_id, 16);
             if (trace == HEX_UNSURE) {
-                Py_RETURN_NONE;
+                return CONTEXT_UNSURE;
             }
             if (trace == HEX_ID) {
                 int span = hex_id(first_dash + 1, span_end - first_dash - 1, 0, parent, 8);
                 if (span == HEX_UNSURE) {
-                    Py_RETURN_NONE;
+                    return CONTEXT_UNSURE;
                 }
-                return pair(trace_id, parent, span == HEX_ID ? 8 : 0);
+                *parent_size = span == HEX_ID ? 8 : 0;
+                return CONTEXT_FOUND;
             }
         }
     }
-    if (!PyUnicode_CheckExact(args[1]) || !PyUnicode_CheckExact(args[2])) {
-        Py_RETURN_NONE;
+    if (!PyUnicode_CheckExact(request_id_text)) {
+        return CONTEXT_UNSURE;
     }
     Py_ssize_t size;
-    const char *request_id = PyUnicode_AsUTF8AndSize(args[1], &size);
+    const char *request_id = PyUnicode_AsUTF8AndSize(request_id_text, &size);
     if (request_id == NULL) {
         PyErr_Clear();
-        Py_RETURN_NONE;
+        return CONTEXT_UNSURE;
     }
     if (size) {
         /* a UUID is the 128 bits themselves (dashes removed), anything else is hashed */
@@ -421,16 +429,31 @@ trace_context(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         if (only_hex) {
             if (n == 32 && hex_id(digits, 32, 0, trace_id, 16) == HEX_ID) {
-                return pair(trace_id, NULL, 0);
+                return CONTEXT_FOUND;
             }
         }
         else if (!printable || n == 32) {
-            Py_RETURN_NONE; /* strip() or fromhex() decide: the Python twin's */
+            return CONTEXT_UNSURE; /* strip() or fromhex() decide: the Python twin's */
         }
-        PyObject *trace = digest16(request_id, size, NULL, 0);
-        PyObject *out = trace ? PyTuple_Pack(2, trace, empty_bytes) : NULL;
-        Py_XDECREF(trace);
-        return out;
+        digest16(request_id, size, NULL, 0, trace_id);
+        return CONTEXT_FOUND;
+    }
+    /* Both ends see the connection; not the time (each side's clock and start differ). */
+    digest16("connection", 10, connection, connection_size, trace_id);
+    return CONTEXT_FOUND;
+}
+
+/* trace_context(headers, request_id, connection) -> (trace id, parent span id) | None:
+   ids.trace_context_python's answer, or None where read_trace_context leaves it to that function. */
+static PyObject *
+trace_context(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "trace_context(headers, request_id, connection)");
+        return NULL;
+    }
+    if (!PyUnicode_CheckExact(args[2])) {
+        Py_RETURN_NONE;
     }
     Py_ssize_t connection_size;
     const char *connection = PyUnicode_AsUTF8AndSize(args[2], &connection_size);
@@ -438,10 +461,13 @@ trace_context(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Clear();
         Py_RETURN_NONE;
     }
-    PyObject *trace = digest16("connection", 10, connection, connection_size);
-    PyObject *out = trace ? PyTuple_Pack(2, trace, empty_bytes) : NULL;
-    Py_XDECREF(trace);
-    return out;
+    uint8_t trace_id[16], parent[8];
+    Py_ssize_t parent_size;
+    if (read_trace_context(args[0], args[1], connection, connection_size, trace_id, parent, &parent_size) !=
+        CONTEXT_FOUND) {
+        Py_RETURN_NONE;
+    }
+    return pair(trace_id, parent, parent_size);
 }
 
 /* ---- wire.py ------------------------------------------------------------------------------------- */
@@ -477,6 +503,144 @@ fixed64(uint8_t *p, uint64_t value)
     return p;
 }
 
+/* A span attribute of the call's own (wire.string_attribute, wire.int_attribute): its value a
+   string in up to four pieces, or an int (a negative one as its two's complement). */
+typedef struct {
+    const char *name; /* ASCII */
+    Py_ssize_t name_size;
+    int is_int;
+    uint64_t number;
+    int pieces;
+    const char *piece[4];
+    Py_ssize_t piece_size[4];
+} Attribute;
+
+static Py_ssize_t
+text_size(const Attribute *a)
+{
+    Py_ssize_t size = 0;
+    for (int i = 0; i < a->pieces; i++) {
+        size += a->piece_size[i];
+    }
+    return size;
+}
+
+static Py_ssize_t
+any_value_size(const Attribute *a) /* AnyValue: string_value = 1, int_value = 3 */
+{
+    Py_ssize_t text = text_size(a);
+    return a->is_int ? 1 + varint_size(a->number) : 1 + varint_size(text) + text;
+}
+
+static Py_ssize_t
+key_value_size(const Attribute *a) /* KeyValue: key = 1, value = 2 */
+{
+    Py_ssize_t value = any_value_size(a);
+    return 1 + varint_size(a->name_size) + a->name_size + 1 + varint_size(value) + value;
+}
+
+static Py_ssize_t
+attribute_size(const Attribute *a)
+{
+    Py_ssize_t key_value = key_value_size(a);
+    return 1 + varint_size(key_value) + key_value;
+}
+
+static uint8_t *
+write_attribute(uint8_t *p, const Attribute *a)
+{
+    *p++ = 0x4a; /* Span.attributes = 9 */
+    p = varint(p, key_value_size(a));
+    *p++ = 0x0a; /* KeyValue.key = 1 */
+    p = varint(p, a->name_size);
+    memcpy(p, a->name, a->name_size);
+    p += a->name_size;
+    *p++ = 0x12; /* KeyValue.value = 2 */
+    p = varint(p, any_value_size(a));
+    if (a->is_int) {
+        *p++ = 0x18; /* AnyValue.int_value = 3 */
+        return varint(p, a->number);
+    }
+    *p++ = 0x0a; /* AnyValue.string_value = 1 */
+    p = varint(p, text_size(a));
+    for (int i = 0; i < a->pieces; i++) {
+        memcpy(p, a->piece[i], a->piece_size[i]);
+        p += a->piece_size[i];
+    }
+    return p;
+}
+
+/* What wire.span_python joins, the attributes in two parts: the shape's, encoded, and the call's own. */
+typedef struct {
+    const uint8_t *trace_id, *span_id, *parent; /* 16, 8 and parent_size (0 or 8) bytes */
+    Py_ssize_t parent_size;
+    const char *name, *kind, *attributes;
+    Py_ssize_t name_size, kind_size, attributes_size;
+    uint64_t start, end;
+    const Attribute *own;
+    int own_count;
+    const char *error;
+    Py_ssize_t error_size;
+} SpanParts;
+
+static PyObject *
+encode_span(const SpanParts *s)
+{
+    /* status: message = 2 (the error), code = 3 (ERROR), framed as field 15 */
+    Py_ssize_t status_body = s->error_size ? 1 + varint_size(s->error_size) + s->error_size + 2 : 0;
+    Py_ssize_t status_size = s->error_size ? 1 + varint_size(status_body) + status_body : 0;
+    Py_ssize_t size = s->name_size + s->kind_size + s->attributes_size + status_size + (2 + 16 + 2 + 8 + 18) +
+                      (s->parent_size ? 2 + 8 : 0);
+    for (int i = 0; i < s->own_count; i++) {
+        size += attribute_size(&s->own[i]);
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, 1 + varint_size(size) + size);
+    if (out == NULL) {
+        return NULL;
+    }
+    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(out);
+    *p++ = 0x12; /* ScopeSpans.spans = 2 */
+    p = varint(p, size);
+    *p++ = 0x0a; /* trace_id = 1 */
+    *p++ = 16;
+    memcpy(p, s->trace_id, 16);
+    p += 16;
+    *p++ = 0x12; /* span_id = 2 */
+    *p++ = 8;
+    memcpy(p, s->span_id, 8);
+    p += 8;
+    if (s->parent_size) {
+        *p++ = 0x22; /* parent_span_id = 4 */
+        *p++ = 8;
+        memcpy(p, s->parent, 8);
+        p += 8;
+    }
+    memcpy(p, s->name, s->name_size);
+    p += s->name_size;
+    memcpy(p, s->kind, s->kind_size);
+    p += s->kind_size;
+    *p++ = 0x39; /* start_time_unix_nano = 7, fixed64 */
+    p = fixed64(p, s->start);
+    *p++ = 0x41; /* end_time_unix_nano = 8, fixed64 */
+    p = fixed64(p, s->end);
+    memcpy(p, s->attributes, s->attributes_size);
+    p += s->attributes_size;
+    for (int i = 0; i < s->own_count; i++) {
+        p = write_attribute(p, &s->own[i]);
+    }
+    if (s->error_size) {
+        *p++ = 0x7a; /* status = 15 */
+        p = varint(p, status_body);
+        *p++ = 0x12; /* Status.message = 2 */
+        p = varint(p, s->error_size);
+        memcpy(p, s->error, s->error_size);
+        p += s->error_size;
+        *p++ = 0x18; /* Status.code = 3: STATUS_CODE_ERROR */
+        *p++ = 0x02;
+    }
+    return out;
+}
+
 /* span(trace_id, span_id, parent_span_id, name, kind, start_ns, end_ns, attributes, error) -> bytes:
    wire.span_python. */
 static PyObject *
@@ -496,75 +660,37 @@ span(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "span(): attributes are bytes");
         return NULL;
     }
-    Py_ssize_t trace_size = PyBytes_GET_SIZE(args[0]), id_size = PyBytes_GET_SIZE(args[1]);
-    Py_ssize_t parent_size = PyBytes_GET_SIZE(args[2]);
-    if (trace_size != 16 || id_size != 8 || (parent_size != 0 && parent_size != 8)) {
+    SpanParts parts = {
+        .trace_id = (const uint8_t *)PyBytes_AS_STRING(args[0]),
+        .span_id = (const uint8_t *)PyBytes_AS_STRING(args[1]),
+        .parent = (const uint8_t *)PyBytes_AS_STRING(args[2]),
+        .parent_size = PyBytes_GET_SIZE(args[2]),
+        .name = PyBytes_AS_STRING(args[3]),
+        .name_size = PyBytes_GET_SIZE(args[3]),
+        .kind = PyBytes_AS_STRING(args[4]),
+        .kind_size = PyBytes_GET_SIZE(args[4]),
+        .attributes = PyBytes_AS_STRING(args[7]),
+        .attributes_size = PyBytes_GET_SIZE(args[7]),
+    };
+    if (PyBytes_GET_SIZE(args[0]) != 16 || PyBytes_GET_SIZE(args[1]) != 8 ||
+        (parts.parent_size != 0 && parts.parent_size != 8)) {
         Py_RETURN_NONE; /* ids of other widths: the Python twin writes them as they are */
     }
-    unsigned long long start = PyLong_AsUnsignedLongLong(args[5]);
-    if (start == (unsigned long long)-1 && PyErr_Occurred()) {
+    parts.start = PyLong_AsUnsignedLongLong(args[5]);
+    if (parts.start == (unsigned long long)-1 && PyErr_Occurred()) {
         PyErr_Clear();
         Py_RETURN_NONE; /* struct.pack's error, from the Python twin */
     }
-    unsigned long long end = PyLong_AsUnsignedLongLong(args[6]);
-    if (end == (unsigned long long)-1 && PyErr_Occurred()) {
+    parts.end = PyLong_AsUnsignedLongLong(args[6]);
+    if (parts.end == (unsigned long long)-1 && PyErr_Occurred()) {
         PyErr_Clear();
         Py_RETURN_NONE;
     }
-    Py_ssize_t error_size;
-    const char *error = utf8(args[8], &error_size);
-    if (error == NULL) {
+    parts.error = utf8(args[8], &parts.error_size);
+    if (parts.error == NULL) {
         return NULL;
     }
-    Py_ssize_t name_size = PyBytes_GET_SIZE(args[3]), kind_size = PyBytes_GET_SIZE(args[4]);
-    Py_ssize_t attributes_size = PyBytes_GET_SIZE(args[7]);
-    /* status: message = 2 (the error), code = 3 (ERROR), framed as field 15 */
-    Py_ssize_t status_body = error_size ? 1 + varint_size(error_size) + error_size + 2 : 0;
-    Py_ssize_t status_size = error_size ? 1 + varint_size(status_body) + status_body : 0;
-    Py_ssize_t size = name_size + kind_size + attributes_size + status_size + (2 + 16 + 2 + 8 + 18) +
-                      (parent_size ? 2 + 8 : 0);
-    PyObject *out = PyBytes_FromStringAndSize(NULL, 1 + varint_size(size) + size);
-    if (out == NULL) {
-        return NULL;
-    }
-    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(out);
-    *p++ = 0x12; /* ScopeSpans.spans = 2 */
-    p = varint(p, size);
-    *p++ = 0x0a; /* trace_id = 1 */
-    *p++ = 16;
-    memcpy(p, PyBytes_AS_STRING(args[0]), 16);
-    p += 16;
-    *p++ = 0x12; /* span_id = 2 */
-    *p++ = 8;
-    memcpy(p, PyBytes_AS_STRING(args[1]), 8);
-    p += 8;
-    if (parent_size) {
-        *p++ = 0x22; /* parent_span_id = 4 */
-        *p++ = 8;
-        memcpy(p, PyBytes_AS_STRING(args[2]), 8);
-        p += 8;
-    }
-    memcpy(p, PyBytes_AS_STRING(args[3]), name_size);
-    p += name_size;
-    memcpy(p, PyBytes_AS_STRING(args[4]), kind_size);
-    p += kind_size;
-    *p++ = 0x39; /* start_time_unix_nano = 7, fixed64 */
-    p = fixed64(p, start);
-    *p++ = 0x41; /* end_time_unix_nano = 8, fixed64 */
-    p = fixed64(p, end);
-    memcpy(p, PyBytes_AS_STRING(args[7]), attributes_size);
-    p += attributes_size;
-    if (error_size) {
-        *p++ = 0x7a; /* status = 15 */
-        p = varint(p, status_body);
-        *p++ = 0x12; /* Status.message = 2 */
-        p = varint(p, error_size);
-        memcpy(p, error, error_size);
-        p += error_size;
-        *p++ = 0x18; /* Status.code = 3: STATUS_CODE_ERROR */
-        *p++ = 0x02;
-    }
-    return out;
+    return encode_span(&parts);
 }
 
 /* string_attribute(encoded_key, value) -> bytes: wire.string_attribute_python. */
@@ -877,21 +1003,13 @@ as_int128(PyObject *value, __int128 *out)
     return ok;
 }
 
-/* The key of (trace_id, kind, key) as bytes: each of the first two after its length. */
+/* The key of (trace_id, kind, key) as bytes, each of the first two after its length: in buffer,
+   or (longer) in *heap, for the caller to free. */
 static const uint8_t *
-repeat_key(PyObject *const *args, uint8_t *buffer, size_t buffer_size, Py_ssize_t *size, uint8_t **heap)
+repeat_key(const void *trace_id, Py_ssize_t trace_size, const void *kind, Py_ssize_t kind_size, const char *text,
+           Py_ssize_t text_size, uint8_t *buffer, size_t buffer_size, Py_ssize_t *size, uint8_t **heap)
 {
     *heap = NULL;
-    if (!PyBytes_Check(args[0]) || !PyBytes_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "trace_id and kind must be bytes");
-        return NULL;
-    }
-    Py_ssize_t text_size;
-    const char *text = utf8(args[2], &text_size);
-    if (text == NULL) {
-        return NULL;
-    }
-    Py_ssize_t trace_size = PyBytes_GET_SIZE(args[0]), kind_size = PyBytes_GET_SIZE(args[1]);
     *size = 16 + trace_size + kind_size + text_size;
     uint8_t *out = buffer;
     if ((size_t)*size > buffer_size) {
@@ -904,28 +1022,86 @@ repeat_key(PyObject *const *args, uint8_t *buffer, size_t buffer_size, Py_ssize_
     uint8_t *p = out;
     int64_t sizes[2] = {trace_size, kind_size};
     memcpy(p, &sizes[0], 8);
-    memcpy(p + 8, PyBytes_AS_STRING(args[0]), trace_size);
+    memcpy(p + 8, trace_id, trace_size);
     p += 8 + trace_size;
     memcpy(p, &sizes[1], 8);
-    memcpy(p + 8, PyBytes_AS_STRING(args[1]), kind_size);
+    memcpy(p + 8, kind, kind_size);
     p += 8 + kind_size;
     memcpy(p, text, text_size);
     return out;
 }
 
-/* record_of() for the (trace_id, kind, key) of a call's first three arguments. */
+/* record_of() for (trace_id, kind, key). */
 static Record *
-record_of_call(Repeats *self, PyObject *const *args, int create)
+record_of_key(Repeats *self, const void *trace_id, Py_ssize_t trace_size, const void *kind, Py_ssize_t kind_size,
+              const char *text, Py_ssize_t text_size, int create)
 {
     uint8_t buffer[512], *heap;
     Py_ssize_t size;
-    const uint8_t *key = repeat_key(args, buffer, sizeof buffer, &size, &heap);
+    const uint8_t *key =
+        repeat_key(trace_id, trace_size, kind, kind_size, text, text_size, buffer, sizeof buffer, &size, &heap);
     if (key == NULL) {
         return NULL;
     }
     Record *record = record_of(self, key, size, create);
     PyMem_Free(heap);
     return record;
+}
+
+/* ids.Repeats.add: the count of earlier ends recorded under the key, this one (end) recorded; -1
+   with an exception set. */
+static Py_ssize_t
+add_end(Repeats *self, const void *trace_id, Py_ssize_t trace_size, const void *kind, Py_ssize_t kind_size,
+        const char *text, Py_ssize_t text_size, __int128 end)
+{
+    Record *record = record_of_key(self, trace_id, trace_size, kind, kind_size, text, text_size, 1);
+    if (record == NULL) {
+        return -1;
+    }
+    if (record->count == record->capacity) {
+        Py_ssize_t capacity = record->capacity * 2;
+        __int128 *ends = PyMem_Malloc(capacity * sizeof(__int128));
+        if (ends == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memcpy(ends, record->ends, record->count * sizeof(__int128));
+        if (record->capacity > 1) {
+            PyMem_Free(record->ends);
+        }
+        record->ends = ends;
+        record->capacity = capacity;
+    }
+    record->ends[record->count++] = end;
+    return record->count - 1;
+}
+
+/* ids.Repeats.ended_before; -1 with an exception set. */
+static Py_ssize_t
+count_ended_before(Repeats *self, const void *trace_id, Py_ssize_t trace_size, const void *kind,
+                   Py_ssize_t kind_size, const char *text, Py_ssize_t text_size, __int128 start)
+{
+    Record *record = record_of_key(self, trace_id, trace_size, kind, kind_size, text, text_size, 0);
+    if (record == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    Py_ssize_t before = 0;
+    for (Py_ssize_t i = 0; i < record->count; i++) {
+        before += record->ends[i] < start;
+    }
+    return before;
+}
+
+/* A call's (trace_id, kind, key) arguments as add_end and count_ended_before read them. */
+static int
+key_arguments(PyObject *const *args, const char **text, Py_ssize_t *text_size)
+{
+    if (!PyBytes_Check(args[0]) || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "trace_id and kind must be bytes");
+        return 0;
+    }
+    *text = utf8(args[2], text_size);
+    return *text != NULL;
 }
 
 /* add(trace_id, kind, key, end=0) -> int: ids.Repeats.add. */
@@ -940,25 +1116,14 @@ repeats_add(Repeats *self, PyObject *const *args, Py_ssize_t nargs)
     if (nargs == 4 && !as_int128(args[3], &end)) {
         return NULL;
     }
-    Record *record = record_of_call(self, args, 1);
-    if (record == NULL) {
+    const char *text;
+    Py_ssize_t text_size;
+    if (!key_arguments(args, &text, &text_size)) {
         return NULL;
     }
-    if (record->count == record->capacity) {
-        Py_ssize_t capacity = record->capacity * 2;
-        __int128 *ends = PyMem_Malloc(capacity * sizeof(__int128));
-        if (ends == NULL) {
-            return PyErr_NoMemory();
-        }
-        memcpy(ends, record->ends, record->count * sizeof(__int128));
-        if (record->capacity > 1) {
-            PyMem_Free(record->ends);
-        }
-        record->ends = ends;
-        record->capacity = capacity;
-    }
-    record->ends[record->count++] = end;
-    return PyLong_FromSsize_t(record->count - 1);
+    Py_ssize_t count = add_end(self, PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), PyBytes_AS_STRING(args[1]),
+                               PyBytes_GET_SIZE(args[1]), text, text_size, end);
+    return count < 0 ? NULL : PyLong_FromSsize_t(count);
 }
 
 /* ended_before(trace_id, kind, key, start) -> int: ids.Repeats.ended_before. */
@@ -973,15 +1138,15 @@ repeats_ended_before(Repeats *self, PyObject *const *args, Py_ssize_t nargs)
     if (!as_int128(args[3], &start)) {
         return NULL;
     }
-    Record *record = record_of_call(self, args, 0);
-    if (record == NULL) {
-        return PyErr_Occurred() ? NULL : PyLong_FromLong(0);
+    const char *text;
+    Py_ssize_t text_size;
+    if (!key_arguments(args, &text, &text_size)) {
+        return NULL;
     }
-    Py_ssize_t before = 0;
-    for (Py_ssize_t i = 0; i < record->count; i++) {
-        before += record->ends[i] < start;
-    }
-    return PyLong_FromSsize_t(before);
+    Py_ssize_t before = count_ended_before(self, PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]),
+                                           PyBytes_AS_STRING(args[1]), PyBytes_GET_SIZE(args[1]), text, text_size,
+                                           start);
+    return before < 0 ? NULL : PyLong_FromSsize_t(before);
 }
 
 static PyObject *
@@ -1034,6 +1199,400 @@ static PyTypeObject REPEATS_TYPE = {
     .tp_methods = REPEATS_METHODS,
 };
 
+/* ---- spans.py: a call's span, whole --------------------------------------------------------------- */
+
+/* The fields of an Entry that a span reads, by name (it may be the compiled class or the Python one). */
+enum {
+    F_PROTOCOL,
+    F_UPSTREAM_LOCAL,
+    F_UPSTREAM_REMOTE,
+    F_DOWNSTREAM_DIRECT_REMOTE,
+    F_DOWNSTREAM_REMOTE,
+    F_DOWNSTREAM_LOCAL,
+    F_REQUEST_HEADERS,
+    F_REQUEST_ID,
+    F_METHOD,
+    F_PATH,
+    F_SCHEME,
+    F_AUTHORITY,
+    F_RECEIVED_BYTES,
+    F_SENT_BYTES,
+    ENTRY_FIELDS,
+};
+static const char *const ENTRY_FIELD_NAMES[ENTRY_FIELDS] = {
+    "protocol", "upstream_local", "upstream_remote", "downstream_direct_remote", "downstream_remote",
+    "downstream_local", "request_headers", "request_id", "method", "path", "scheme", "authority",
+    "received_bytes", "sent_bytes",
+};
+static PyObject *entry_fields[ENTRY_FIELDS];
+
+/* An entry's fields as read, each at most once (NULL: not read yet). */
+typedef struct {
+    PyObject *entry;
+    PyObject *value[ENTRY_FIELDS];
+} Fields;
+
+static PyObject * /* borrowed from fields; NULL with an exception set */
+field(Fields *fields, int which)
+{
+    if (fields->value[which] == NULL) {
+        fields->value[which] = PyObject_GetAttr(fields->entry, entry_fields[which]);
+    }
+    return fields->value[which];
+}
+
+/* A str field's UTF-8; 0 where it is not an exact str or not UTF-8 (no exception: the twin's). */
+static int
+text_of(PyObject *value, const char **text, Py_ssize_t *size)
+{
+    if (!PyUnicode_CheckExact(value)) {
+        return 0;
+    }
+    *text = PyUnicode_AsUTF8AndSize(value, size);
+    if (*text == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+/* An int that int_attribute writes as at most ten bytes: -2**63 to 2**64 - 1, negatives as their
+   two's complement; 0 for anything else (no exception). */
+static int
+varint_int(PyObject *value, uint64_t *out)
+{
+    if (!PyLong_CheckExact(value)) {
+        return 0;
+    }
+    int overflow;
+    long long small = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (!overflow) {
+        *out = (uint64_t)small;
+        return 1;
+    }
+    if (overflow > 0) {
+        unsigned long long large = PyLong_AsUnsignedLongLong(value);
+        if (!(large == (unsigned long long)-1 && PyErr_Occurred())) {
+            *out = large;
+            return 1;
+        }
+    }
+    PyErr_Clear();
+    return 0;
+}
+
+/* A SocketAddr (ip, port) or None, as ids.connection_key and the span's attributes read it. */
+typedef struct {
+    int present;
+    const char *ip;
+    Py_ssize_t ip_size;
+    long long port;
+} Address;
+
+static int /* 0: not a (str, int) pair, nor None: the twin's */
+address_of(PyObject *value, Address *out)
+{
+    out->present = value != Py_None;
+    out->ip_size = 0;
+    if (!out->present) {
+        return 1;
+    }
+    if (!PyTuple_Check(value) || PyTuple_GET_SIZE(value) != 2 || !PyLong_CheckExact(PyTuple_GET_ITEM(value, 1)) ||
+        !text_of(PyTuple_GET_ITEM(value, 0), &out->ip, &out->ip_size)) {
+        return 0;
+    }
+    int overflow;
+    out->port = PyLong_AsLongLongAndOverflow(PyTuple_GET_ITEM(value, 1), &overflow);
+    return !overflow;
+}
+
+/* ids.connection_key(client, server) at p; the end. */
+static char *
+write_connection(char *p, const Address *client, const Address *server)
+{
+    if (client->present) {
+        memcpy(p, client->ip, client->ip_size);
+        p += client->ip_size;
+        p += sprintf(p, ":%lld>", client->port);
+    }
+    else {
+        memcpy(p, ":0>", 3);
+        p += 3;
+    }
+    if (server->present) {
+        memcpy(p, server->ip, server->ip_size);
+        p += server->ip_size;
+        p += sprintf(p, ":%lld", server->port);
+    }
+    return p;
+}
+
+static const char KIND_CLIENT[] = "\x1f" "client\x1f", KIND_SERVER[] = "\x1f" "server\x1f", KIND_HOP[] = "\x1fhop\x1f";
+/* ids.CLIENT, ids.SERVER, ids.HOP; span kinds CLIENT (3) and SERVER (2) as wire.span_kind writes them */
+static const char SPAN_KIND_CLIENT[] = "\x30\x03", SPAN_KIND_SERVER[] = "\x30\x02";
+
+static void
+text_attribute(Attribute *a, const char *name, const char *text, Py_ssize_t size)
+{
+    *a = (Attribute){.name = name, .name_size = strlen(name), .pieces = 1, .piece = {text}, .piece_size = {size}};
+}
+
+static void
+int_attribute(Attribute *a, const char *name, uint64_t number)
+{
+    *a = (Attribute){.name = name, .name_size = strlen(name), .is_int = 1, .number = number};
+}
+
+/* The attributes spans.unique_attributes writes, in its order, from the fields; 0 for the twin. */
+static int
+own_attributes(Fields *f, int client, const Address *peer, Attribute *own, int *count)
+{
+    const char *text;
+    Py_ssize_t size;
+    PyObject *protocol = field(f, F_PROTOCOL);
+    if (protocol == NULL || !PyUnicode_CheckExact(protocol)) {
+        return 0;
+    }
+    *count = 0;
+    if (PyUnicode_CompareWithASCIIString(protocol, "tcp") == 0) {
+        uint64_t received, sent;
+        PyObject *received_value = field(f, F_RECEIVED_BYTES), *sent_value = field(f, F_SENT_BYTES);
+        if (received_value == NULL || sent_value == NULL || !varint_int(received_value, &received) ||
+            !varint_int(sent_value, &sent)) {
+            return 0;
+        }
+        int_attribute(&own[(*count)++], "envoy.bytes_received", received);
+        int_attribute(&own[(*count)++], "envoy.bytes_sent", sent);
+    }
+    else {
+        PyObject *path = field(f, F_PATH);
+        const char *path_text;
+        Py_ssize_t path_size;
+        if (path == NULL || !text_of(path, &path_text, &path_size)) {
+            return 0;
+        }
+        if (client) {
+            const char *scheme, *authority;
+            Py_ssize_t scheme_size, authority_size;
+            PyObject *scheme_value = field(f, F_SCHEME), *authority_value = field(f, F_AUTHORITY);
+            if (scheme_value == NULL || authority_value == NULL || !text_of(scheme_value, &scheme, &scheme_size) ||
+                !text_of(authority_value, &authority, &authority_size)) {
+                return 0;
+            }
+            if (!scheme_size) {
+                scheme = "http";
+                scheme_size = 4;
+            }
+            own[(*count)++] = (Attribute){
+                .name = "url.full",
+                .name_size = 8,
+                .pieces = 4,
+                .piece = {scheme, "://", authority, path_text},
+                .piece_size = {scheme_size, 3, authority_size, path_size},
+            };
+        }
+        else {
+            const char *question = memchr(path_text, '?', path_size);
+            Py_ssize_t before = question ? question - path_text : path_size;
+            text_attribute(&own[(*count)++], "url.path", path_text, before);
+            if (question && path_size - before > 1) {
+                text_attribute(&own[(*count)++], "url.query", question + 1, path_size - before - 1);
+            }
+        }
+    }
+    if (!client) {
+        Address remote;
+        PyObject *value = field(f, F_DOWNSTREAM_REMOTE);
+        if (value == NULL || !address_of(value, &remote)) {
+            return 0;
+        }
+        if (remote.present) {
+            text_attribute(&own[(*count)++], "client.address", remote.ip, remote.ip_size);
+        }
+    }
+    if (peer->present) {
+        int_attribute(&own[(*count)++], "network.peer.port", (uint64_t)peer->port);
+    }
+    PyObject *request_id = field(f, F_REQUEST_ID);
+    if (request_id == NULL || !text_of(request_id, &text, &size)) {
+        return 0;
+    }
+    if (size) {
+        text_attribute(&own[(*count)++], "envoy.request_id", text, size);
+    }
+    return 1;
+}
+
+/* A non-negative time that fits 63 bits (every entry's does; the twin has the others). */
+static int
+time_of(PyObject *value, long long *out)
+{
+    int overflow;
+    *out = PyLong_CheckExact(value) ? PyLong_AsLongLongAndOverflow(value, &overflow) : -1;
+    if (*out == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+    }
+    return *out >= 0;
+}
+
+/* call_span(repeats, entry, client, node_id, gateway, from_outside, start, end, name, attributes, error,
+   ratio) -> bytes | None: spans.call_span_python's span for one side of a call (b"" when sampling
+   leaves its trace out), or None where a value out of the ordinary leaves it to that function, before
+   anything is counted in repeats. */
+static PyObject *
+call_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 12) {
+        PyErr_SetString(PyExc_TypeError, "call_span() takes 12 arguments");
+        return NULL;
+    }
+    int client = PyObject_IsTrue(args[2]), gateway = PyObject_IsTrue(args[4]);
+    int from_outside = PyObject_IsTrue(args[5]);
+    double ratio = PyFloat_AsDouble(args[11]);
+    if (client < 0 || gateway < 0 || from_outside < 0 || (ratio == -1.0 && PyErr_Occurred())) {
+        return NULL;
+    }
+    SpanParts parts = {.own_count = 0};
+    const char *node;
+    Py_ssize_t node_size;
+    long long start, end;
+    if (Py_TYPE(args[0]) != &REPEATS_TYPE || !PyBytes_Check(args[8]) || !PyBytes_Check(args[9]) ||
+        !text_of(args[3], &node, &node_size) || !text_of(args[10], &parts.error, &parts.error_size) ||
+        !time_of(args[6], &start) || !time_of(args[7], &end)) {
+        Py_RETURN_NONE;
+    }
+    Repeats *repeats = (Repeats *)args[0];
+    Fields f = {.entry = args[1]};
+    PyObject *out = NULL;
+    char buffer[1024], *hop = buffer, *heap = NULL;
+    Address local, remote, peer;
+    Attribute own[6];
+    const char *method, *path;
+    Py_ssize_t method_size, path_size;
+    /* the connection: client (upstream_local -> upstream_remote), server (caller -> downstream_local) */
+    PyObject *first = field(&f, client ? F_UPSTREAM_LOCAL : F_DOWNSTREAM_DIRECT_REMOTE);
+    if (first == NULL) {
+        goto done;
+    }
+    if (!client && first == Py_None) {
+        first = field(&f, F_DOWNSTREAM_REMOTE);
+        if (first == NULL) {
+            goto done;
+        }
+    }
+    PyObject *second = field(&f, client ? F_UPSTREAM_REMOTE : F_DOWNSTREAM_LOCAL);
+    PyObject *method_value = field(&f, F_METHOD), *path_value = field(&f, F_PATH);
+    PyObject *headers = field(&f, F_REQUEST_HEADERS), *request_id = field(&f, F_REQUEST_ID);
+    if (second == NULL || method_value == NULL || path_value == NULL || headers == NULL || request_id == NULL) {
+        goto done;
+    }
+    if (!address_of(first, &local) || !address_of(second, &remote) ||
+        !text_of(method_value, &method, &method_size) || !text_of(path_value, &path, &path_size)) {
+        out = Py_NewRef(Py_None);
+        goto done;
+    }
+    peer = client ? remote : local; /* upstream_remote, or the caller */
+    if (!own_attributes(&f, client, &peer, own, &parts.own_count)) {
+        out = PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+        goto done;
+    }
+    parts.own = own;
+    /* the hop, "connection|method|path", the connection its start */
+    size_t hop_capacity = local.ip_size + remote.ip_size + 2 * 24 + 4 + method_size + path_size;
+    if (hop_capacity > sizeof buffer) {
+        hop = heap = PyMem_Malloc(hop_capacity);
+        if (heap == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    char *p = write_connection(hop, &local, &remote);
+    Py_ssize_t connection_size = p - hop;
+    *p++ = '|';
+    memcpy(p, method, method_size);
+    p += method_size;
+    *p++ = '|';
+    memcpy(p, path, path_size);
+    p += path_size;
+    Py_ssize_t hop_size = p - hop;
+
+    uint8_t trace_id[16], span_id[8], parent[8];
+    int context = read_trace_context(headers, request_id, hop, connection_size, trace_id, parent, &parts.parent_size);
+    if (context != CONTEXT_FOUND) {
+        out = context == CONTEXT_ERROR ? NULL : Py_NewRef(Py_None);
+        goto done;
+    }
+    if (ratio < 1.0) { /* ids.sampled; not at all for NaN, as `ratio < 1.0` there */
+        int kept = 0;
+        if (ratio > 0.0) {
+            Blake2b s;
+            uint8_t digest[8];
+            blake2b_init(&s, 8);
+            blake2b_update(&s, trace_id, 16);
+            blake2b_final(&s, digest);
+            uint64_t draw = 0;
+            for (int i = 0; i < 8; i++) {
+                draw = draw << 8 | digest[i];
+            }
+            kept = draw < (uint64_t)(ratio * 18446744073709551616.0);
+        }
+        if (!kept) {
+            out = Py_NewRef(empty_bytes);
+            goto done;
+        }
+    }
+    if (client) {
+        Py_ssize_t n = add_end(repeats, trace_id, 16, KIND_CLIENT, 8, hop, hop_size, 0);
+        if (n < 0) {
+            goto done;
+        }
+        span_id_of(trace_id, 16, KIND_CLIENT, 8, hop, hop_size, n, span_id);
+        /* Under the app's own span when it propagated one, else under this proxy's server side. */
+        if (!parts.parent_size || gateway) {
+            Py_ssize_t before = count_ended_before(repeats, trace_id, 16, KIND_SERVER, 8, node, node_size, start);
+            if (before < 0) {
+                goto done;
+            }
+            span_id_of(trace_id, 16, KIND_SERVER, 8, node, node_size, before, parent);
+            parts.parent_size = 8;
+        }
+        parts.kind = SPAN_KIND_CLIENT;
+    }
+    else {
+        Py_ssize_t n = add_end(repeats, trace_id, 16, KIND_SERVER, 8, node, node_size, end);
+        if (n < 0) {
+            goto done;
+        }
+        span_id_of(trace_id, 16, KIND_SERVER, 8, node, node_size, n, span_id);
+        if (!from_outside) {
+            Py_ssize_t hops = add_end(repeats, trace_id, 16, KIND_HOP, 5, hop, hop_size, 0);
+            if (hops < 0) {
+                goto done;
+            }
+            span_id_of(trace_id, 16, KIND_CLIENT, 8, hop, hop_size, hops, parent);
+            parts.parent_size = 8;
+        }
+        parts.kind = SPAN_KIND_SERVER;
+    }
+    parts.kind_size = 2;
+    parts.trace_id = trace_id;
+    parts.span_id = span_id;
+    parts.parent = parent;
+    parts.name = PyBytes_AS_STRING(args[8]);
+    parts.name_size = PyBytes_GET_SIZE(args[8]);
+    parts.attributes = PyBytes_AS_STRING(args[9]);
+    parts.attributes_size = PyBytes_GET_SIZE(args[9]);
+    parts.start = (uint64_t)start;
+    parts.end = (uint64_t)end;
+    out = encode_span(&parts);
+done:
+    PyMem_Free(heap);
+    for (int i = 0; i < ENTRY_FIELDS; i++) {
+        Py_XDECREF(f.value[i]);
+    }
+    return out;
+}
+
 static PyMethodDef METHODS[] = {
     {"span_id", (PyCFunction)(void (*)(void))span_id, METH_FASTCALL,
      "span_id(trace_id, kind, key, repeat) -> bytes: ids.span_id_python"},
@@ -1043,6 +1602,9 @@ static PyMethodDef METHODS[] = {
      "span(trace_id, span_id, parent, name, kind, start, end, attributes, error) -> bytes | None"},
     {"string_attribute", (PyCFunction)(void (*)(void))string_attribute, METH_FASTCALL,
      "string_attribute(encoded_key, value) -> bytes: wire.string_attribute_python"},
+    {"call_span", (PyCFunction)(void (*)(void))call_span, METH_FASTCALL,
+     "call_span(repeats, entry, client, node_id, gateway, from_outside, start, end, name, attributes, error, "
+     "ratio) -> bytes | None for the Python twin: spans.call_span_python"},
     {"blake2b", (PyCFunction)(void (*)(void))blake2b, METH_FASTCALL, "blake2b(data, digest_size) -> bytes"},
     {NULL, NULL, 0, NULL},
 };
@@ -1062,6 +1624,11 @@ PyInit__spans(void)
             (str_b3 = PyUnicode_InternFromString("b3")) == NULL ||
             (empty_bytes = PyBytes_FromStringAndSize(NULL, 0)) == NULL) {
             return NULL;
+        }
+        for (int i = 0; i < ENTRY_FIELDS; i++) {
+            if ((entry_fields[i] = PyUnicode_InternFromString(ENTRY_FIELD_NAMES[i])) == NULL) {
+                return NULL;
+            }
         }
     }
     if (PyType_Ready(&REPEATS_TYPE) < 0) {

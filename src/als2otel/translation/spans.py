@@ -1,12 +1,19 @@
-"""OTLP spans built in place (no SDK span objects): the batch that groups them per resource
-into a request, and the attributes that differ per call."""
+"""OTLP spans built in place (no SDK span objects): one side of a call as its span, and the
+batch that groups spans per resource into a request."""
 
 from __future__ import annotations
 
+from opentelemetry.proto.trace.v1 import trace_pb2
+
 from .. import __version__
 from ..model import Call, Workload
-from . import wire
+from . import ids, wire
 from .resources import resource_attributes
+
+try:
+    from . import _spans as native  # type: ignore[attr-defined]
+except ImportError:  # built without a C compiler, or with ALS2OTEL_NO_EXTENSIONS=1
+    native = None
 
 
 class SpanBatch:
@@ -39,6 +46,84 @@ class SpanBatch:
 
 
 _SCOPE = wire.scope("als2otel", __version__)
+
+
+_CLIENT_KIND = wire.span_kind(trace_pb2.Span.SPAN_KIND_CLIENT)
+_SERVER_KIND = wire.span_kind(trace_pb2.Span.SPAN_KIND_SERVER)
+
+
+def call_span(
+    call: Call,
+    start: int,
+    end: int,
+    error: str,
+    name: bytes,
+    attributes: bytes,
+    repeats: ids.RepeatCounts,
+    ratio: float,
+    ports: dict[int, bytes],
+) -> bytes:
+    """One side of a call as its encoded span, or b"" where sampling leaves its trace out.
+
+    ``error``, ``name`` and ``attributes`` are its shape's (the attributes that repeat from call to
+    call, encoded); ``repeats`` counts the hops and spans seen; ``ports`` as :func:`unique_attributes`
+    keeps them. Natively where ``_spans`` is built (the whole span in one call, reading the entry's
+    fields where they are), else, and for the values it leaves, :func:`call_span_python`, the definition.
+    """
+    if native is not None:
+        proxy = call.proxy
+        span = native.call_span(
+            repeats, call.entry, call.side == "client", proxy.node_id, proxy.is_gateway,
+            call.from_outside, start, end, name, attributes, error, ratio,
+        )  # fmt: skip
+        if span is not None:
+            return span  # type: ignore[no-any-return]
+    return call_span_python(call, start, end, error, name, attributes, repeats, ratio, ports)
+
+
+def call_span_python(
+    call: Call,
+    start: int,
+    end: int,
+    error: str,
+    name: bytes,
+    attributes: bytes,
+    repeats: ids.RepeatCounts,
+    ratio: float,
+    ports: dict[int, bytes],
+) -> bytes:
+    """:func:`call_span` spelled out: ids from ``ids``, the call's own attributes after the
+    shape's, the bytes from ``wire``."""
+    entry = call.entry
+    client = call.side == "client"
+    if client:
+        connection = ids.connection_key(entry.upstream_local, entry.upstream_remote)
+    else:
+        caller = entry.downstream_direct_remote or entry.downstream_remote
+        connection = ids.connection_key(caller, entry.downstream_local)
+    trace_id, app_span = ids.trace_context(entry.request_headers, entry.request_id, connection)
+    if ratio < 1.0 and not ids.sampled(trace_id, ratio):
+        return b""
+    hop = f"{connection}|{entry.method}|{entry.path}"  # one request on one connection
+    node = call.proxy.node_id
+    if client:
+        span_id = ids.span_id(trace_id, ids.CLIENT, hop, repeats.add(trace_id, ids.CLIENT, hop))
+        # Under the app's own span when it propagated one, else under this proxy's server side.
+        if not app_span or call.proxy.is_gateway:
+            app_span = ids.span_id(
+                trace_id, ids.SERVER, node, repeats.ended_before(trace_id, ids.SERVER, node, start)
+            )
+        parent = app_span
+        kind = _CLIENT_KIND
+    else:
+        span_id = ids.span_id(trace_id, ids.SERVER, node, repeats.add(trace_id, ids.SERVER, node, end))
+        if call.from_outside:
+            parent = app_span
+        else:
+            parent = ids.span_id(trace_id, ids.CLIENT, hop, repeats.add(trace_id, ids.HOP, hop))
+        kind = _SERVER_KIND
+    own = unique_attributes(call, ports)
+    return wire.span(trace_id, span_id, parent, name, kind, start, end, attributes + own, error)
 
 
 _URL_FULL = wire.key("url.full")

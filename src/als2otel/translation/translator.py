@@ -7,18 +7,13 @@ the same calls in the same order give the same spans and points, which the golde
 
 from __future__ import annotations
 
-from opentelemetry.proto.trace.v1 import trace_pb2
-
 from ..model import Call, Workload
 from ..stats import Counter
-from . import ids, semconv, wire
+from . import ids, semconv
 from .metric_sets import MetricRecorder
 from .shapes import MAX_SHAPES, Shape, shape_key, span_name_and_attributes
-from .spans import SpanBatch, unique_attributes
+from .spans import SpanBatch, call_span
 from .topology import Topology
-
-_CLIENT_KIND = wire.span_kind(trace_pb2.Span.SPAN_KIND_CLIENT)
-_SERVER_KIND = wire.span_kind(trace_pb2.Span.SPAN_KIND_SERVER)
 
 
 class Translator:
@@ -65,9 +60,10 @@ class Translator:
         if self._topology is not None:
             self._topology.record(call, seconds)
         if self._traces:
-            self._add_span(
-                call, owner, batch, start, end, error, name, attributes + unique_attributes(call, self._ports)
-            )
+            repeats = self._repeats
+            span = call_span(call, start, end, error, name, attributes, repeats, self._ratio, self._ports)
+            if span:
+                batch.add(owner, span)
 
     def forget_shapes(self) -> None:
         """Work every call shape out again: the metric store removed series that plans held."""
@@ -89,45 +85,3 @@ class Translator:
                 self._rotations.inc("call_shapes")
         shape = self._shapes[key] = Shape(error, name, attributes, plan)
         return shape
-
-    def _add_span(
-        self,
-        call: Call,
-        owner: Workload,
-        batch: SpanBatch,
-        start: int,
-        end: int,
-        error: str,
-        name: bytes,
-        attributes: bytes,
-    ) -> None:
-        entry = call.entry
-        client = call.side == "client"
-        if client:
-            connection = ids.connection_key(entry.upstream_local, entry.upstream_remote)
-        else:
-            caller = entry.downstream_direct_remote or entry.downstream_remote
-            connection = ids.connection_key(caller, entry.downstream_local)
-        trace_id, app_span = ids.trace_context(entry.request_headers, entry.request_id, connection)
-        if self._ratio < 1.0 and not ids.sampled(trace_id, self._ratio):
-            return
-        hop = f"{connection}|{entry.method}|{entry.path}"  # one request on one connection
-        node = call.proxy.node_id
-        repeats = self._repeats
-        if client:
-            span_id = ids.span_id(trace_id, ids.CLIENT, hop, repeats.add(trace_id, ids.CLIENT, hop))
-            # Under the app's own span when it propagated one, else under this proxy's server side.
-            if not app_span or call.proxy.is_gateway:
-                app_span = ids.span_id(
-                    trace_id, ids.SERVER, node, repeats.ended_before(trace_id, ids.SERVER, node, start)
-                )
-            parent = app_span
-            kind = _CLIENT_KIND
-        else:
-            span_id = ids.span_id(trace_id, ids.SERVER, node, repeats.add(trace_id, ids.SERVER, node, end))
-            if call.from_outside:
-                parent = app_span
-            else:
-                parent = ids.span_id(trace_id, ids.CLIENT, hop, repeats.add(trace_id, ids.HOP, hop))
-            kind = _SERVER_KIND
-        batch.add(owner, wire.span(trace_id, span_id, parent, name, kind, start, end, attributes, error))
