@@ -168,6 +168,26 @@ utf8(PyObject *text, Py_ssize_t *size) /* str.encode(): NULL with UnicodeEncodeE
     return PyUnicode_AsUTF8AndSize(text, size);
 }
 
+/* value in decimal at p, as str(int) writes it; the end. */
+static char *
+write_decimal(char *p, long long value)
+{
+    char digits[24];
+    int n = 0;
+    unsigned long long rest = value < 0 ? 0ULL - (unsigned long long)value : (unsigned long long)value;
+    do {
+        digits[n++] = (char)('0' + rest % 10);
+        rest /= 10;
+    } while (rest);
+    if (value < 0) {
+        *p++ = '-';
+    }
+    while (n) {
+        *p++ = digits[--n];
+    }
+    return p;
+}
+
 /* ids.span_id_python into out: BLAKE2b-64 of trace_id, kind, key and the repeat (when not 0). */
 static void
 span_id_of(const void *trace_id, Py_ssize_t trace_size, const void *kind, Py_ssize_t kind_size, const char *key,
@@ -179,9 +199,11 @@ span_id_of(const void *trace_id, Py_ssize_t trace_size, const void *kind, Py_ssi
     blake2b_update(&s, kind, kind_size);
     blake2b_update(&s, key, key_size);
     if (repeat) {
-        char text[32];
-        int n = snprintf(text, sizeof text, "\x1f%lld\x1f", repeat);
-        blake2b_update(&s, text, n);
+        char text[32], *end = text;
+        *end++ = '\x1f';
+        end = write_decimal(end, repeat);
+        *end++ = '\x1f';
+        blake2b_update(&s, text, end - text);
     }
     else {
         blake2b_update(&s, "\x1f", 1);
@@ -229,19 +251,23 @@ digest16(const char *first, Py_ssize_t first_size, const char *second, Py_ssize_
     checked(out, 16);
 }
 
+static int8_t hex_digits[256]; /* each byte's value as a hex digit, -1 for the others: filled at import */
+
+static void
+fill_hex_digits(void)
+{
+    for (int c = 0; c < 256; c++) {
+        hex_digits[c] = c >= '0' && c <= '9' ? c - '0'
+                        : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                        : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                                : -1;
+    }
+}
+
 static int
 hex_value(char c)
 {
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
+    return hex_digits[(unsigned char)c];
 }
 
 enum { HEX_ID, HEX_NONE, HEX_UNSURE };
@@ -1313,7 +1339,9 @@ write_connection(char *p, const Address *client, const Address *server)
     if (client->present) {
         memcpy(p, client->ip, client->ip_size);
         p += client->ip_size;
-        p += sprintf(p, ":%lld>", client->port);
+        *p++ = ':';
+        p = write_decimal(p, client->port);
+        *p++ = '>';
     }
     else {
         memcpy(p, ":0>", 3);
@@ -1322,7 +1350,8 @@ write_connection(char *p, const Address *client, const Address *server)
     if (server->present) {
         memcpy(p, server->ip, server->ip_size);
         p += server->ip_size;
-        p += sprintf(p, ":%lld", server->port);
+        *p++ = ':';
+        p = write_decimal(p, server->port);
     }
     return p;
 }
@@ -1618,6 +1647,7 @@ PyMODINIT_FUNC
 PyInit__spans(void)
 {
     if (str_traceparent == NULL) {
+        fill_hex_digits();
         if ((str_traceparent = PyUnicode_InternFromString("traceparent")) == NULL ||
             (str_b3_trace = PyUnicode_InternFromString("x-b3-traceid")) == NULL ||
             (str_b3_span = PyUnicode_InternFromString("x-b3-spanid")) == NULL ||
