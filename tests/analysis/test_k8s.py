@@ -125,6 +125,48 @@ class TestIndex:
         index.apply("Pod", "DELETED", kube_api.pod("default", "ratings-v1-abc12-zzzzz", "10.1.0.11", {}))
         assert index.workload_for_ip("10.1.0.11") is None
 
+    def test_an_answer_given_changes_with_every_kind_of_event(self) -> None:
+        """Answers once given (which the index remembers per IP) follow each event: a Node claiming
+        the IP, the Node gone, the pod relabelled, the Service renamed, the pod's IP taken by a new
+        pod, the pod finished."""
+        index = self.index()
+
+        def name() -> tuple[str, str] | None:
+            workload = index.workload_for_ip("10.1.0.11")
+            return (workload.service_name, workload.version) if workload is not None else None
+
+        assert name() == name() == ("reviews", "v1")
+        index.apply("Node", "ADDED", kube_api.node("node-1", "10.1.0.11"))
+        assert name() is None
+        index.apply("Node", "DELETED", kube_api.node("node-1", "10.1.0.11"))
+        assert name() == ("reviews", "v1")
+        relabelled = reviews_pod("v1", "10.1.0.11")
+        relabelled["metadata"]["labels"]["version"] = "v1b"
+        index.apply("Pod", "MODIFIED", relabelled)
+        assert name() == ("reviews", "v1b")
+        index.apply("Service", "ADDED", kube_api.service("default", "aaa-reviews", {"app": "reviews"}))
+        assert name() == ("reviews", "v1b")  # no slice lists the pod under it yet
+        index.apply(
+            "EndpointSlice",
+            "ADDED",
+            kube_api.endpoint_slice(
+                "default", "aaa-reviews", [("reviews-v1-545db77b95-xv1", "10.1.0.11", True)]
+            ),
+        )
+        assert name() == ("aaa-reviews", "v1b")  # several Services: the first by name
+        index.apply(
+            "Pod", "ADDED", kube_api.pod("default", "ratings-v1-abc12-zzzzz", "10.1.0.11", {"app": "ratings"})
+        )
+        assert name() == ("ratings", "")
+        index.apply(
+            "Pod",
+            "MODIFIED",
+            kube_api.pod(
+                "default", "ratings-v1-abc12-zzzzz", "10.1.0.11", {"app": "ratings"}, phase="Failed"
+            ),
+        )
+        assert name() is None
+
     def test_finished_pod_frees_its_ip(self) -> None:
         """A Succeeded or Failed pod no longer holds its IP."""
         index = self.index()

@@ -86,12 +86,16 @@ class KubeIndex:
         self._slices: dict[Key, tuple[str, tuple[Key, ...]]] = {}  # slice -> (service name, pods)
         self._pod_services: dict[Key, set[str]] = {}
         self._workloads: dict[Key, Workload | None] = {}
+        self._by_ip: dict[str, Workload] = {}
+        """What :meth:`workload_for_ip` answered, for IPs that resolved (at most one per pod IP); every
+        event empties it, since any may change an answer."""
 
     # -- events ---------------------------------------------------------------------------------
 
     def apply(self, kind: str, event: str, obj: Mapping[str, Any]) -> None:
         """One watch event (``ADDED``, ``MODIFIED``, ``DELETED``) of a Pod, Service, EndpointSlice or Node."""
         deleted = event == "DELETED"
+        self._by_ip.clear()
         if kind == "Pod":
             self._apply_pod(_key(obj), None if deleted else _pod(obj))
         elif kind == "Service":
@@ -172,13 +176,18 @@ class KubeIndex:
 
     def workload_for_ip(self, ip: str) -> Workload | None:
         """The workload that owns ``ip`` now; None for node IPs, unknown IPs and ignored namespaces."""
+        workload = self._by_ip.get(ip)
+        if workload is not None:  # one lookup where it ran four (twice hashing a tuple key) per address
+            return workload
         key = self._ip_to_pod.get(ip)
         if key is None or ip in self._blocked_ips:
             return None
         if key in self._workloads:
-            return self._workloads[key]
-        workload = self._name(key)
-        self._workloads[key] = workload
+            workload = self._workloads[key]
+        else:
+            workload = self._workloads[key] = self._name(key)
+        if workload is not None:
+            self._by_ip[ip] = workload
         return workload
 
     def services_of(self, namespace: str, pod: str) -> list[str]:
