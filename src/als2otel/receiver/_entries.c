@@ -232,6 +232,64 @@ text_lenient(Span s) /* a value Envoy copied from traffic: bytes.decode("utf-8",
     return PyUnicode_DecodeUTF8((const char *)s.data, s.size, "replace");
 }
 
+/* Values that come again and again (clusters, routes, authorities, user agents, identities, a
+   header's usual values): the string made last time for the same bytes, found in a small table by
+   a hash of them, so that no new one is made and its hash is already known (the translator's
+   call-shape key hashes them). The table holds at most RECENT_TEXTS strings of at most
+   RECENT_TEXT_MAX bytes, whatever the traffic; a value that finds its slot taken by another is
+   made anew and takes the slot. Bytes equal to a string's UTF-8 are valid UTF-8 that decode to
+   that string, strictly or leniently: a string found is what decoding would have made. */
+#define RECENT_TEXTS 1024
+#define RECENT_TEXT_MAX 128
+static PyObject *recent_texts[RECENT_TEXTS];
+
+static size_t
+recent_slot(Span s)
+{
+    uint64_t h = (uint64_t)s.size * 0x9E3779B97F4A7C15ULL;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= s.size; i += 8) {
+        uint64_t word;
+        memcpy(&word, s.data + i, 8);
+        h = (h ^ word) * 0xBF58476D1CE4E5B9ULL;
+        h ^= h >> 31;
+    }
+    if (i < s.size) {
+        uint64_t word = 0;
+        memcpy(&word, s.data + i, s.size - i);
+        h = (h ^ word) * 0xBF58476D1CE4E5B9ULL;
+        h ^= h >> 31;
+    }
+    return (size_t)(h & (RECENT_TEXTS - 1));
+}
+
+/* text_strict(s), or text_lenient(s) when lenient, made at most once while it stays recent. */
+static PyObject *
+recent_text(Span s, int lenient)
+{
+    if (s.data == NULL || s.size == 0 || s.size > RECENT_TEXT_MAX) {
+        return lenient ? text_lenient(s) : text_strict(s);
+    }
+    PyObject **slot = &recent_texts[recent_slot(s)];
+    if (*slot != NULL) {
+        Py_ssize_t size;
+        const char *text = PyUnicode_AsUTF8AndSize(*slot, &size); /* kept with it: no failure */
+        if (text != NULL && size == s.size && memcmp(text, s.data, size) == 0) {
+            return Py_NewRef(*slot);
+        }
+    }
+    PyObject *made = lenient ? text_lenient(s) : text_strict(s);
+    if (made != NULL) {
+        if (PyUnicode_AsUTF8AndSize(made, NULL) != NULL) { /* kept with its UTF-8, for the next match */
+            Py_XSETREF(*slot, Py_NewRef(made));
+        }
+        else {
+            PyErr_Clear(); /* a string with no UTF-8 (decoding makes none): not kept */
+        }
+    }
+    return made;
+}
+
 /* dict[key] = value, giving up both references whatever happens; -1 on failure (a NULL value
    included, its exception set). */
 static int
@@ -363,7 +421,7 @@ text_map(const MapSpans *map, Span *grpc_status, RecentNames *recent)
                 grpc_status->data = (const uint8_t *)"";
             }
         }
-        if (put(dict, name, text_lenient(value)) < 0) {
+        if (put(dict, name, recent_text(value, 1)) < 0) {
             goto error;
         }
     }
@@ -954,8 +1012,8 @@ decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
     /* The strings upb checks while parsing come first: an entry whose upstream_cluster is not
        UTF-8 is malformed_entry before any of its addresses is looked at. */
-    if ((values[11] = text_strict(raw.upstream_cluster)) == NULL ||
-        (values[12] = text_strict(raw.route_name)) == NULL ||
+    if ((values[11] = recent_text(raw.upstream_cluster, 0)) == NULL ||
+        (values[12] = recent_text(raw.route_name, 0)) == NULL ||
         (values[16] = filter_state_dict(&raw.filter_state)) == NULL) {
         goto done;
     }
@@ -990,10 +1048,10 @@ decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         values[1] = Py_NewRef(grpc ? str_grpc : str_http);
         values[17] = Py_NewRef(0 <= raw.method && raw.method < 10 ? methods[raw.method] : str_empty);
-        values[18] = text_lenient(raw.scheme);
-        values[19] = text_lenient(raw.authority);
+        values[18] = recent_text(raw.scheme, 1);
+        values[19] = recent_text(raw.authority, 1);
         values[20] = text_lenient(raw.path);
-        values[21] = text_lenient(raw.user_agent);
+        values[21] = recent_text(raw.user_agent, 1);
         values[22] = text_lenient(raw.request_id);
         values[23] = Py_NewRef(
             0 <= raw.protocol_version && raw.protocol_version < 5 ? http_versions[raw.protocol_version]
@@ -1022,7 +1080,7 @@ decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     values[5] = PyLong_FromLongLong(raw.last_rx ? raw.last_rx : -1);
     values[13] = flags_tuple(raw.flags);
     values[14] = Py_NewRef(raw.peer_uri.data ? Py_True : Py_False);
-    values[15] = text_lenient(raw.peer_uri);
+    values[15] = recent_text(raw.peer_uri, 1);
     for (int i = 0; i < 5; i++) {
         if ((values[6 + i] = address(cache, addresses, max, raw.addresses[i], i)) == NULL) {
             goto done;
